@@ -1,0 +1,191 @@
+"""The ``churnml`` command line: thin wrappers that read files, call the library and report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from churnml.config import Settings
+from churnml.data import DataError
+from churnml.engine import connect
+from churnml.labels import build_labels
+from churnml.simulate import SimulationConfig, simulate
+from churnml.spec import DatasetSpec, SpecError, load_spec
+from churnml.validate import ValidationReport, validate_dataset
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="churnml: churn prediction from customer behaviour.", no_args_is_help=True, add_completion=False
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+log = logging.getLogger("churnml")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+    )
+
+
+def _load_spec(spec: Path, data: Path | None) -> DatasetSpec:
+    try:
+        loaded = load_spec(spec)
+    except SpecError as err:
+        raise _fail(str(err)) from None
+    return loaded.with_source_path(data) if data else loaded
+
+
+def _print_report(report: ValidationReport) -> None:
+    table = Table(title="Validation", show_lines=False)
+    for col in ("table", "rows read", "clean", "quarantined"):
+        table.add_column(col, justify="right" if col != "table" else "left")
+    for t in report.tables.values():
+        table.add_row(t.table, f"{t.rows:,}", f"{t.clean:,}", f"{t.quarantined:,}")
+    console.print(table)
+    for issue in report.errors:
+        console.print(f"[bold red]ERROR[/] {issue.message()}", highlight=False)
+    for issue in report.quarantined:
+        console.print(f"[yellow]QUARANTINED[/] {issue.message()}", highlight=False)
+    for role, path in report.quarantine_files.items():
+        console.print(f"quarantined {role} rows: {path}", highlight=False)
+
+
+def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings):  # noqa: ANN202
+    con = connect(settings)
+    try:
+        report = validate_dataset(con, spec, quarantine_dir=quarantine)
+    except DataError as err:
+        con.close()
+        raise _fail(str(err)) from None
+    _print_report(report)
+    if not report.ok:
+        con.close()
+        raise _fail(f"{len(report.errors)} error(s) in the data; nothing was run", code=1)
+    return con, report
+
+
+SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
+]
+
+
+@app.command("simulate")
+def simulate_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/simulated"),
+    customers: Annotated[int, typer.Option(min=1, help="Number of accounts.")] = 2_000,
+    months: Annotated[int, typer.Option(min=3, max=120, help="Months of history.")] = 18,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    start: Annotated[str, typer.Option(help="First day of the simulated history (YYYY-MM-DD).")] = "2024-01-01",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+) -> None:
+    """Simulate a SaaS business with planted churn drivers (Parquet + spec.yaml + ground truth)."""
+    try:
+        start_date = dt.date.fromisoformat(start)
+    except ValueError:
+        raise _fail(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
+    config = SimulationConfig(customers=customers, months=months, seed=seed, start=start_date)
+    began = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("simulating", total=None)
+        summary = simulate(config, out, workers=workers,
+                           on_block=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+    console.print(
+        f"simulated {summary.customers:,} customers, {summary.events:,} events, "
+        f"{summary.subscriptions:,} subscription rows, {summary.churners:,} churners "
+        f"in {time.perf_counter() - began:.1f}s -> {out}",
+        highlight=False,
+    )
+
+
+@app.command("validate")
+def validate_command(
+    spec: SpecOpt,
+    data: DataOpt = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Folder for quarantined rows (default: <data>/quarantine).")
+    ] = None,
+) -> None:
+    """Check a dataset against the contract; exit 1 on errors, quarantine (and count) bad rows."""
+    loaded = _load_spec(spec, data)
+    quarantine = quarantine or Settings.from_env().data_dir / "quarantine" / loaded.name
+    con, _ = _validate(loaded, quarantine, Settings.from_env())
+    con.close()
+    console.print("[green]valid[/]")
+
+
+@app.command("labels")
+def labels_command(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option(help="Output Parquet file.")],
+    data: DataOpt = None,
+) -> None:
+    """Write point-in-time churn labels (customer_id, observation_date, churned) for the spec's schedule."""
+    loaded = _load_spec(spec, data)
+    settings = Settings.from_env()
+    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
+    try:
+        labels = build_labels(con, loaded)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    finally:
+        con.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(out, index=False)
+    summary = labels.groupby("observation_date")["churned"].agg(["size", "mean"])
+    table = Table(title=f"Labels ({loaded.churn.definition} churn, {loaded.observation.horizon_days}-day horizon)")
+    for col in ("observation date", "active customers", "churn rate"):
+        table.add_column(col, justify="right")
+    for date, row in summary.iterrows():
+        rate = "unlabelled" if row["mean"] != row["mean"] else f"{row['mean']:.2%}"
+        table.add_row(str(date.date()), f"{int(row['size']):,}", rate)
+    console.print(table)
+    console.print(f"{len(labels):,} rows -> {out}", highlight=False)
+
+
+@app.command("run")
+def run_command(
+    customers: Annotated[int, typer.Option(min=1)] = 2_000,
+    months: Annotated[int, typer.Option(min=3, max=120)] = 18,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The main job on embedded defaults: simulate -> validate -> labels."""
+    settings = Settings.from_env()
+    data_dir = settings.data_dir / "simulated"
+    simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
+    labels_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "labels" / "simulated.parquet")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+

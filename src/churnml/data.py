@@ -1,0 +1,96 @@
+"""Open a dataset's sources in DuckDB as raw views, without reading the data yet.
+
+Each role a spec maps (customers, each events source, subscriptions) becomes a view ``raw_<role>``
+over the file or table, with a ``_row`` number so problems can be reported by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from churnml.engine import quote_ident, quote_literal
+from churnml.spec import DatasetSpec, TableSpec
+
+__all__ = ["DataError", "RawTable", "register_raw_tables", "CSV_SUFFIXES", "PARQUET_SUFFIXES"]
+
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
+
+
+class DataError(ValueError):
+    """A source cannot be read at all (missing, truncated, wrong encoding, unknown format)."""
+
+
+@dataclass(frozen=True)
+class RawTable:
+    role: str  # customers | events | subscriptions
+    label: str  # how messages name it: "events[0] (transactions.parquet)"
+    view: str
+    spec: TableSpec
+    columns: dict[str, str]  # source column -> DuckDB type
+
+
+def _reader_sql(spec: DatasetSpec, table: TableSpec, label: str) -> str:
+    if spec.source.kind == "duckdb":
+        return f"SELECT * FROM src.{quote_ident(table.table or '')}"
+    path = spec.source_path / (table.file or "")
+    if not any(ch in str(table.file) for ch in "*?[") and not path.is_file():
+        raise DataError(f"{label}: file {path} does not exist")
+    suffix = Path(table.file or "").suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return f"SELECT * FROM read_parquet({quote_literal(str(path))})"
+    if suffix in CSV_SUFFIXES:
+        delim = "\t" if suffix == ".tsv" else table.csv_delimiter
+        # Everything as text: churnml parses types itself so a bad value is reported, not guessed.
+        return (
+            f"SELECT * FROM read_csv({quote_literal(str(path))}, header = true, all_varchar = true, "
+            f"delim = {quote_literal(delim)}, strict_mode = true)"
+        )
+    raise DataError(f"{label}: cannot read {path.name}; expected a Parquet (.parquet) or CSV (.csv) file")
+
+
+def _attach(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+    if spec.source.kind != "duckdb":
+        return
+    attached = {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    if "src" in attached:
+        return
+    if not spec.source_path.is_file():
+        raise DataError(f"source: DuckDB database {spec.source_path} does not exist")
+    try:
+        con.execute(f"ATTACH {quote_literal(str(spec.source_path))} AS src (READ_ONLY)")
+    except duckdb.Error as err:
+        raise DataError(f"source: cannot open DuckDB database {spec.source_path}: {err}") from None
+
+
+def register_raw_tables(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[RawTable]:
+    """Create ``raw_*`` views for every mapped table; raises DataError if one cannot be opened."""
+    _attach(con, spec)
+    roles: list[tuple[str, str, TableSpec]] = []
+    if spec.customers:
+        roles.append(("customers", "raw_customers", spec.customers))
+    for i, source in enumerate(spec.events):
+        roles.append(("events", f"raw_events_{i}", source))
+    if spec.subscriptions:
+        roles.append(("subscriptions", "raw_subscriptions", spec.subscriptions))
+
+    tables = []
+    for role, view, table in roles:
+        label = f"{role}[{view.rsplit('_', 1)[-1]}]" if role == "events" else role
+        label = f"{label} ({table.location})"
+        reader = _reader_sql(spec, table, label)
+        try:
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *, row_number() OVER () AS _row FROM ({reader})")
+            described = con.execute(f"DESCRIBE {view}").fetchall()
+        except duckdb.Error as err:
+            raise DataError(f"{label}: cannot be read: {_first_line(err)}") from None
+        columns = {name: dtype for name, dtype, *_ in described if name != "_row"}
+        tables.append(RawTable(role=role, label=label, view=view, spec=table, columns=columns))
+    return tables
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
