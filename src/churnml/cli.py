@@ -28,8 +28,8 @@ __all__ = ["app"]
 app = typer.Typer(
     help="churnml: churn prediction from customer behaviour.", no_args_is_help=True, add_completion=False
 )
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # messages stay on one line: greppable, copyable
+err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("churnml")
 
 
@@ -50,7 +50,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
     )
 
 
@@ -103,7 +107,9 @@ def simulate_command(
     customers: Annotated[int, typer.Option(min=1, help="Number of accounts.")] = 2_000,
     months: Annotated[int, typer.Option(min=3, max=120, help="Months of history.")] = 18,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
-    start: Annotated[str, typer.Option(help="First day of the simulated history (YYYY-MM-DD).")] = "2024-01-01",
+    start: Annotated[
+        str, typer.Option(help="First day of the simulated history (YYYY-MM-DD).")
+    ] = "2024-01-01",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
 ) -> None:
     """Simulate a SaaS business with planted churn drivers (Parquet + spec.yaml + ground truth)."""
@@ -160,7 +166,9 @@ def labels_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(out, index=False)
     summary = labels.groupby("observation_date")["churned"].agg(["size", "mean"])
-    table = Table(title=f"Labels ({loaded.churn.definition} churn, {loaded.observation.horizon_days}-day horizon)")
+    table = Table(
+        title=f"Labels ({loaded.churn.definition} churn, {loaded.observation.horizon_days}-day horizon)"
+    )
     for col in ("observation date", "active customers", "churn rate"):
         table.add_column(col, justify="right")
     for date, row in summary.iterrows():
@@ -188,4 +196,3 @@ def main() -> None:  # pragma: no cover - console entry point
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-

@@ -83,7 +83,9 @@ def register_raw_tables(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> li
         label = f"{label} ({table.location})"
         reader = _reader_sql(spec, table, label)
         try:
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT *, row_number() OVER () AS _row FROM ({reader})")
+            con.execute(
+                f"CREATE OR REPLACE VIEW {view} AS SELECT *, row_number() OVER () AS _row FROM ({reader})"
+            )
             described = con.execute(f"DESCRIBE {view}").fetchall()
         except duckdb.Error as err:
             raise DataError(f"{label}: cannot be read: {_first_line(err)}") from None

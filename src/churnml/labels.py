@@ -35,7 +35,7 @@ class DataWindow:
 
 def data_window(con: duckdb.DuckDBPyConnection) -> DataWindow:
     """The span of observed behaviour in the loaded ``events`` table."""
-    start, end = con.execute('SELECT min("timestamp"), max("timestamp") FROM events').fetchone()  # type: ignore[misc]
+    start, end = con.execute('SELECT min("timestamp"), max("timestamp") FROM events').fetchall()[0]  # type: ignore[misc]
     if start is None:
         raise ValueError("events: the table is empty; churnml needs behaviour to learn from")
     return DataWindow(pd.Timestamp(start), pd.Timestamp(end))
@@ -46,7 +46,9 @@ def _label_margin(spec: DatasetSpec) -> pd.Timedelta:
     return pd.Timedelta(days=spec.observation.horizon_days + grace)
 
 
-def observation_dates(spec: DatasetSpec, window: DataWindow, labelled_only: bool = True) -> list[pd.Timestamp]:
+def observation_dates(
+    spec: DatasetSpec, window: DataWindow, labelled_only: bool = True
+) -> list[pd.Timestamp]:
     """Dates on the spec's schedule, by default only those whose label window is fully observed."""
     obs = spec.observation
     lookback = spec.churn.active_lookback_days if isinstance(spec.churn, InactivityChurn) else 0
@@ -69,7 +71,9 @@ def observation_dates(spec: DatasetSpec, window: DataWindow, labelled_only: bool
 
 def _dates_sql(dates: list[pd.Timestamp]) -> str:
     if not dates:
-        raise ValueError("observation: no observation dates fall inside the data; check observation.start/end")
+        raise ValueError(
+            "observation: no observation dates fall inside the data; check observation.start/end"
+        )
     values = ", ".join(f"(TIMESTAMP {quote_literal(str(d))})" for d in dates)
     return f"SELECT t FROM (VALUES {values}) v(t)"
 
@@ -99,7 +103,7 @@ def build_labels(
             SELECT l.customer_id, l.t, l.last_ts, a.ts AS next_ts
             FROM last_before l ASOF LEFT JOIN act a ON l.customer_id = a.customer_id AND l.t_lead <= a.ts)
         SELECT n.customer_id, n.t AS observation_date,
-               CASE WHEN NOT ({labelled.replace('d.t', 'n.t')}) THEN NULL
+               CASE WHEN NOT ({labelled.replace("d.t", "n.t")}) THEN NULL
                     WHEN n.next_ts IS NULL OR n.next_ts >= n.t + {horizon} THEN 1 ELSE 0 END AS churned,
                NULL::TIMESTAMP AS churn_date
         FROM nxt n

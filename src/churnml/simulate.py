@@ -28,7 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-__all__ = ["SimulationConfig", "SimulationSummary", "DRIVERS", "simulate", "simulate_block", "simulation_spec"]
+__all__ = [
+    "SimulationConfig",
+    "SimulationSummary",
+    "DRIVERS",
+    "simulate",
+    "simulate_block",
+    "simulation_spec",
+]
 
 BLOCK_SIZE = 5_000  # customers per independently seeded block; fixed so output is per-seed deterministic
 DAY_US = 86_400_000_000
@@ -37,7 +44,9 @@ SEGMENTS = np.array(["SMB", "Mid-Market", "Enterprise"])
 SEGMENT_P = [0.6, 0.3, 0.1]
 PLANS = np.array(["starter", "team", "business", "enterprise"])
 PRICE_PER_SEAT = np.array([15.0, 30.0, 50.0, 80.0])
-INDUSTRIES = np.array(["software", "retail", "finance", "healthcare", "education", "media", "manufacturing", "services"])
+INDUSTRIES = np.array(
+    ["software", "retail", "finance", "healthcare", "education", "media", "manufacturing", "services"]
+)
 COUNTRIES = np.array(["US", "GB", "DE", "FR", "NL", "CA", "AU", "BR"])
 CSMS = np.array(
     ["Ana Souza", "Ben Carter", "Chloe Martin", "David Kim", "Elena Rossi", "Farid Haddad",
@@ -57,7 +66,7 @@ DRIVERS: dict[str, tuple[float, str]] = {
     "seat_contraction": (1.1, "seats removed in the last 2 months"),
     "support_friction": (1.0, "a support ticket rated CSAT <= 2 in the last 2 months"),
     "detractor_nps": (1.0, "latest NPS answer (last 6 months) was a detractor (0-6)"),
-    "failed_payment": (1.5, "an invoice failed last month and was not recovered"),
+    "failed_payment": (1.8, "an invoice failed last month and was not recovered"),
     "incomplete_onboarding": (1.2, "onboarding not completed, account younger than 6 months"),
 }
 LAPSE_SHARE = 0.06  # churn decisions that are really a lapse: resubscribe within 3-20 days (not churn)
@@ -116,7 +125,9 @@ class _Events:
         self.user.append(np.full(n, -1, np.int32) if user is None else user.astype(np.int32))
 
 
-def _spread(rng: np.random.Generator, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _spread(
+    rng: np.random.Generator, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Repeat each customer index by its count and draw a uniform day in [lo, hi) for each copy."""
     idx = np.repeat(np.arange(len(counts)), counts)
     day = lo[idx] + rng.random(len(idx)) * (hi[idx] - lo[idx])
@@ -148,7 +159,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     satisfaction = rng.normal(0.0, 1.0, n)
     onboarding_incomplete = rng.random(n) < np.array([0.3, 0.2, 0.12])[segment]
     friction_prone = rng.random(n) < 0.2
-    support_rate = rng.gamma(1.5, 0.25, n) * seats ** 0.25 * np.where(friction_prone, 1.8, 1.0)
+    support_rate = rng.gamma(1.5, 0.25, n) * seats**0.25 * np.where(friction_prone, 1.8, 1.0)
     payment_risk = np.where(rng.random(n) < 0.15, 0.22, 0.01) * np.array([1.5, 1.0, 0.5])[segment]
 
     events = _Events()
@@ -156,7 +167,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     steps_done = np.where(onboarding_incomplete, rng.integers(0, 4, n), 5)
     for step in range(1, 6):
         who = np.flatnonzero(steps_done >= step)
-        events.add(who, signup[who] + step * 3.0 + rng.random(len(who)) * 3.0, ONB_STEP, np.full(len(who), step))
+        events.add(
+            who, signup[who] + step * 3.0 + rng.random(len(who)) * 3.0, ONB_STEP, np.full(len(who), step)
+        )
     done = np.flatnonzero(~onboarding_incomplete)
     events.add(done, signup[done] + 18.0 + rng.random(len(done)) * 3.0, ONB_DONE)
 
@@ -186,7 +199,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
 
         # churn decision for accounts that started before this month, from last month's state
         tenure_months = (ms - signup) / 30.4
-        at_risk = np.flatnonzero(alive & (signup < ms))
+        at_risk = np.flatnonzero(alive & (signup < ms) & (sub_start <= ms))  # not inside a lapse gap
         drivers = np.column_stack([
             np.minimum(decline, 3.0),
             (m - seat_cut_month <= 2).astype(float),
@@ -215,7 +228,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
                 frame[f"{k}_contribution"] = contrib[:, j]
             frame.insert(0, "local", churners)
             frame.insert(1, "churn_day", at)
-            frame["primary_driver"] = np.where(contrib.max(axis=1) > 0, np.array(list(DRIVERS))[contrib.argmax(axis=1)], "none")
+            frame["primary_driver"] = np.where(
+                contrib.max(axis=1) > 0, np.array(list(DRIVERS))[contrib.argmax(axis=1)], "none"
+            )
             frame["churn_logit"] = logit[churners]
             truth.append(frame)
 
@@ -234,11 +249,13 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         d = decline[act]
         d = np.where(d > 0, np.where(recover, 0.0, d + grow), start_decline.astype(float))
         decline[act] = d
-        mult = base_engagement[act] * 0.6 ** d * np.where(onboarding_incomplete[act], 0.6, 1.0)
+        mult = base_engagement[act] * 0.6**d * np.where(onboarding_incomplete[act], 0.6, 1.0)
         users = rng.binomial(seats[act], np.clip(0.35 * mult, 0.02, 0.95))
         login_n = rng.poisson(exposure * 6.0 * np.maximum(users, 0.5) ** 0.6 * np.minimum(mult, 2.5))
         idx, day = _spread(rng, login_n, lo_a, hi_a)
-        events.add(act[idx], day, LOGIN, user=1 + (rng.random(len(idx)) * np.maximum(users[idx], 1)).astype(np.int64))
+        events.add(
+            act[idx], day, LOGIN, user=1 + (rng.random(len(idx)) * np.maximum(users[idx], 1)).astype(np.int64)
+        )
         feat_n = rng.poisson(login_n * 0.5)
         idx, day = _spread(rng, feat_n, lo_a, hi_a)
         events.add(act[idx], day, FEATURE, rng.integers(1, 12, len(idx)),
@@ -247,7 +264,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         # support: more tickets when declining; friction-prone accounts rate them badly
         ticket_n = rng.poisson(exposure * support_rate[act] * (1.0 + 0.6 * np.minimum(d, 3)))
         idx, day = _spread(rng, ticket_n, lo_a, hi_a)
-        bad = rng.random(len(idx)) < np.where(friction_prone[act[idx]], 0.55, 0.08) + 0.05 * np.minimum(d[idx], 3)
+        bad = rng.random(len(idx)) < np.where(friction_prone[act[idx]], 0.55, 0.08) + 0.05 * np.minimum(
+            d[idx], 3
+        )
         csat = np.where(bad, rng.integers(1, 3, len(idx)), rng.integers(3, 6, len(idx)))
         events.add(act[idx], day, TICKET, csat)
         friction_month[np.unique(act[idx][bad])] = m
@@ -259,7 +278,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
                     - 2.0 * (m - friction_month[surveyed] <= 1) - 1.5 * failed_open[surveyed])  # fmt: skip
             score = np.clip(np.round(rng.normal(mean, 1.2)), 0, 10)
             nps_score[surveyed], nps_month[surveyed] = score, m
-            events.add(surveyed, lo[surveyed] + rng.random(len(surveyed)) * (hi[surveyed] - lo[surveyed]), NPS, score)
+            events.add(
+                surveyed, lo[surveyed] + rng.random(len(surveyed)) * (hi[surveyed] - lo[surveyed]), NPS, score
+            )
 
         # invoices: one per month on the billing day; some fail, half of those are recovered
         bill_day = ms + billing_offset[act]
@@ -278,15 +299,20 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         u = rng.random(len(act))
         shrink = (u < 0.015 + 0.12 * (d > 0)) & (seats[act] > 1)
         expand = ~shrink & (u > 0.96) & (d == 0)
+        in_gap = sub_start[act] > lo_a  # lapsed, not yet resubscribed: no account changes
+        shrink &= ~in_gap
+        expand &= ~in_gap
         unhappy = (d > 0) | ((nps_score[act] <= 6) & (m - nps_month[act] <= 3))
-        downgrade = ~shrink & ~expand & unhappy & (rng.random(len(act)) < 0.04) & (plan[act] > 0)
+        downgrade = ~shrink & ~expand & ~in_gap & unhappy & (rng.random(len(act)) < 0.04) & (plan[act] > 0)
         change_day = lo_a + rng.random(len(act)) * (hi_a - lo_a)
         changed = shrink | expand | downgrade
         if changed.any():
             who = act[changed]
             close_rows(who, change_day[changed])
             delta = np.zeros(len(act), dtype=np.int64)
-            delta[shrink] = -np.maximum(1, np.round(seats[act][shrink] * rng.uniform(0.1, 0.35, shrink.sum())))
+            delta[shrink] = -np.maximum(
+                1, np.round(seats[act][shrink] * rng.uniform(0.1, 0.35, shrink.sum()))
+            )
             delta[shrink] = np.maximum(delta[shrink], 1 - seats[act][shrink])
             delta[expand] = np.maximum(1, np.round(seats[act][expand] * rng.uniform(0.05, 0.2, expand.sum())))
             old_mrr = mrr[act].copy()
@@ -301,7 +327,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     churned = np.flatnonzero(np.isfinite(churn_day))
     close_rows(churned, churn_day[churned])
     still = np.flatnonzero(~np.isfinite(churn_day))
-    sub_rows.append((still, sub_start[still].copy(), np.full(len(still), np.nan), mrr[still].copy(), plan[still].copy()))
+    sub_rows.append(
+        (still, sub_start[still].copy(), np.full(len(still), np.nan), mrr[still].copy(), plan[still].copy())
+    )
 
     return _block_tables(config, first, n, locals())
 
@@ -364,7 +392,9 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: dict) -> dict
     empty["primary_driver"], empty["churn_logit"] = pd.Series(dtype="str"), pd.Series(dtype="float64")
     truth = pd.concat([empty, *s["truth"]], ignore_index=True)[list(empty.columns)]
     truth.insert(0, "customer_id", ids[truth.pop("local").to_numpy(dtype=np.int64)])
-    truth.insert(1, "churn_date", _to_ts(start_us, truth.pop("churn_day").to_numpy(dtype=np.float64)).to_pandas())
+    truth.insert(
+        1, "churn_date", _to_ts(start_us, truth.pop("churn_day").to_numpy(dtype=np.float64)).to_pandas()
+    )
     return {
         "customers": customers,
         "events": events,
@@ -401,13 +431,21 @@ def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
             "columns": {c: c for c in ["customer_id", "signup_date", "plan", "segment", "mrr", "csm_owner"]},
             "attributes": ["seats", "industry", "country"],
         },
-        "events": [{
-            "file": "events.parquet",
-            "columns": {c: c for c in ["customer_id", "timestamp", "event_type", "value", "user_id"]},
-        }],  # fmt: skip
+        "events": [
+            {
+                "file": "events.parquet",
+                "columns": {c: c for c in ["customer_id", "timestamp", "event_type", "value", "user_id"]},
+            }
+        ],  # fmt: skip
         "subscriptions": {
             "file": "subscriptions.parquet",
-            "columns": {"customer_id": "customer_id", "start": "start_date", "end": "end_date", "mrr": "mrr", "plan": "plan"},
+            "columns": {
+                "customer_id": "customer_id",
+                "start": "start_date",
+                "end": "end_date",
+                "mrr": "mrr",
+                "plan": "plan",
+            },
         },
         "churn": {"definition": "cancellation", "grace_days": 30},
         "observation": {

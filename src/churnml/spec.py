@@ -81,7 +81,9 @@ class CustomersSpec(TableSpec):
 
 
 class EventSourceSpec(TableSpec):
-    event_type: str | None = Field(None, description="Constant event type when the source has no type column.")
+    event_type: str | None = Field(
+        None, description="Constant event type when the source has no type column."
+    )
     event_types: dict[str, str] = Field(
         default_factory=dict, description="source event type -> contract event type (renames)."
     )
@@ -122,7 +124,9 @@ _EVERY = re.compile(r"^\s*(\d+)\s*(day|days|week|weeks|month|months)\s*$")
 
 
 class ObservationSpec(_Strict):
-    start: dt.date | None = Field(None, description="First observation date (default: data start + lookback).")
+    start: dt.date | None = Field(
+        None, description="First observation date (default: data start + lookback)."
+    )
     end: dt.date | None = Field(None, description="Last observation date (default: last labelable date).")
     every: str = Field("1 month", description="'1 month', '2 weeks', '7 days'.")
     lead_days: int = Field(0, ge=0)
@@ -205,7 +209,9 @@ class DatasetSpec(_Strict):
 
     def with_source_path(self, path: Path) -> DatasetSpec:
         """The same spec reading its data from another folder or database."""
-        return self.model_copy(update={"source": Source(kind=self.source.kind, path=str(Path(path).resolve()))})
+        return self.model_copy(
+            update={"source": Source(kind=self.source.kind, path=str(Path(path).resolve()))}
+        )
 
 
 def _format_error(err: ValidationError, origin: str) -> str:
@@ -220,7 +226,9 @@ def _format_error(err: ValidationError, origin: str) -> str:
 def parse_spec(data: object, base_dir: Path = Path("."), origin: str = "<dict>") -> DatasetSpec:
     """Build a spec from parsed YAML; raises SpecError naming each bad field."""
     if not isinstance(data, dict):
-        raise SpecError(f"dataset spec {origin} must be a mapping at the top level, got {type(data).__name__}")
+        raise SpecError(
+            f"dataset spec {origin} must be a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return DatasetSpec.model_validate({**data, "base_dir": base_dir})
     except ValidationError as err:

@@ -48,6 +48,7 @@ ROW_CHECKS: dict[str, str] = {
     "future_timestamp": "a timestamp not after the data's as-of time",
     "negative_mrr": "MRR >= 0",
     "end_before_start": "end on or after start",
+    "customer_quarantined": "rows of customers whose profile row is valid (its row was quarantined)",
     "unknown_customer": "a customer_id present in the customers table",
     "before_signup": "an event on or after the customer's signup_date",
     "duplicate_event": "each event once (exact duplicates are quarantined)",
@@ -155,6 +156,8 @@ def _typed_expr(kind: str, src: str, dtype: str, table: TableSpec) -> tuple[str,
     Returns an error string if the source type can never hold the contract type.
     """
     col = quote_ident(src)
+    if dtype.strip('"') == "NULL":  # an all-empty column (e.g. Parquet null type) fits any contract type
+        return ("NULL", None)
     if kind in ("id", "string"):
         if kind == "id" and not (dtype == "VARCHAR" or _is_numeric(dtype)):
             return f"found {dtype}"
@@ -212,16 +215,29 @@ def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
         column = contract.column(contract_col)
         if src not in raw.columns:
             issues.append(
-                Issue(raw.label, src, "missing_column", "error", 1,
-                      f"a column {src!r} (mapped to contract column {contract_col!r})",
-                      detail=f"column {src!r} is not in the source; it has {available}")  # fmt: skip
+                Issue(
+                    raw.label,
+                    src,
+                    "missing_column",
+                    "error",
+                    1,
+                    f"a column {src!r} (mapped to contract column {contract_col!r})",
+                    detail=f"column {src!r} is not in the source; it has {available}",
+                )  # fmt: skip
             )
             continue
         typed = _typed_expr(column.kind, src, raw.columns[src], raw.spec)
         if isinstance(typed, str):
             issues.append(
-                Issue(raw.label, src, "wrong_type", "error", 1, KIND_LABELS[column.kind],
-                      detail=f"column type is {typed.removeprefix('found ')} (contract column {contract_col!r})")  # fmt: skip
+                Issue(
+                    raw.label,
+                    src,
+                    "wrong_type",
+                    "error",
+                    1,
+                    KIND_LABELS[column.kind],
+                    detail=f"column type is {typed.removeprefix('found ')} (contract column {contract_col!r})",
+                )  # fmt: skip
             )
             continue
         mapped.selects[contract_col], cond = typed
@@ -232,13 +248,27 @@ def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
         for attr in raw.spec.attributes:
             if attr not in raw.columns:
                 issues.append(
-                    Issue(raw.label, attr, "missing_column", "error", 1, f"a column {attr!r} (attribute)",
-                          detail=f"column {attr!r} is not in the source; it has {available}")  # fmt: skip
+                    Issue(
+                        raw.label,
+                        attr,
+                        "missing_column",
+                        "error",
+                        1,
+                        f"a column {attr!r} (attribute)",
+                        detail=f"column {attr!r} is not in the source; it has {available}",
+                    )  # fmt: skip
                 )
             elif attr in contract.column_names:
                 issues.append(
-                    Issue(raw.label, attr, "attribute_clash", "error", 1, "attributes named unlike contract columns",
-                          detail=f"attribute {attr!r} clashes with the contract column of that name")  # fmt: skip
+                    Issue(
+                        raw.label,
+                        attr,
+                        "attribute_clash",
+                        "error",
+                        1,
+                        "attributes named unlike contract columns",
+                        detail=f"attribute {attr!r} clashes with the contract column of that name",
+                    )  # fmt: skip
                 )
             else:
                 mapped.attributes.append(attr)
@@ -275,12 +305,18 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
             raw = f"CAST({quote_ident(src)} AS VARCHAR)" if src else "NULL::VARCHAR"
             cols.append(f"{raw} AS {quote_ident('src_' + c)}")
         for c in contract.column_names:
-            cols.append(f"({part.bad[c]}) AS {quote_ident('bad_' + c)}" if c in part.bad else f"false AS {quote_ident('bad_' + c)}")
+            cols.append(
+                f"({part.bad[c]}) AS {quote_ident('bad_' + c)}"
+                if c in part.bad
+                else f"false AS {quote_ident('bad_' + c)}"
+            )
         for attr in part.attributes:
             cols.append(quote_ident(attr))
         if role == "events" and isinstance(part.raw.spec, EventSourceSpec) and part.raw.spec.drop_event_types:
             dropped = ", ".join(quote_literal(t) for t in part.raw.spec.drop_event_types)
-            cols.append(f"(CAST({_event_type_sql(part.raw.spec, part)} AS VARCHAR) IN ({dropped})) AS _dropped")
+            cols.append(
+                f"(CAST({_event_type_sql(part.raw.spec, part)} AS VARCHAR) IN ({dropped})) AS _dropped"
+            )
         else:
             cols.append("false AS _dropped")
         selects.append(f"SELECT {', '.join(cols)} FROM {part.raw.view}")
@@ -289,7 +325,9 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
     return view
 
 
-def _fetch_examples(con: duckdb.DuckDBPyConnection, view: str, where: str, columns: Sequence[str]) -> tuple[dict[str, object], ...]:
+def _fetch_examples(
+    con: duckdb.DuckDBPyConnection, view: str, where: str, columns: Sequence[str]
+) -> tuple[dict[str, object], ...]:
     cols = ", ".join(["_row", "_source"] + [quote_ident("src_" + c) for c in columns])
     rows = con.execute(f"SELECT {cols} FROM {view} WHERE {where} ORDER BY _row LIMIT {EXAMPLES}").fetchall()
     return tuple(
@@ -309,7 +347,9 @@ def _scan(con: duckdb.DuckDBPyConnection, sql: str, label: str) -> list[tuple]:
 # ------------------------------------------------------------------------------------------ row checks
 
 
-def _row_check_cases(role: str, contract_cols: Sequence[str], complete_customers: bool, as_of: str) -> list[tuple[str, str | None, str]]:
+def _row_check_cases(
+    role: str, contract_cols: Sequence[str], complete_customers: bool, as_of: str
+) -> list[tuple[str, str | None, str]]:
     """(check, column, SQL condition) in priority order; the first that matches names the row's issue."""
     contract = CONTRACT[role]
     cases: list[tuple[str, str | None, str]] = []
@@ -326,8 +366,10 @@ def _row_check_cases(role: str, contract_cols: Sequence[str], complete_customers
         cases.append(("negative_mrr", "mrr", "mrr < 0"))
     if role == "subscriptions":
         cases.append(("end_before_start", "end", '"end" < "start"'))
-    if role in ("events", "subscriptions") and complete_customers:
-        cases.append(("unknown_customer", "customer_id", "_known IS NULL"))
+    if role in ("events", "subscriptions"):
+        cases.append(("customer_quarantined", "customer_id", "_known IS NULL AND _bad_customer IS NOT NULL"))
+        if complete_customers:
+            cases.append(("unknown_customer", "customer_id", "_known IS NULL"))
     if role == "events":
         cases.append(("before_signup", "timestamp", '"timestamp" < _signup'))
         cases.append(("duplicate_event", None, "_dup > 1"))
@@ -370,9 +412,16 @@ def _check_table(
             fmt = next((p.raw.spec.timestamp_format for p in parts if p.raw.spec.timestamp_format), None)
             expected = KIND_LABELS[kind] + (f" in format {fmt!r}" if kind == "timestamp" and fmt else "")
             report.issues.append(
-                Issue(label, next(p.sources[c] for p in parts if c in p.sources), "wrong_type", "error", n_bad,
-                      expected, detail=f"{n_bad:,} of {n_present:,} values cannot be read (contract column {c!r})",
-                      examples=_fetch_examples(con, typed, f"bad_{c}", [c]))  # fmt: skip
+                Issue(
+                    label,
+                    next(p.sources[c] for p in parts if c in p.sources),
+                    "wrong_type",
+                    "error",
+                    n_bad,
+                    expected,
+                    detail=f"{n_bad:,} of {n_present:,} values cannot be read (contract column {c!r})",
+                    examples=_fetch_examples(con, typed, f"bad_{c}", [c]),
+                )  # fmt: skip
             )
     if hard:
         return
@@ -389,9 +438,15 @@ def _check_table(
         if dupes[0]:
             ids = ", ".join(repr(i) for i in dupes[2])
             report.issues.append(
-                Issue(label, parts[0].sources["customer_id"], "duplicate_id", "error", int(dupes[1]),
-                      "each customer_id once",
-                      detail=f"{dupes[0]:,} customer_id value(s) appear more than once ({int(dupes[1]):,} rows), e.g. {ids}")  # fmt: skip
+                Issue(
+                    label,
+                    parts[0].sources["customer_id"],
+                    "duplicate_id",
+                    "error",
+                    int(dupes[1]),
+                    "each customer_id once",
+                    detail=f"{dupes[0]:,} customer_id value(s) appear more than once ({int(dupes[1]):,} rows), e.g. {ids}",
+                )  # fmt: skip
             )
             return
 
@@ -399,40 +454,61 @@ def _check_table(
     complete = spec.customers is not None and spec.customers.complete
     joins, extra = "", []
     if role in ("events", "subscriptions") and spec.customers is not None:
-        joins = "LEFT JOIN (SELECT customer_id AS _cid, signup_date AS _signup FROM customers) k ON t.customer_id = k._cid"
-        extra = ["k._cid AS _known", "k._signup AS _signup"]
+        joins = (
+            "LEFT JOIN (SELECT customer_id AS _cid, signup_date AS _signup FROM customers) k ON t.customer_id = k._cid "
+            "LEFT JOIN (SELECT DISTINCT customer_id AS _qid FROM checked_customers WHERE _issue IS NOT NULL) q "
+            "ON t.customer_id = q._qid"
+        )
+        extra = ["k._cid AS _known", "k._signup AS _signup", "q._qid AS _bad_customer"]
     else:
-        extra = ["NULL::VARCHAR AS _known", "NULL::TIMESTAMP AS _signup"]
+        extra = ["NULL::VARCHAR AS _known", "NULL::TIMESTAMP AS _signup", "NULL::VARCHAR AS _bad_customer"]
     if role == "events":
         extra.append(
-            "row_number() OVER (PARTITION BY t._source, t._row_hash, t.customer_id, t.\"timestamp\", t.event_type "
+            'row_number() OVER (PARTITION BY t._source, t._row_hash, t.customer_id, t."timestamp", t.event_type '
             "ORDER BY t._row, t._source) AS _dup"
         )
     cases = _row_check_cases(role, mapped_cols, complete, quote_literal(as_of.isoformat(sep=" ")))
-    case_sql = " ".join(f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases)
+    case_sql = " ".join(
+        f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases
+    )
     checked = f"checked_{role}"
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {checked} AS SELECT *, CASE {case_sql} END AS _issue FROM "
         f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped)"
     )
-    counts = _scan(con, f"SELECT _issue, count(*) FROM {checked} WHERE _issue IS NOT NULL GROUP BY 1 ORDER BY 1", label)
+    counts = _scan(
+        con, f"SELECT _issue, count(*) FROM {checked} WHERE _issue IS NOT NULL GROUP BY 1 ORDER BY 1", label
+    )
     quarantined = sum(n for _, n in counts)
     for issue_code, n in counts:
         check, col = issue_code.split(":", 1)
         column = col or None
         src_col = next((p.sources[column] for p in parts if column in p.sources), column) if column else None
         report.issues.append(
-            Issue(label, src_col, check, "quarantine", n, ROW_CHECKS[check],
-                  detail=f"{n:,} row(s) quarantined ({check.replace('_', ' ')})",
-                  examples=_fetch_examples(con, checked, f"_issue = {quote_literal(issue_code)}", mapped_cols))  # fmt: skip
+            Issue(
+                label,
+                src_col,
+                check,
+                "quarantine",
+                n,
+                ROW_CHECKS[check],
+                detail=f"{n:,} row(s) quarantined ({check.replace('_', ' ')})",
+                examples=_fetch_examples(con, checked, f"_issue = {quote_literal(issue_code)}", mapped_cols),
+            )  # fmt: skip
         )
     kept = rows - dropped
     limit = spec.validation.max_quarantine_fraction
     if kept and quarantined / kept > limit:
         report.issues.append(
-            Issue(label, None, "too_many_bad_rows", "error", quarantined,
-                  f"at most {limit:.1%} bad rows (validation.max_quarantine_fraction)",
-                  detail=f"{quarantined:,} of {kept:,} rows ({quarantined / kept:.1%}) are bad")  # fmt: skip
+            Issue(
+                label,
+                None,
+                "too_many_bad_rows",
+                "error",
+                quarantined,
+                f"at most {limit:.1%} bad rows (validation.max_quarantine_fraction)",
+                detail=f"{quarantined:,} of {kept:,} rows ({quarantined / kept:.1%}) are bad",
+            )  # fmt: skip
         )
         return
 
@@ -447,10 +523,14 @@ def _check_table(
         )
         report.quarantine_files[role] = path
 
-    keep = [quote_ident(c) for c in contract.column_names] + [quote_ident(a) for p in parts for a in p.attributes]
+    keep = [quote_ident(c) for c in contract.column_names] + [
+        quote_ident(a) for p in parts for a in p.attributes
+    ]
     order = ' ORDER BY customer_id, "timestamp"' if role == "events" else ""
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {checked} WHERE _issue IS NULL{order}")
+        con.execute(
+            f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {checked} WHERE _issue IS NULL{order}"
+        )
     except duckdb.Error as err:
         raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
     report.tables[role] = TableSummary(role, rows, rows - dropped - quarantined, quarantined, dropped_types)
@@ -463,7 +543,9 @@ def _complete_customers(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> No
         ids += " UNION SELECT DISTINCT customer_id FROM subscriptions"
     if spec.customers is None:
         cols = ", ".join(
-            "customer_id" if c == "customer_id" else f"NULL::{'DOUBLE' if k.kind == 'number' else 'TIMESTAMP' if k.kind == 'timestamp' else 'VARCHAR'} AS {quote_ident(c)}"
+            "customer_id"
+            if c == "customer_id"
+            else f"NULL::{'DOUBLE' if k.kind == 'number' else 'TIMESTAMP' if k.kind == 'timestamp' else 'VARCHAR'} AS {quote_ident(c)}"
             for c, k in ((c.name, c) for c in CONTRACT["customers"].columns)
         )
         con.execute(f"CREATE OR REPLACE TABLE customers AS SELECT {cols} FROM ({ids}) ORDER BY customer_id")
@@ -500,7 +582,7 @@ def validate_dataset(
     if spec.customers is None or not spec.customers.complete:
         _complete_customers(con, spec)
     if spec.customers is None:
-        n = con.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
+        n = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]  # type: ignore[index]
         report.tables["customers"] = TableSummary("customers", 0, n, 0)
     if not spec.subscriptions:
         con.execute(

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from churnml.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
+    monkeypatch.setenv("CHURNML_DUCKDB_MEMORY_LIMIT", "1GB")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_simulate_validate_labels(home: Path) -> None:
+    out = home / "sim"
+    result = runner.invoke(
+        app, ["simulate", "--customers", "400", "--months", "8", "--seed", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "simulated 400 customers" in result.output
+    assert (out / "events.parquet").is_file() and (out / "ground_truth.parquet").is_file()
+
+    result = runner.invoke(app, ["validate", "--spec", str(out / "spec.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "events" in result.output
+
+    labels_path = home / "labels.parquet"
+    result = runner.invoke(app, ["labels", "--spec", str(out / "spec.yaml"), "--out", str(labels_path)])
+    assert result.exit_code == 0, result.output
+    labels = pd.read_parquet(labels_path)
+    assert set(labels.columns) >= {"customer_id", "observation_date", "churned"}
+    assert labels["churned"].notna().all() and len(labels) > 400
+
+
+def test_validate_reports_errors_and_exits_1(home: Path) -> None:
+    out = home / "sim"
+    assert (
+        runner.invoke(app, ["simulate", "--customers", "50", "--months", "4", "--out", str(out)]).exit_code
+        == 0
+    )
+    customers = pd.read_parquet(out / "customers.parquet")
+    pd.concat([customers, customers.head(2)]).to_parquet(out / "customers.parquet")
+    result = runner.invoke(app, ["validate", "--spec", str(out / "spec.yaml")])
+    assert result.exit_code == 1
+    assert "2 customer_id value(s) appear more than once" in result.output
+    assert "nothing was run" in result.output
+
+
+def test_bad_spec_and_missing_data_exit_2_with_a_message(home: Path) -> None:
+    spec = home / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "x"}))
+    result = runner.invoke(app, ["validate", "--spec", str(spec)])
+    assert result.exit_code == 2 and "source: Field required" in result.output
+
+    out = home / "sim"
+    runner.invoke(app, ["simulate", "--customers", "50", "--months", "4", "--out", str(out)])
+    (out / "events.parquet").unlink()
+    result = runner.invoke(app, ["validate", "--spec", str(out / "spec.yaml")])
+    assert result.exit_code == 2 and "events.parquet does not exist" in result.output
+
+
+def test_simulate_rejects_bad_arguments(home: Path) -> None:
+    result = runner.invoke(app, ["simulate", "--months", "1"])
+    assert result.exit_code == 2 and "--months" in result.output
+    result = runner.invoke(app, ["simulate", "--start", "yesterday"])
+    assert result.exit_code == 2 and "expected a date YYYY-MM-DD" in result.output
+
+
+def test_console_entry_point_runs_the_main_job(tmp_path: Path) -> None:
+    exe = shutil.which("churnml", path=str(Path(sys.executable).parent))
+    assert exe, "the churnml console script is installed with the package"
+    env = {**os.environ, "CHURNML_HOME": str(tmp_path), "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB"}
+    proc = subprocess.run(
+        [exe, "run", "--customers", "300", "--months", "8"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "data" / "labels" / "simulated.parquet").is_file()
+    assert "Labels (cancellation churn" in proc.stdout

@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from churnml.data import DataError
+from churnml.spec import parse_spec
+from churnml.validate import DataValidationError, prepare_dataset, validate_dataset
+from tests.conftest import tiny_customers, tiny_events, tiny_spec_dict, tiny_subscriptions
+
+
+def _issue(report, check: str):
+    found = [i for i in report.issues if i.check == check]
+    assert found, f"no {check!r} issue in {[i.check for i in report.issues]}"
+    return found[0]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_clean_data_loads_contract_tables(write_tiny, con, tmp_path: Path, fmt: str) -> None:
+    spec = write_tiny(fmt=fmt)
+    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    assert report.ok and not report.quarantined and not report.quarantine_files
+    assert {t: s.clean for t, s in report.tables.items()} == {"customers": 3, "subscriptions": 3, "events": 6}
+    events = con.execute('SELECT customer_id, "timestamp", event_type, value FROM events').df()
+    # renamed event types, contract column names and types, sorted by customer and time
+    assert list(events["event_type"]) == [
+        "login",
+        "support_ticket",
+        "login",
+        "login",
+        "nps_response",
+        "login",
+    ]
+    assert events["timestamp"].is_monotonic_increasing is False  # sorted per customer, not globally
+    assert events.loc[1, "value"] == 4.0
+    customers = con.execute("SELECT * FROM customers ORDER BY customer_id").df()
+    assert list(customers.columns) == ["customer_id", "signup_date", "plan", "segment", "mrr", "csm_owner"]
+    assert customers["mrr"].tolist() == [300.0, 45.0, 1000.0]
+
+
+def test_missing_column_is_an_error_naming_table_and_column(write_tiny, con) -> None:
+    spec = write_tiny(events=tiny_events().drop(columns=["ts"]))
+    report = validate_dataset(con, spec)
+    issue = _issue(report, "missing_column")
+    assert issue.severity == "error"
+    msg = issue.message()
+    assert "events[0] (events.parquet)" in msg and "'ts'" in msg and "'timestamp'" in msg
+    assert "['cust', 'kind', 'val']" in msg  # tells what the source does have
+    # errors stop before any work: no contract tables were created
+    assert (
+        con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchall()[0][0] == 0
+    )
+
+
+def test_wrong_type_column_is_an_error_with_examples(write_tiny, con) -> None:
+    customers = tiny_customers().astype({"mrr": str})
+    customers["mrr"] = ["lots", "some", "45"]
+    spec = write_tiny(customers=customers)
+    report = validate_dataset(con, spec)
+    issue = _issue(report, "wrong_type")
+    assert issue.severity == "error" and issue.count == 2
+    msg = issue.message()
+    assert "customers (customers.parquet).mrr" in msg and "a number" in msg
+    assert "2 of 3 values cannot be read" in msg and "'lots'" in msg and "row 1" in msg
+    with pytest.raises(DataValidationError, match="mrr"):
+        prepare_dataset(con, spec)
+
+
+def test_impossible_source_type_is_an_error(write_tiny, con) -> None:
+    events = tiny_events()
+    events["ts"] = range(len(events))  # integers where a timestamp is expected
+    report = validate_dataset(con, write_tiny(events=events))
+    issue = _issue(report, "wrong_type")
+    assert "column type is BIGINT" in issue.message() and "a date or timestamp" in issue.message()
+
+
+def test_unparseable_and_future_timestamps_are_quarantined(write_tiny, con, tmp_path: Path) -> None:
+    events = pd.concat([tiny_events()] * 3, ignore_index=True).astype({"ts": str})
+    events.loc[0, "ts"] = "2024-02-31 10:00"
+    events.loc[1, "ts"] = "2030-01-01 00:00"
+    events["val"] = events.index.astype(float)  # no exact duplicates
+    report = prepare_dataset(con, write_tiny(events=events, fmt="csv"), quarantine_dir=tmp_path / "q")
+    bad = _issue(report, "unparseable")
+    future = _issue(report, "future_timestamp")
+    assert (bad.severity, bad.count, bad.column) == ("quarantine", 1, "ts")
+    assert "'2024-02-31 10:00'" in bad.message() and "row 1" in bad.message()
+    assert (future.count, future.column) == (1, "ts")
+    summary = report.tables["events"]
+    assert (summary.rows, summary.clean, summary.quarantined) == (18, 16, 2)
+    quarantined = pd.read_parquet(report.quarantine_files["events"])
+    assert quarantined[["source_row", "issue", "timestamp"]].values.tolist() == [
+        [1, "unparseable", "2024-02-31 10:00"],
+        [2, "future_timestamp", "2030-01-01 00:00"],
+    ]
+    assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 16
+
+
+def test_duplicate_customer_ids_are_an_error(write_tiny, con) -> None:
+    customers = pd.concat([tiny_customers(), tiny_customers().iloc[[1]]], ignore_index=True)
+    report = validate_dataset(con, write_tiny(customers=customers))
+    issue = _issue(report, "duplicate_id")
+    assert issue.severity == "error"
+    assert "1 customer_id value(s) appear more than once (2 rows), e.g. 'b'" in issue.message()
+
+
+def test_events_for_unknown_customers_are_quarantined(write_tiny, con, tmp_path: Path) -> None:
+    events = pd.concat([tiny_events(), tiny_events().assign(cust="zz")], ignore_index=True)
+    report = prepare_dataset(con, write_tiny(events=events), quarantine_dir=tmp_path / "q")
+    issue = _issue(report, "unknown_customer")
+    assert (issue.count, issue.column) == (6, "cust") and "customer_id='zz'" in issue.message()
+    assert con.execute("SELECT count(*) FROM events WHERE customer_id = 'zz'").fetchall()[0][0] == 0
+
+
+def test_partial_customer_table_takes_ids_from_events(write_tiny, con) -> None:
+    events = pd.concat([tiny_events(), tiny_events().assign(cust="zz")], ignore_index=True)
+    spec = write_tiny(events=events, spec_changes=lambda s: s["customers"].update(complete=False))
+    report = prepare_dataset(con, spec)
+    assert not report.quarantined
+    assert con.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 4
+    assert con.execute("SELECT count(*) FROM events WHERE customer_id = 'zz'").fetchall()[0][0] == 6
+
+
+def test_negative_mrr_is_quarantined_in_customers_and_subscriptions(write_tiny, con) -> None:
+    customers = tiny_customers()
+    customers.loc[2, "mrr"] = -5.0
+    subs = tiny_subscriptions()
+    subs.loc[0, "mrr"] = -1.0
+    spec = write_tiny(
+        customers=customers,
+        subscriptions=subs,
+        spec_changes=lambda s: s["validation"].update(max_quarantine_fraction=1.0),
+    )
+    report = prepare_dataset(con, spec)
+    tables = sorted(i.table for i in report.issues if i.check == "negative_mrr")
+    assert tables == ["customers (customers.parquet)", "subscriptions (subscriptions.parquet)"]
+    assert con.execute("SELECT count(*) FROM customers WHERE mrr < 0").fetchall()[0][0] == 0
+    # rows of the quarantined customer follow it to quarantine, under a reason that says why
+    follow = [i for i in report.issues if i.check == "customer_quarantined"]
+    assert sorted((i.table, i.count) for i in follow) == [
+        ("events[0] (events.parquet)", 3),
+        ("subscriptions (subscriptions.parquet)", 1),
+    ]
+    assert con.execute("SELECT count(*) FROM events WHERE customer_id = 'c'").fetchall()[0][0] == 0
+
+
+def test_too_many_bad_rows_stop_the_run(write_tiny, con) -> None:
+    events = tiny_events()
+    events["cust"] = ["zz"] * 5 + ["a"]
+    spec = write_tiny(
+        events=events, spec_changes=lambda s: s["validation"].update(max_quarantine_fraction=0.2)
+    )
+    report = validate_dataset(con, spec)
+    issue = _issue(report, "too_many_bad_rows")
+    assert issue.severity == "error" and "5 of 6 rows (83.3%) are bad" in issue.message()
+    assert "at most 20.0%" in issue.message()
+
+
+def test_exact_duplicate_events_are_quarantined_but_lookalikes_kept(write_tiny, con) -> None:
+    events = tiny_events()
+    events["line"] = range(len(events))
+    twin = events.iloc[[0]].copy()  # same line id: a true duplicate
+    lookalike = events.iloc[[0]].assign(line=99)  # same contract values, different source row
+    report = prepare_dataset(con, write_tiny(events=pd.concat([events, twin, lookalike], ignore_index=True)))
+    issue = _issue(report, "duplicate_event")
+    assert issue.count == 1
+    assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 7
+
+
+def test_events_before_signup_are_quarantined(write_tiny, con) -> None:
+    events = tiny_events()
+    events.loc[2, "ts"] = pd.Timestamp("2023-06-01")  # b signed up 2024-01-15
+    report = prepare_dataset(con, write_tiny(events=events))
+    assert _issue(report, "before_signup").count == 1
+
+
+def test_missing_required_values_and_non_finite_numbers(write_tiny, con) -> None:
+    events = tiny_events()
+    events.loc[0, "cust"] = None
+    events.loc[1, "val"] = float("inf")
+    report = prepare_dataset(con, write_tiny(events=events))
+    assert _issue(report, "missing_value").column == "cust"
+    assert _issue(report, "not_finite").column == "val"
+
+
+def test_timestamp_formats_and_time_zones(write_tiny, con) -> None:
+    events = tiny_events().astype({"ts": str})
+    events["ts"] = ["02/01/2024 10:00", "03/02/2024 11:00", "20/01/2024 09:30", "02/02/2024 00:00",
+                    "10/02/2024 00:00", "01/03/2024 00:00"]  # fmt: skip
+
+    def change(s: dict) -> None:
+        s["events"][0].update(timestamp_format="%d/%m/%Y %H:%M", timezone="America/New_York")
+
+    prepare_dataset(con, write_tiny(events=events, fmt="csv", spec_changes=change))
+    first = con.execute(
+        "SELECT \"timestamp\" FROM events WHERE customer_id = 'a' ORDER BY 1 LIMIT 1"
+    ).fetchall()[0][0]
+    assert first == dt.datetime(2024, 1, 2, 15, 0)  # 10:00 in New York = 15:00 UTC
+
+
+def test_mixed_offsets_in_text_timestamps_become_utc(write_tiny, con) -> None:
+    events = tiny_events().astype({"ts": str})
+    events.loc[0, "ts"] = "2024-01-02T10:00:00+02:00"
+    events.loc[2, "ts"] = "2024-01-20T09:30:00Z"
+    prepare_dataset(con, write_tiny(events=events, fmt="csv"))
+    got = con.execute(
+        "SELECT \"timestamp\" FROM events WHERE event_type = 'login' ORDER BY customer_id, 1"
+    ).fetchall()
+    assert got[0][0] == dt.datetime(2024, 1, 2, 8, 0) and got[1][0] == dt.datetime(2024, 1, 20, 9, 30)
+
+
+def test_constant_event_type_and_dropped_types_are_counted(write_tiny, con) -> None:
+    def change(s: dict) -> None:
+        s["events"][0]["drop_event_types"] = ["nps_response"]
+
+    report = prepare_dataset(con, write_tiny(spec_changes=change))
+    summary = report.tables["events"]
+    assert summary.dropped_event_types == {"nps_response": 1}
+    assert summary.rows == summary.clean + summary.quarantined + sum(summary.dropped_event_types.values())
+
+
+def test_missing_and_truncated_files_are_data_errors(write_tiny, con, tmp_path: Path) -> None:
+    spec = write_tiny()
+    (tmp_path / "subscriptions.parquet").unlink()
+    with pytest.raises(DataError, match=r"subscriptions \(subscriptions.parquet\): file .* does not exist"):
+        validate_dataset(con, spec)
+    spec = write_tiny()
+    data = (tmp_path / "events.parquet").read_bytes()
+    (tmp_path / "events.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"events\[0\] \(events.parquet\): cannot be read"):
+        validate_dataset(con, spec)
+
+
+def test_wrong_encoding_csv_is_a_data_error(write_tiny, con, tmp_path: Path) -> None:
+    spec = write_tiny(fmt="csv")
+    path = tmp_path / "events.csv"
+    path.write_bytes(path.read_bytes().replace(b"login", "l\u00f6gin".encode("latin-1")))
+    with pytest.raises(DataError, match=r"events\[0\] \(events.csv\)"):
+        validate_dataset(con, spec)
+
+
+def test_duckdb_database_source(tmp_path: Path, con) -> None:
+    db = tmp_path / "source.duckdb"
+    with duckdb.connect(str(db)) as src:
+        for name, frame in [("c", tiny_customers()), ("e", tiny_events()), ("s", tiny_subscriptions())]:
+            src.register("frame", frame)
+            src.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+    data = tiny_spec_dict()
+    data["source"] = {"kind": "duckdb", "path": str(db)}
+    for role, table in [("customers", "c"), ("subscriptions", "s")]:
+        data[role].pop("file")
+        data[role]["table"] = table
+    data["events"][0].pop("file")
+    data["events"][0]["table"] = "e"
+    report = prepare_dataset(con, parse_spec(data))
+    assert report.tables["events"].clean == 6
