@@ -257,3 +257,53 @@ def test_duckdb_database_source(tmp_path: Path, con) -> None:
     data["events"][0]["table"] = "e"
     report = prepare_dataset(con, parse_spec(data))
     assert report.tables["events"].clean == 6
+
+
+def test_quarantine_points_at_the_exact_source_rows_in_a_multi_row_group_file(tmp_path: Path, con) -> None:
+    """Row numbers must survive parallel scans: the quarantine names the right rows, the clean table the rest."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 400_000
+    rng = np.random.default_rng(0)
+    stamps = (pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 300 * 86400, n), unit="s")).astype(
+        str
+    )
+    stamps = stamps.to_numpy().copy()
+    bad_rows = np.sort(rng.choice(n, 25, replace=False))
+    stamps[bad_rows] = "not a time"
+    table = pa.table(
+        {
+            "cust": rng.integers(0, 500, n).astype(str),
+            "ts": stamps,
+            "kind": ["login"] * n,
+            "seq": np.arange(n),
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet", row_group_size=40_000)
+    spec = parse_spec(
+        {
+            "name": "big",
+            "source": {"kind": "files", "path": str(tmp_path)},
+            "events": [
+                {
+                    "file": "events.parquet",
+                    "columns": {
+                        "customer_id": "cust",
+                        "timestamp": "ts",
+                        "event_type": "kind",
+                        "value": "seq",
+                    },
+                }
+            ],
+            "churn": {"definition": "inactivity", "activity_event_types": ["login"]},
+            "observation": {"horizon_days": 30},
+        }
+    )
+    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    quarantined = pd.read_parquet(report.quarantine_files["events"])
+    np.testing.assert_array_equal(quarantined["source_row"].to_numpy() - 1, bad_rows)
+    np.testing.assert_array_equal(quarantined["value"].astype(int).to_numpy(), bad_rows)
+    clean = con.execute("SELECT CAST(value AS BIGINT) FROM events").df().iloc[:, 0]
+    assert len(clean) == n - 25 and not set(clean) & set(bad_rows)

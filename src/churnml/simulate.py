@@ -251,7 +251,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         decline[act] = d
         mult = base_engagement[act] * 0.6**d * np.where(onboarding_incomplete[act], 0.6, 1.0)
         users = rng.binomial(seats[act], np.clip(0.35 * mult, 0.02, 0.95))
-        login_n = rng.poisson(exposure * 6.0 * np.maximum(users, 0.5) ** 0.6 * np.minimum(mult, 2.5))
+        login_n = rng.poisson(exposure * 10.0 * np.maximum(users, 0.5) ** 0.6 * np.minimum(mult, 2.5))
         idx, day = _spread(rng, login_n, lo_a, hi_a)
         events.add(
             act[idx], day, LOGIN, user=1 + (rng.random(len(idx)) * np.maximum(users[idx], 1)).astype(np.int64)

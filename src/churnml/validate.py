@@ -184,6 +184,8 @@ def _typed_expr(kind: str, src: str, dtype: str, table: TableSpec) -> tuple[str,
                 typed = f"timezone('UTC', try_strptime({text}, {fmt}))"
             else:
                 typed = _to_utc(f"CAST(try_strptime({text}, {fmt}) AS TIMESTAMP)", table.timezone)
+        elif table.timezone == "UTC":  # the session zone is UTC: naive text stays, offsets convert
+            typed = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
         else:
             # An explicit offset wins; naive text is in the table's zone.
             typed = (
@@ -450,35 +452,42 @@ def _check_table(
             )
             return
 
-    # 3. row checks -> first failing check names the row's issue
+    # 3. row checks -> the first failing check names the row's issue. Bad rows are few (bounded by
+    # max_quarantine_fraction), so they are collected once into a small table; counts, examples, the
+    # quarantine file and the clean table's anti-join all read that instead of rescanning the source.
     complete = spec.customers is not None and spec.customers.complete
     joins, extra = "", []
     if role in ("events", "subscriptions") and spec.customers is not None:
         joins = (
             "LEFT JOIN (SELECT customer_id AS _cid, signup_date AS _signup FROM customers) k ON t.customer_id = k._cid "
-            "LEFT JOIN (SELECT DISTINCT customer_id AS _qid FROM checked_customers WHERE _issue IS NOT NULL) q "
-            "ON t.customer_id = q._qid"
+            "LEFT JOIN (SELECT DISTINCT customer_id AS _qid FROM bad_customers) q ON t.customer_id = q._qid"
         )
         extra = ["k._cid AS _known", "k._signup AS _signup", "q._qid AS _bad_customer"]
     else:
         extra = ["NULL::VARCHAR AS _known", "NULL::TIMESTAMP AS _signup", "NULL::VARCHAR AS _bad_customer"]
     if role == "events":
-        extra.append(
-            'row_number() OVER (PARTITION BY t._source, t._row_hash, t.customer_id, t."timestamp", t.event_type '
-            "ORDER BY t._row, t._source) AS _dup"
+        # exact duplicates: a hash aggregate finds the (rare) repeated rows; all but the first are flagged
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE dup_events AS SELECT _source AS _dsource, _row_hash AS _dhash, "
+            f"min(_row) AS _first FROM {typed} GROUP BY 1, 2 HAVING count(*) > 1"
         )
+        joins += " LEFT JOIN dup_events dp ON t._source = dp._dsource AND t._row_hash = dp._dhash"
+        extra.append("CASE WHEN dp._first IS NOT NULL AND t._row > dp._first THEN 2 ELSE 1 END AS _dup")
     cases = _row_check_cases(role, mapped_cols, complete, quote_literal(as_of.isoformat(sep=" ")))
     case_sql = " ".join(
         f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases
     )
-    checked = f"checked_{role}"
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {checked} AS SELECT *, CASE {case_sql} END AS _issue FROM "
-        f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped)"
-    )
-    counts = _scan(
-        con, f"SELECT _issue, count(*) FROM {checked} WHERE _issue IS NOT NULL GROUP BY 1 ORDER BY 1", label
-    )
+    bad = f"bad_{role}"
+    src_cols = ", ".join(quote_ident("src_" + c) for c in mapped_cols)
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {bad} AS SELECT _row, _source, customer_id, _issue, {src_cols} FROM "
+            f"(SELECT *, CASE {case_sql} END AS _issue FROM "
+            f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped)) WHERE _issue IS NOT NULL"
+        )
+    except duckdb.Error as err:
+        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+    counts = _scan(con, f"SELECT _issue, count(*) FROM {bad} GROUP BY 1 ORDER BY 1", label)
     quarantined = sum(n for _, n in counts)
     for issue_code, n in counts:
         check, col = issue_code.split(":", 1)
@@ -493,7 +502,7 @@ def _check_table(
                 n,
                 ROW_CHECKS[check],
                 detail=f"{n:,} row(s) quarantined ({check.replace('_', ' ')})",
-                examples=_fetch_examples(con, checked, f"_issue = {quote_literal(issue_code)}", mapped_cols),
+                examples=_fetch_examples(con, bad, f"_issue = {quote_literal(issue_code)}", mapped_cols),
             )  # fmt: skip
         )
     kept = rows - dropped
@@ -518,18 +527,17 @@ def _check_table(
         raw_cols = ", ".join(f"{quote_ident('src_' + c)} AS {quote_ident(c)}" for c in mapped_cols)
         con.execute(
             f"COPY (SELECT _row AS source_row, _source AS source, split_part(_issue, ':', 1) AS issue, "
-            f"NULLIF(split_part(_issue, ':', 2), '') AS issue_column, {raw_cols} FROM {checked} "
-            f"WHERE _issue IS NOT NULL ORDER BY _source, _row) TO {quote_literal(str(path))} (FORMAT parquet)"
+            f"NULLIF(split_part(_issue, ':', 2), '') AS issue_column, {raw_cols} FROM {bad} "
+            f"ORDER BY _source, _row) TO {quote_literal(str(path))} (FORMAT parquet)"
         )
         report.quarantine_files[role] = path
 
-    keep = [quote_ident(c) for c in contract.column_names] + [
-        quote_ident(a) for p in parts for a in p.attributes
-    ]
-    order = ' ORDER BY customer_id, "timestamp"' if role == "events" else ""
+    keep = [f"t.{quote_ident(c)}" for c in contract.column_names]
+    keep += [f"t.{quote_ident(a)}" for p in parts for a in p.attributes]
+    anti = f" ANTI JOIN {bad} b ON t._source = b._source AND t._row = b._row" if quarantined else ""
     try:
         con.execute(
-            f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {checked} WHERE _issue IS NULL{order}"
+            f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {typed} t{anti} WHERE NOT t._dropped"
         )
     except duckdb.Error as err:
         raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
