@@ -9,15 +9,18 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from churnml.catalogue import build_catalogue, catalogue_frame
 from churnml.config import Settings
 from churnml.data import DataError
 from churnml.engine import connect
+from churnml.features import build_features, infer_feature_set, latest_date, scoring_rows, training_table
 from churnml.labels import build_labels
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import DatasetSpec, SpecError, load_spec
@@ -178,17 +181,68 @@ def labels_command(
     console.print(f"{len(labels):,} rows -> {out}", highlight=False)
 
 
+@app.command("features")
+def features_command(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option(help="Output Parquet file.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Score-time table for customers active at DATE (YYYY-MM-DD or 'latest'). "
+            "Without it: the labelled training table at the spec's dates.",
+        ),
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Write point-in-time features (Parquet) and the feature catalogue (CSV beside it)."""
+    loaded = _load_spec(spec, data)
+    settings = Settings.from_env()
+    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
+    began = time.perf_counter()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("building features", total=None)
+            if as_of is None:
+                table, fs = training_table(con, loaded)
+            else:
+                fs = infer_feature_set(con, loaded)
+                try:
+                    date = (
+                        latest_date(con) if as_of == "latest" else pd.Timestamp(dt.date.fromisoformat(as_of))
+                    )
+                except ValueError:
+                    raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
+                table = build_features(con, scoring_rows(con, loaded, date), fs)
+            progress.update(task, total=1, completed=1)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    finally:
+        con.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    cat_path = out.with_name(out.stem + ".catalogue.csv")
+    catalogue_frame(build_catalogue(fs, loaded.event_labels)).to_csv(cat_path, index=False)
+    dates = table["observation_date"].nunique()
+    console.print(
+        f"{len(table):,} rows x {len(fs.columns)} features at {dates} date(s) in "
+        f"{time.perf_counter() - began:.1f}s -> {out} (catalogue: {cat_path})",
+        highlight=False,
+    )
+
+
 @app.command("run")
 def run_command(
     customers: Annotated[int, typer.Option(min=1)] = 2_000,
     months: Annotated[int, typer.Option(min=3, max=120)] = 18,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """The main job on embedded defaults: simulate -> validate -> labels."""
+    """The main job on embedded defaults: simulate -> validate -> labels -> features."""
     settings = Settings.from_env()
     data_dir = settings.data_dir / "simulated"
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
     labels_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "labels" / "simulated.parquet")
+    features_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "features" / "simulated.parquet")
 
 
 def main() -> None:  # pragma: no cover - console entry point

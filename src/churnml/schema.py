@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Column", "TableContract", "CONTRACT", "KIND_LABELS", "EVENT_TYPES"]
+__all__ = ["Column", "TableContract", "CONTRACT", "KIND_LABELS", "EventVocabulary", "EVENT_TYPES"]
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,67 @@ CONTRACT: dict[str, TableContract] = {
             Column("end", "timestamp", False, "End or cancel date; empty while active."),
             Column("mrr", "number", False, "MRR during the period; must be >= 0."),
             Column("plan", "string", False, "Plan during the period."),
+            Column("seats", "number", False, "Seats purchased during the period."),
         ),
     ),
 }
 
-# The event vocabulary the simulator writes and the features know by name. Sources may use other
-# types too (mapped or kept as they are); features are generated per type from the spec.
-EVENT_TYPES = {
-    "login": "A user signed in to the product.",
-    "feature_use": "A user used a core product feature.",
-    "onboarding_step": "An onboarding step was completed (value = step number).",
-    "onboarding_completed": "The account finished onboarding.",
-    "support_ticket": "A support ticket was opened (value = CSAT 1-5 given when it closed).",
-    "nps_response": "An NPS survey answer (value = score 0-10).",
-    "payment_succeeded": "An invoice was paid (value = amount).",
-    "payment_failed": "A payment attempt failed (value = amount).",
-    "seat_change": "Seats purchased changed (value = delta, negative for contraction).",
-    "plan_change": "Plan changed (value = MRR delta, negative for a downgrade).",
+
+@dataclass(frozen=True)
+class EventVocabulary:
+    """How CSM-facing text names an event type, and whether a CSM can act on it."""
+
+    description: str
+    plural: str  # "logins"
+    singular: str  # "login"
+    value: str = "value"  # what the value column means for this type: "CSAT score", "amount"
+    actionable: bool = True
+
+
+# The event vocabulary the simulator writes and the catalogue knows by name. Sources may use other
+# types too (mapped, or kept as they are); features are generated per type from the data, and a spec
+# can name unknown types for CSMs with `event_labels`.
+EVENT_TYPES: dict[str, EventVocabulary] = {
+    "login": EventVocabulary("A user signed in to the product.", "logins", "login"),
+    "feature_use": EventVocabulary(
+        "A user used a core product feature.", "feature uses", "feature use", "feature id"
+    ),
+    "onboarding_step": EventVocabulary(
+        "An onboarding step was completed (value = step number).",
+        "onboarding steps",
+        "onboarding step",
+        "step number",
+    ),
+    "onboarding_completed": EventVocabulary(
+        "The account finished onboarding.", "onboarding completions", "onboarding completion"
+    ),
+    "support_ticket": EventVocabulary(
+        "A support ticket was opened (value = CSAT 1-5 given when it closed).",
+        "support tickets",
+        "support ticket",
+        "CSAT score",
+    ),
+    "nps_response": EventVocabulary(
+        "An NPS survey answer (value = score 0-10).", "NPS answers", "NPS answer", "NPS score"
+    ),
+    "payment_succeeded": EventVocabulary(
+        "An invoice was paid (value = amount).", "payments", "payment", "amount paid"
+    ),
+    "payment_failed": EventVocabulary(
+        "A payment attempt failed (value = amount).", "failed payments", "failed payment", "amount due"
+    ),
+    "seat_change": EventVocabulary(
+        "Seats purchased changed (value = delta, negative for contraction).",
+        "seat changes",
+        "seat change",
+        "seats added",
+    ),
+    "plan_change": EventVocabulary(
+        "Plan changed (value = MRR delta, negative for a downgrade).",
+        "plan changes",
+        "plan change",
+        "MRR change",
+    ),
+    "purchase": EventVocabulary("A purchase (basket line).", "purchases", "purchase", "spend"),
+    "coupon_redemption": EventVocabulary("A coupon was redeemed.", "coupon redemptions", "coupon redemption"),
 }

@@ -184,13 +184,15 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     mrr = seats * PRICE_PER_SEAT[plan]
     signup_mrr, signup_plan = mrr.copy(), plan.copy()
     sub_start = signup.copy()
-    sub_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    sub_rows: list[tuple[np.ndarray, ...]] = []
     truth: list[pd.DataFrame] = []
     billing_offset = signup % 28.0
     weights = np.array([w for w, _ in DRIVERS.values()])
 
     def close_rows(who: np.ndarray, at: np.ndarray) -> None:
-        sub_rows.append((who, sub_start[who].copy(), at, mrr[who].copy(), plan[who].copy()))
+        sub_rows.append(
+            (who, sub_start[who].copy(), at, mrr[who].copy(), plan[who].copy(), seats[who].copy())
+        )
         sub_start[who] = at
 
     for m in range(config.months):
@@ -328,8 +330,9 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     close_rows(churned, churn_day[churned])
     still = np.flatnonzero(~np.isfinite(churn_day))
     sub_rows.append(
-        (still, sub_start[still].copy(), np.full(len(still), np.nan), mrr[still].copy(), plan[still].copy())
-    )
+        (still, sub_start[still].copy(), np.full(len(still), np.nan), mrr[still].copy(), plan[still].copy(),
+         seats[still].copy())
+    )  # fmt: skip
 
     return _block_tables(config, first, n, locals())
 
@@ -385,6 +388,7 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: dict) -> dict
         "end_date": _to_ts(start_us, end[real][order]),
         "mrr": np.concatenate([r[3] for r in rows])[real][order].astype(np.float64),
         "plan": PLANS[np.concatenate([r[4] for r in rows])[real][order]],
+        "seats": np.concatenate([r[5] for r in rows])[real][order].astype(np.int32),
     })  # fmt: skip
 
     columns = ["local", "churn_day", *(f"{k}_{p}" for p in ("value", "contribution") for k in DRIVERS)]
@@ -429,7 +433,9 @@ def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
         "customers": {
             "file": "customers.parquet",
             "columns": {c: c for c in ["customer_id", "signup_date", "plan", "segment", "mrr", "csm_owner"]},
-            "attributes": ["seats", "industry", "country"],
+            # seats, plan and mrr in customers are today's values: features take them as of each date
+            # from subscriptions instead, so only static attributes are listed here
+            "attributes": ["industry", "country"],
         },
         "events": [
             {
@@ -445,6 +451,7 @@ def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
                 "end": "end_date",
                 "mrr": "mrr",
                 "plan": "plan",
+                "seats": "seats",
             },
         },
         "churn": {"definition": "cancellation", "grace_days": 30},

@@ -25,6 +25,7 @@ __all__ = [
     "CustomersSpec",
     "EventSourceSpec",
     "SubscriptionsSpec",
+    "EventLabel",
     "CancellationChurn",
     "InactivityChurn",
     "ObservationSpec",
@@ -100,7 +101,19 @@ class EventSourceSpec(TableSpec):
 
 
 class SubscriptionsSpec(TableSpec):
-    pass
+    term_months: int = Field(
+        1, ge=1, description="Contract term: renewals fall every N months from the start."
+    )
+
+
+class EventLabel(_Strict):
+    """How CSM-facing text names an event type the built-in vocabulary does not know."""
+
+    plural: str
+    singular: str
+    value: str = "value"
+    actionable: bool = True
+    description: str = ""
 
 
 class CancellationChurn(_Strict):
@@ -171,6 +184,7 @@ class DatasetSpec(_Strict):
     churn: Churn
     observation: ObservationSpec
     validation: ValidationSpec = ValidationSpec()
+    event_labels: dict[str, EventLabel] = Field(default_factory=dict)
     base_dir: Path = Field(Path("."), exclude=True, description="Folder the spec was read from.")
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 Severity = Literal["error", "quarantine"]
+_SQL_TYPES = {"id": "VARCHAR", "string": "VARCHAR", "number": "DOUBLE", "timestamp": "TIMESTAMP"}
 EXAMPLES = 3
 WRONG_TYPE_SHARE = 0.5  # a column where most values fail to parse is the wrong type, not a few bad rows
 
@@ -552,9 +553,9 @@ def _complete_customers(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> No
     if spec.customers is None:
         cols = ", ".join(
             "customer_id"
-            if c == "customer_id"
-            else f"NULL::{'DOUBLE' if k.kind == 'number' else 'TIMESTAMP' if k.kind == 'timestamp' else 'VARCHAR'} AS {quote_ident(c)}"
-            for c, k in ((c.name, c) for c in CONTRACT["customers"].columns)
+            if c.name == "customer_id"
+            else f"NULL::{_SQL_TYPES[c.kind]} AS {quote_ident(c.name)}"
+            for c in CONTRACT["customers"].columns
         )
         con.execute(f"CREATE OR REPLACE TABLE customers AS SELECT {cols} FROM ({ids}) ORDER BY customer_id")
     else:
@@ -593,10 +594,10 @@ def validate_dataset(
         n = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]  # type: ignore[index]
         report.tables["customers"] = TableSummary("customers", 0, n, 0)
     if not spec.subscriptions:
-        con.execute(
-            'CREATE OR REPLACE TABLE subscriptions (customer_id VARCHAR, "start" TIMESTAMP, "end" TIMESTAMP, '
-            "mrr DOUBLE, plan VARCHAR)"
+        cols = ", ".join(
+            f"{quote_ident(c.name)} {_SQL_TYPES[c.kind]}" for c in CONTRACT["subscriptions"].columns
         )
+        con.execute(f"CREATE OR REPLACE TABLE subscriptions ({cols})")
     return report
 
 
