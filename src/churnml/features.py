@@ -67,6 +67,8 @@ class FeatureSet:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.event_types:
+            raise ValueError("feature set: no event types; features are built from behaviour events")
         slugs = [slug(t) for t in self.event_types]
         if len(set(slugs)) != len(slugs):
             raise ValueError(f"event types {list(self.event_types)} collide once made column-safe: {slugs}")
@@ -121,6 +123,8 @@ class FeatureSet:
 def infer_feature_set(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> FeatureSet:
     """Read the event types, valued types and attribute kinds from the loaded contract tables."""
     rows = con.execute("SELECT event_type, count(value) > 0 FROM events GROUP BY 1 ORDER BY 1").fetchall()
+    if not rows:
+        raise ValueError("events: the table is empty; churnml needs behaviour to build features from")
     attributes = tuple(spec.customers.attributes) if spec.customers else ()
     kinds = (
         dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE customers)").fetchall())
@@ -174,7 +178,6 @@ def build_features(
         return out
     types = list(fs.event_types)
     type_index = {t: i for i, t in enumerate(types)}
-    type_sql = ", ".join(quote_literal(t) for t in types) or "NULL"
     # Integer keys for customers and event types: every join and GROUP BY below runs on integers.
     con.register("_rows_df", frame)
     try:
