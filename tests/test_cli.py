@@ -90,3 +90,33 @@ def test_console_entry_point_runs_the_main_job(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "labels" / "simulated.parquet").is_file()
     assert "Labels (cancellation churn" in proc.stdout
+
+
+def test_features_training_and_scoring_tables(home: Path) -> None:
+    out = home / "sim"
+    assert (
+        runner.invoke(app, ["simulate", "--customers", "300", "--months", "8", "--out", str(out)]).exit_code
+        == 0
+    )
+    train = home / "train.parquet"
+    result = runner.invoke(app, ["features", "--spec", str(out / "spec.yaml"), "--out", str(train)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(train)
+    catalogue = pd.read_csv(home / "train.catalogue.csv")
+    assert {"customer_id", "observation_date", "churned"} <= set(table.columns)
+    assert set(catalogue["name"]) <= set(table.columns) and len(catalogue) > 50
+    assert table["observation_date"].nunique() > 1
+
+    score = home / "score.parquet"
+    result = runner.invoke(
+        app, ["features", "--spec", str(out / "spec.yaml"), "--out", str(score), "--as-of", "latest"]
+    )
+    assert result.exit_code == 0, result.output
+    scoring = pd.read_parquet(score)
+    assert scoring["observation_date"].nunique() == 1 and "churned" not in scoring.columns
+    assert list(scoring.columns[2:]) == list(catalogue["name"])
+
+    result = runner.invoke(
+        app, ["features", "--spec", str(out / "spec.yaml"), "--out", str(score), "--as-of", "soon"]
+    )
+    assert result.exit_code == 2 and "expected a date YYYY-MM-DD or 'latest'" in result.output

@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from churnml.catalogue import build_catalogue, catalogue_frame
+from churnml.config import repo_root
+from churnml.features import (
+    FeatureSet,
+    build_features,
+    features_from_frames,
+    infer_feature_set,
+    latest_date,
+    scoring_rows,
+    training_table,
+)
+from churnml.simulate import SimulationConfig, simulate
+from churnml.spec import EventLabel, load_spec
+from churnml.validate import prepare_dataset
+
+T = pd.Timestamp
+AS_OF = T("2024-05-01")
+
+
+def _events(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "event_type", "value", "user_id"])
+
+
+HAND_EVENTS = _events(
+    [
+        # logins: 2 in the last 7 days, 3 in the last 30 (all after 04-01), 1 in the 30 days before, 1 older
+        ("a", T("2024-04-28 09:00"), "login", None, "u1"),
+        ("a", T("2024-04-30 18:00"), "login", None, "u2"),
+        ("a", T("2024-04-10 10:00"), "login", None, "u1"),
+        ("a", T("2024-03-20 10:00"), "login", None, "u3"),
+        ("a", T("2024-01-15 10:00"), "login", None, "u1"),
+        # tickets with CSAT 2 and 4 in the last 30 days, one with 5 at 60-90 days
+        ("a", T("2024-04-20 12:00"), "support_ticket", 2.0, None),
+        ("a", T("2024-04-25 12:00"), "support_ticket", 4.0, None),
+        ("a", T("2024-02-15 12:00"), "support_ticket", 5.0, None),
+        # NPS answers: the latest (before the date) is a detractor
+        ("a", T("2024-02-01 08:00"), "nps_response", 9.0, None),
+        ("a", T("2024-04-29 08:00"), "nps_response", 5.0, None),
+        # on and after the date: must be invisible
+        ("a", T("2024-05-01 00:00"), "login", None, "u9"),
+        ("a", T("2024-05-03 00:00"), "nps_response", 10.0, None),
+    ]
+)
+HAND_CUSTOMERS = pd.DataFrame(
+    {
+        "customer_id": ["a"],
+        "signup_date": [T("2024-01-10")],
+        "plan": ["pro"],
+        "segment": ["SMB"],
+        "mrr": [999.0],
+    }
+)
+HAND_SUBSCRIPTIONS = pd.DataFrame(
+    {
+        "customer_id": ["a", "a", "a"],
+        "start": [T("2024-01-10"), T("2024-03-25"), T("2024-05-02")],
+        "end": [T("2024-03-25"), T("2024-05-02"), None],
+        "mrr": [300.0, 200.0, 100.0],
+        "plan": ["business", "team", "starter"],
+        "seats": [10.0, 8.0, 4.0],
+    }
+)
+HAND_SET = FeatureSet(
+    event_types=("login", "nps_response", "support_ticket"), valued_types=("nps_response", "support_ticket")
+)
+
+
+def test_hand_computed_features() -> None:
+    got = features_from_frames(HAND_SET, AS_OF, HAND_EVENTS, HAND_CUSTOMERS, HAND_SUBSCRIPTIONS).iloc[0]
+    expected = {
+        "login_count_7d": 2, "login_count_30d": 3, "login_count_90d": 4,
+        "login_count_trend_ratio": 3.0, "login_count_trend_delta": 2, "login_active_days_30d": 3,
+        "days_since_last_login": (AS_OF - T("2024-04-30 18:00")) / pd.Timedelta(days=1),
+        "support_ticket_count_30d": 2, "support_ticket_count_90d": 3,
+        "support_ticket_value_mean_30d": 3.0, "support_ticket_value_mean_90d": 11 / 3,
+        "support_ticket_value_sum_30d": 6.0, "support_ticket_last_value": 4.0,
+        "nps_response_last_value": 5.0, "nps_detractor": 1.0, "nps_response_count_90d": 2,
+        "tenure_days": (AS_OF - T("2024-01-10")).days,
+        "active_days_30d": 6, "active_users_30d": 2,
+        # subscriptions as of the date: the row started 03-25 (the 05-02 downgrade is in the future)
+        "mrr": 200.0, "seats": 8.0, "seats_used_ratio": 2 / 8,
+        "mrr_change_90d": 200.0 - 300.0,  # 90 days before (02-01) the first row applied
+        "days_to_renewal": (T("2024-05-10") - AS_OF).days,  # monthly anniversaries of 01-10
+    }  # fmt: skip
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value), name
+    assert got["plan"] == "team" and got["segment"] == "SMB"
+    # no ticket in the 30 days before the last 30: the trend ratio is undefined (NaN), not a guess
+    assert np.isnan(got["support_ticket_count_trend_ratio"]) and got["support_ticket_count_trend_delta"] == 2
+    assert list(got.index[2:]) == HAND_SET.columns
+
+
+def test_rows_must_be_dates_and_name_their_columns() -> None:
+    with pytest.raises(ValueError, match="observation_date must be a date"):
+        features_from_frames(HAND_SET, T("2024-05-01 12:00"), HAND_EVENTS, HAND_CUSTOMERS)
+    from churnml.engine import connect
+
+    with (
+        connect(spill=False) as con,
+        pytest.raises(ValueError, match=r"missing column\(s\) \['observation_date'\]"),
+    ):
+        build_features(con, pd.DataFrame({"customer_id": ["a"]}), HAND_SET)
+
+
+def test_feature_set_round_trips_as_json() -> None:
+    fs = FeatureSet(("login", "x-y"), ("x-y",), ("industry", "size"), ("industry",), term_months=12)
+    assert FeatureSet.from_json(fs.to_json()) == fs
+    assert "x_y_last_value" in fs.columns and "attr_size" in fs.columns
+    with pytest.raises(ValueError, match="collide"):
+        FeatureSet(("a-b", "a_b"), ())
+
+
+def test_a_new_event_type_gets_features_and_descriptions_without_code() -> None:
+    events = pd.concat(
+        [HAND_EVENTS, _events([("a", T("2024-04-15"), "webinar_attended", 45.0, None)])], ignore_index=True
+    )
+    fs = FeatureSet(
+        event_types=(*HAND_SET.event_types, "webinar_attended"), valued_types=("webinar_attended",)
+    )
+    got = features_from_frames(fs, AS_OF, events, HAND_CUSTOMERS).iloc[0]
+    assert got["webinar_attended_count_30d"] == 1 and got["webinar_attended_last_value"] == 45.0
+    default = {i.name: i for i in build_catalogue(fs)}
+    assert (
+        default["webinar_attended_count_30d"].description
+        == "Number of webinar attended events in the last 30 days."
+    )
+    named = {
+        i.name: i
+        for i in build_catalogue(
+            fs,
+            {"webinar_attended": EventLabel(plural="webinars", singular="webinar", value="minutes watched")},
+        )
+    }
+    assert (
+        named["webinar_attended_value_mean_90d"].description
+        == "Average minutes watched of webinars in the last 90 days."
+    )
+
+
+def test_catalogue_describes_every_column() -> None:
+    fs = FeatureSet(("login", "payment_failed"), ("payment_failed",), ("industry",), ("industry",))
+    frame = catalogue_frame(build_catalogue(fs))
+    assert frame["name"].tolist() == fs.columns
+    assert frame["description"].str.len().min() > 10 and frame["unit"].notna().all()
+    by_name = frame.set_index("name")
+    assert (
+        by_name.loc["login_count_30d", "actionable"] and by_name.loc["payment_failed_count_90d", "actionable"]
+    )
+    assert not by_name.loc["tenure_days", "actionable"] and not by_name.loc["segment", "actionable"]
+    assert by_name.loc["days_since_last_login", "unit"] == "days"
+
+
+# ----------------------------------------------------------------------------- one definition, three uses
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory):
+    from churnml.config import Settings
+    from churnml.engine import connect
+
+    out = tmp_path_factory.mktemp("sim")
+    simulate(SimulationConfig(customers=600, months=10, seed=11), out, workers=1)
+    con = connect(Settings(home=out, duckdb_memory_limit="1GB", duckdb_threads=2))
+    spec = load_spec(out / "spec.yaml")
+    prepare_dataset(con, spec)
+    yield con, spec, out
+    con.close()
+
+
+def test_training_batch_and_online_paths_give_identical_features(sim) -> None:
+    con, spec, out = sim
+    table, fs = training_table(con, spec)
+    date = table["observation_date"].sort_values().unique()[-2]
+    train_rows = table[table["observation_date"] == date].set_index("customer_id")
+    # batch scoring: the active customers at that date
+    batch = build_features(con, scoring_rows(con, spec, pd.Timestamp(date)), fs).set_index("customer_id")
+    assert set(train_rows.index) <= set(batch.index)
+    pd.testing.assert_frame_equal(
+        batch.loc[train_rows.index, fs.columns], train_rows[fs.columns], check_exact=True
+    )
+    # online: each customer's raw behaviour (everything, including what happens after the date)
+    customers = pd.read_parquet(out / "customers.parquet")
+    events = pd.read_parquet(out / "events.parquet")
+    subs = pd.read_parquet(out / "subscriptions.parquet").rename(
+        columns={"start_date": "start", "end_date": "end"}
+    )
+    picked = list(train_rows.index[:25])
+    online = features_from_frames(
+        fs,
+        pd.Timestamp(date),
+        events[events["customer_id"].isin(picked)].astype(
+            {"customer_id": str, "event_type": str, "user_id": "string"}
+        ),
+        customers[customers["customer_id"].isin(picked)][
+            ["customer_id", "signup_date", "plan", "segment", "mrr", "csm_owner", "industry", "country"]
+        ],
+        subs[subs["customer_id"].isin(picked)],
+    ).set_index("customer_id")
+    pd.testing.assert_frame_equal(
+        online.loc[picked, fs.columns], train_rows.loc[picked, fs.columns], check_exact=True
+    )
+
+
+def test_latest_scoring_date_sees_all_data(sim) -> None:
+    con, spec, _ = sim
+    last = con.execute('SELECT max("timestamp") FROM events').fetchall()[0][0]
+    assert latest_date(con) == pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+    rows = scoring_rows(con, spec, latest_date(con))
+    open_subs = con.execute(
+        'SELECT count(DISTINCT customer_id) FROM subscriptions WHERE "end" IS NULL'
+    ).fetchall()[0][0]
+    assert len(rows) == open_subs
+
+
+def test_infer_feature_set_reads_types_and_attributes(sim) -> None:
+    con, spec, _ = sim
+    fs = infer_feature_set(con, spec)
+    assert "login" in fs.event_types and "login" not in fs.valued_types and "nps_response" in fs.valued_types
+    assert fs.attributes == ("industry", "country") and fs.categorical_attributes == ("industry", "country")
+
+
+# ----------------------------------------------------------------------------------------- leakage gate
+
+_BASE = T("2024-03-01")
+_event = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.integers(min_value=-200 * 24, max_value=60 * 24),  # hours around the observation date
+    st.sampled_from(["login", "support_ticket", "nps_response"]),
+    st.one_of(st.none(), st.integers(0, 10).map(float)),
+    st.sampled_from([None, "u1", "u2", "u3"]),
+)
+
+
+def _frame(items: list[tuple]) -> pd.DataFrame:
+    return _events([(c, _BASE + pd.Timedelta(hours=h), t, v, u) for c, h, t, v, u in items])
+
+
+_LEAK_SET = FeatureSet(("login", "nps_response", "support_ticket"), ("nps_response", "support_ticket"))
+_LEAK_CUSTOMERS = pd.DataFrame({"customer_id": ["a", "b"], "signup_date": [T("2023-06-01")] * 2})
+_LEAK_SUBS = pd.DataFrame(
+    {
+        "customer_id": ["a", "b"],
+        "start": [T("2023-06-01")] * 2,
+        "mrr": [100.0, 50.0],
+        "plan": ["x", "y"],
+        "seats": [3.0, 5.0],
+    }
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(_event, min_size=1, max_size=25),
+    future=st.lists(_event.map(lambda e: (e[0], abs(e[1]) % (60 * 24), *e[2:])), min_size=1, max_size=15),
+    mutate=st.booleans(),
+)
+def test_events_at_or_after_the_date_change_no_feature(history, future, mutate) -> None:
+    before = _frame(history)
+    base = features_from_frames(_LEAK_SET, _BASE, before, _LEAK_CUSTOMERS, _LEAK_SUBS)
+    after = pd.concat(
+        [before, _frame(future)], ignore_index=True
+    )  # future hours are >= 0: at or after the date
+    if mutate:  # and rewrite whatever already sat at/after the date
+        late = after["timestamp"] >= _BASE
+        after.loc[late, "value"] = 7.0
+        after.loc[late, "event_type"] = "support_ticket"
+    future_subs = pd.concat(
+        [
+            _LEAK_SUBS,
+            pd.DataFrame(
+                {"customer_id": ["a"], "start": [_BASE], "mrr": [1.0], "plan": ["z"], "seats": [1.0]}
+            ),
+        ]
+    )
+    changed = features_from_frames(_LEAK_SET, _BASE, after, _LEAK_CUSTOMERS, future_subs)
+    pd.testing.assert_frame_equal(base, changed, check_exact=True)
+
+
+def test_the_leakage_check_can_fail() -> None:
+    """Sanity: an event just before the date does change features (so the property above means something)."""
+    history = _frame([("a", -30 * 24, "login", None, "u1")])
+    base = features_from_frames(_LEAK_SET, _BASE, history, _LEAK_CUSTOMERS, _LEAK_SUBS)
+    more = pd.concat([history, _frame([("a", -1, "login", None, "u2")])], ignore_index=True)
+    changed = features_from_frames(_LEAK_SET, _BASE, more, _LEAK_CUSTOMERS, _LEAK_SUBS)
+    assert changed.loc[0, "login_count_7d"] == base.loc[0, "login_count_7d"] + 1
+
+
+@pytest.mark.shared_data
+def test_completejourney_training_table_matches_source_counts(shared_data: Path, con) -> None:
+    spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml")
+    spec = spec.with_source_path(shared_data / "completejourney")
+    prepare_dataset(con, spec)
+    table, fs = training_table(con, spec)
+    per_date = table.groupby("observation_date")["churned"].agg(["size", "mean"])
+    expected = {
+        "2017-07-01": (2300, 6.35),
+        "2017-08-01": (2317, 7.12),
+        "2017-09-01": (2311, 7.05),
+        "2017-10-01": (2314, 6.48),
+    }
+    for date, (size, rate) in expected.items():
+        assert per_date.loc[T(date), "size"] == size
+        assert round(100 * per_date.loc[T(date), "mean"], 2) == rate
+    assert fs.event_types == ("coupon_redemption", "purchase")
+    # every active household bought in the 90 days before the date: the population rule and the features agree
+    assert (table["purchase_count_90d"] >= 1).all()
+    assert table["days_since_last_purchase"].max() <= 90
