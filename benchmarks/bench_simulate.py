@@ -29,18 +29,33 @@ def _peak_rss_mb() -> tuple[float, float]:
 def _write_floor(rows: int, path: Path) -> float:
     rng = np.random.default_rng(0)
     began = time.perf_counter()
-    with pq.ParquetWriter(path, pa.schema([("c", pa.int32()), ("t", pa.timestamp("us")), ("k", pa.int8()),
-                                           ("v", pa.float64()), ("u", pa.int32())]), compression="zstd") as w:
+    with pq.ParquetWriter(
+        path,
+        pa.schema(
+            [
+                ("c", pa.int32()),
+                ("t", pa.timestamp("us")),
+                ("k", pa.int8()),
+                ("v", pa.float64()),
+                ("u", pa.int32()),
+            ]
+        ),
+        compression="zstd",
+    ) as w:
         step = 2_000_000
         for lo in range(0, rows, step):
             n = min(step, rows - lo)
-            w.write_table(pa.table({
-                "c": np.sort(rng.integers(0, 100_000, n)).astype(np.int32),
-                "t": pa.array(rng.integers(0, 2**45, n), pa.timestamp("us")),
-                "k": rng.integers(0, 10, n).astype(np.int8),
-                "v": rng.random(n),
-                "u": rng.integers(0, 50, n).astype(np.int32),
-            }))
+            w.write_table(
+                pa.table(
+                    {
+                        "c": np.sort(rng.integers(0, 100_000, n)).astype(np.int32),
+                        "t": pa.array(rng.integers(0, 2**45, n), pa.timestamp("us")),
+                        "k": rng.integers(0, 10, n).astype(np.int8),
+                        "v": rng.random(n),
+                        "u": rng.integers(0, 50, n).astype(np.int32),
+                    }
+                )
+            )
     return time.perf_counter() - began
 
 
@@ -53,8 +68,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sim"
         began = time.perf_counter()
-        summary = simulate(SimulationConfig(customers=args.customers, months=args.months, seed=0), out,
-                           workers=args.workers)
+        summary = simulate(
+            SimulationConfig(customers=args.customers, months=args.months, seed=0), out, workers=args.workers
+        )
         elapsed = time.perf_counter() - began
         own, children = _peak_rss_mb()
         size = sum(p.stat().st_size for p in out.glob("*.parquet")) / 2**20

@@ -22,6 +22,7 @@ def connect(
     con.execute(f"SET memory_limit = {quote_literal(settings.duckdb_memory_limit)}")
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # the CLI draws its own; DuckDB's would garble logs
     if spill:
         settings.temp_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {quote_literal(str(settings.temp_dir))}")

@@ -145,6 +145,13 @@ _NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT"
                   "USMALLINT", "UINTEGER", "UBIGINT"}  # fmt: skip
 
 
+def _floats(values: np.ndarray, fill: float) -> np.ndarray:
+    """A fetched column as float64, NULLs (masked entries) replaced by ``fill``."""
+    if isinstance(values, np.ma.MaskedArray):
+        return values.astype(np.float64).filled(fill)
+    return np.asarray(values, dtype=np.float64)
+
+
 def _check_rows(rows: pd.DataFrame) -> pd.DataFrame:
     missing = {"customer_id", "observation_date"} - set(rows.columns)
     if missing:
@@ -200,19 +207,22 @@ def build_features(
         SELECT d.t, CAST(d.t - INTERVAL (k) DAY AS DATE) AS day, k AS age
         FROM (SELECT DISTINCT t FROM _rows) d, range(1, {LOOKBACK + 1}) r(k)"""
     )
+    # Literal bounds, not scalar subqueries: DuckDB pushes literals into the scan (3x faster here).
+    first_t, last_t = quote_literal(str(frame["t"].min())), quote_literal(str(frame["t"].max()))
     # 1. daily buckets of every event before the last date, for the rows' customers and known types
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE _buckets AS
+        f"""CREATE OR REPLACE TEMP TABLE _buckets AS
         SELECT k.ck, ty.ti, CAST(e."timestamp" AS DATE) AS day, count(*) AS n,
                sum(e.value) AS s, count(e.value) AS nv, arg_max(e.value, e."timestamp") AS last_value,
                max(e."timestamp") AS last_ts
         FROM events e
         JOIN _keys k ON e.customer_id = k.customer_id
         JOIN _types ty ON e.event_type = ty.event_type
-        WHERE e."timestamp" < (SELECT max(t) FROM _rows)
+        WHERE e."timestamp" < TIMESTAMP {last_t}
         GROUP BY ALL"""
     )
-    matrix = np.full((n, len(fs.columns)), np.nan)
+    # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas
+    matrix = np.full((n, len(fs.columns)), np.nan, order="F")
     col_index = {c: i for i, c in enumerate(fs.columns)}
 
     def scatter(ri: np.ndarray, type_idx: np.ndarray, suffix_of: dict[str, np.ndarray]) -> None:
@@ -254,7 +264,7 @@ def build_features(
                 matrix[:, col_index[col]] = 0.0
 
     def num(key: str) -> np.ndarray:
-        return np.asarray(pd.array(long[key], dtype="Float64").to_numpy(dtype=np.float64, na_value=0.0))
+        return _floats(long[key], 0.0)
 
     n_trend, n_prev = num(f"n{TREND}"), num("nprev")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -284,12 +294,12 @@ def build_features(
     ri = np.asarray(last["_ri"], dtype=np.int64)
     ti = np.asarray(last["ti"], dtype=np.int64)
     scatter(ri, ti, {
-        "days_since_last_{s}": np.asarray(pd.array(last["days_since"], dtype="Float64").to_numpy(np.float64, na_value=np.nan)),
-        "{s}_last_value": np.asarray(pd.array(last["last_value"], dtype="Float64").to_numpy(np.float64, na_value=np.nan)),
+        "days_since_last_{s}": _floats(last["days_since"], np.nan),
+        "{s}_last_value": _floats(last["last_value"], np.nan),
     })  # fmt: skip
 
     # 4. account state as of the date
-    account = _account_frame(con, fs)
+    account = _account_frame(con, fs, first_t, last_t)
     for col in fs.account_columns:
         if col in account:
             matrix[:, col_index[col]] = account[col].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -305,16 +315,19 @@ def build_features(
             np.isnan(last_nps), np.nan, (last_nps <= 6).astype(float)
         )
 
-    numeric_cols = [c for c in fs.columns if c not in fs.categorical_columns]
-    numeric = pd.DataFrame(matrix[:, [col_index[c] for c in numeric_cols]], columns=numeric_cols)
-    categorical = pd.DataFrame(
-        {c: account[c].astype("object").where(account[c].notna(), None) for c in fs.categorical_columns}
-    )
-    result = pd.concat([out, numeric, categorical], axis=1)
-    return result[["customer_id", "observation_date", *fs.columns]]
+    # categorical columns come last in fs.columns, so the numeric block is a leading slice (no copy)
+    n_numeric = len(fs.columns) - len(fs.categorical_columns)
+    assert fs.columns[n_numeric:] == fs.categorical_columns
+    result = pd.DataFrame(matrix[:, :n_numeric], columns=fs.columns[:n_numeric], copy=False)
+    result.insert(0, "observation_date", out["observation_date"].to_numpy())
+    result.insert(0, "customer_id", out["customer_id"].to_numpy())
+    for c in fs.categorical_columns:
+        values = account[c].astype("object")
+        result[c] = values.where(values.notna(), None).to_numpy()
+    return result
 
 
-def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet) -> pd.DataFrame:
+def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str) -> pd.DataFrame:
     """Per-row account features: tenure, activity, users, subscription state, attributes (row order)."""
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
     attrs = (", " + attrs) if attrs else ""
@@ -333,8 +346,8 @@ def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet) -> pd.DataFra
             FROM (SELECT DISTINCT k.ck, CAST(e."timestamp" AS DATE) AS day, e.user_id
                   FROM events e JOIN _keys k ON e.customer_id = k.customer_id
                   WHERE e.user_id IS NOT NULL
-                    AND e."timestamp" >= (SELECT min(t) FROM _rows) - INTERVAL 30 DAY
-                    AND e."timestamp" < (SELECT max(t) FROM _rows)) u
+                    AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
+                    AND e."timestamp" < TIMESTAMP {last_t}) u
             JOIN _daymap m ON u.day = m.day AND m.age <= 30
             JOIN _rows r ON r.ck = u.ck AND r.t = m.t
             GROUP BY 1),

@@ -1,0 +1,174 @@
+"""Point-in-time feature throughput: `python benchmarks/bench_features.py [--customers 100000] [--months 24]`.
+
+Issue 3 targets: features for the simulator at 100k customers x 24 monthly dates (~50M events) at
+>= 1.5M events/s end to end, <= 8 GB peak memory on 2 cores, and >= 3x a straightforward pandas
+implementation measured in the same run.
+
+Each measurement runs in its own process so peak memory (ru_maxrss) belongs to it alone:
+  1. churnml on the full data: load + validate, labels, features (timed separately);
+  2. churnml features on a subset of customers;
+  3. a plain pandas implementation of the per-event-type features on the same subset
+     (per date: filter, groupby, pivot) — the baseline for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from churnml.config import Settings
+from churnml.engine import connect
+from churnml.features import build_features, infer_feature_set
+from churnml.labels import build_labels
+from churnml.simulate import SimulationConfig, simulate
+from churnml.spec import load_spec
+from churnml.validate import prepare_dataset
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_churnml(spec_path: str, home: str, queue: mp.Queue) -> None:
+    con = connect(Settings(home=Path(home), duckdb_memory_limit="5GB"))
+    spec = load_spec(spec_path)
+    t0 = time.perf_counter()
+    report = prepare_dataset(con, spec)
+    t1 = time.perf_counter()
+    labels = build_labels(con, spec)
+    labels = labels[labels["churned"].notna()].reset_index(drop=True)
+    t2 = time.perf_counter()
+    fs = infer_feature_set(con, spec)
+    table = build_features(con, labels[["customer_id", "observation_date"]], fs)
+    t3 = time.perf_counter()
+    queue.put({
+        "events": report.tables["events"].clean, "rows": len(table), "columns": len(fs.columns),
+        "dates": labels["observation_date"].nunique(),
+        "load": t1 - t0, "labels": t2 - t1, "features": t3 - t2, "peak_mb": _peak_mb(),
+    })  # fmt: skip
+
+
+def _pandas_features(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The straightforward way: for each date, filter the events, group, pivot."""
+    out = []
+    types = sorted(events["event_type"].unique())
+    for t, at_date in rows.groupby("observation_date"):
+        past = events[events["timestamp"] < t]
+        age = (t - past["timestamp"]).dt.total_seconds() / 86400
+        window = past[age <= 90].assign(age=age[age <= 90], day=lambda f: f["timestamp"].dt.floor("D"))
+        feats = {}
+        for w in (7, 30, 90):
+            feats[f"count_{w}d"] = window[window["age"] <= w].groupby(["customer_id", "event_type"]).size()
+        prev = (
+            window[(window["age"] > 30) & (window["age"] <= 60)].groupby(["customer_id", "event_type"]).size()
+        )
+        last30 = window[window["age"] <= 30]
+        feats["active_days_30d"] = last30.groupby(["customer_id", "event_type"])["day"].nunique()
+        feats["trend_delta"] = feats["count_30d"].sub(prev, fill_value=0)
+        feats["trend_ratio"] = feats["count_30d"] / prev
+        feats["value_sum_30d"] = last30.groupby(["customer_id", "event_type"])["value"].sum()
+        feats["value_sum_90d"] = window.groupby(["customer_id", "event_type"])["value"].sum()
+        feats["value_mean_30d"] = last30.groupby(["customer_id", "event_type"])["value"].mean()
+        feats["value_mean_90d"] = window.groupby(["customer_id", "event_type"])["value"].mean()
+        last = past.sort_values("timestamp").groupby(["customer_id", "event_type"]).last()
+        feats["days_since_last"] = (t - last["timestamp"]).dt.total_seconds() / 86400
+        feats["last_value"] = last["value"]
+        wide = pd.DataFrame(feats).unstack("event_type")
+        wide.columns = [f"{e}_{f}" for f, e in wide.columns]
+        merged = at_date[["customer_id"]].merge(wide, left_on="customer_id", right_index=True, how="left")
+        out.append(merged.assign(observation_date=t))
+    assert len(types) > 0
+    return pd.concat(out, ignore_index=True)
+
+
+def run_pandas(data_dir: str, queue: mp.Queue) -> None:
+    con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
+    spec = load_spec(Path(data_dir) / "spec.yaml")
+    prepare_dataset(con, spec)
+    labels = build_labels(con, spec)
+    rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]]
+    con.close()
+    began = time.perf_counter()
+    events = pd.read_parquet(Path(data_dir) / "events.parquet").astype(
+        {"customer_id": str, "event_type": str}
+    )
+    table = _pandas_features(events, rows)
+    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _peak_mb()})
+
+
+def run_churnml_subset(data_dir: str, queue: mp.Queue) -> None:
+    con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
+    spec = load_spec(Path(data_dir) / "spec.yaml")
+    prepare_dataset(con, spec)
+    labels = build_labels(con, spec)
+    rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]].reset_index(drop=True)
+    began = time.perf_counter()
+    table = build_features(con, rows, infer_feature_set(con, spec))
+    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _peak_mb()})
+
+
+def _in_child(target, *args) -> dict:  # noqa: ANN001
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _subset(src: Path, dst: Path, n: int) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    keep = pq.read_table(src / "customers.parquet", columns=["customer_id"])["customer_id"].to_pylist()[:n]
+    for name in ("customers", "events", "subscriptions"):
+        table = pq.read_table(src / f"{name}.parquet")
+        ids = table["customer_id"]
+        mask = pc.is_in(ids.cast(pa.string()), value_set=pa.array(keep))
+        pq.write_table(table.filter(mask), dst / f"{name}.parquet")
+    (dst / "spec.yaml").write_text((src / "spec.yaml").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--months", type=int, default=24)
+    parser.add_argument("--subset", type=int, default=10_000, help="customers in the pandas comparison")
+    parser.add_argument("--data", type=Path, help="reuse a simulated folder instead of simulating")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "sim"
+            simulate(SimulationConfig(customers=args.customers, months=args.months, seed=0), data)
+        full = _in_child(run_churnml, str(data / "spec.yaml"), tmp)
+        sub = Path(tmp) / "subset"
+        _subset(data, sub, args.subset)
+        ours = _in_child(run_churnml_subset, str(sub))
+        base = _in_child(run_pandas, str(sub))
+    events, feat = full["events"], full["features"]
+    end_to_end = full["load"] + full["labels"] + feat
+    print(
+        f"features: {full['rows']:,} rows x {full['columns']} features, {full['dates']} dates, {events:,} events"
+    )
+    print(f"  load+validate   {full['load']:7.1f} s")
+    print(f"  labels          {full['labels']:7.1f} s")
+    print(f"  features        {feat:7.1f} s   {events / feat:,.0f} events/s (target >= 1,500,000)")
+    print(f"  end to end      {end_to_end:7.1f} s   {events / end_to_end:,.0f} events/s")
+    print(f"  peak RSS        {full['peak_mb']:,.0f} MiB (target <= 8,192)")
+    print(f"subset of {args.subset:,} customers ({ours['rows']:,} rows), same process layout:")
+    print(f"  churnml         {ours['seconds']:7.1f} s   peak {ours['peak_mb']:,.0f} MiB")
+    print(f"  pandas baseline {base['seconds']:7.1f} s   peak {base['peak_mb']:,.0f} MiB")
+    print(f"  ratio           pandas / churnml = {base['seconds'] / ours['seconds']:.1f}x (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
