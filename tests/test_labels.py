@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from churnml.config import repo_root
 from churnml.labels import build_labels, data_window, observation_dates
@@ -188,3 +190,35 @@ def test_completejourney_labels_reproduce_source_counts(shared_data, con) -> Non
             assert len(got) == row[0], (date, horizon)
             assert got.notna().all()
             assert round(100 * got.mean(), 2) == row[1 + i], (date, horizon)
+
+
+_hours = st.integers(min_value=-120 * 24, max_value=-1)  # strictly before the date
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(extra=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), _hours), max_size=10))
+def test_labels_of_active_customers_ignore_changes_before_the_date(con, tmp_path, extra) -> None:
+    """Property: for customers active at t either way, events before t never change their label."""
+    t = T("2024-03-01")
+    events = {
+        "cust": ["a", "a", "b", "c", "c"],
+        "ts": [T("2024-02-20"), T("2024-03-10"), T("2024-02-25"), T("2024-02-01"), T("2024-06-01")],
+        "kind": ["purchase"] * 5,
+        "val": [1.0] * 5,
+    }
+    customers = {"id": ["a", "b", "c"], "signup": [T("2023-01-01")] * 3, "plan": ["p"] * 3, "mrr": [1.0] * 3}
+    churn = {"definition": "inactivity", "activity_event_types": ["purchase"], "active_lookback_days": 90}
+    obs = {"start": "2024-03-01", "end": "2024-03-01", "every": "1 month", "horizon_days": 60}
+    spec = _load(con, customers, events, None, churn, obs, tmp_path)
+    before = _by_customer(build_labels(con, spec), "2024-03-01")
+    more = {
+        "cust": events["cust"] + [c for c, _ in extra],
+        "ts": events["ts"] + [t + pd.Timedelta(hours=h) for _, h in extra],
+        "kind": events["kind"] + ["purchase"] * len(extra),
+        "val": events["val"] + [1.0] * len(extra),
+    }
+    spec = _load(con, customers, more, None, churn, obs, tmp_path)
+    after = _by_customer(build_labels(con, spec), "2024-03-01")
+    for customer in before.keys() & after.keys():
+        assert before[customer] == after[customer], customer
+    assert before == {"a": 0, "b": 1, "c": 1}

@@ -87,7 +87,8 @@ def _print_report(report: ValidationReport) -> None:
 def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings):  # noqa: ANN202
     con = connect(settings)
     try:
-        report = validate_dataset(con, spec, quarantine_dir=quarantine)
+        with err_console.status(f"validating {spec.name} against the data contract"):
+            report = validate_dataset(con, spec, quarantine_dir=quarantine)
     except DataError as err:
         con.close()
         raise _fail(str(err)) from None
