@@ -132,3 +132,25 @@ def write_tiny(tmp_path: Path) -> TinyWriter:
         return parse_spec(spec, base_dir=tmp_path)
 
     return write
+
+
+# A small trained model shared by the training and registry tests (training takes a few seconds).
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    from churnml.catalogue import build_catalogue
+    from churnml.features import training_table
+    from churnml.simulate import SimulationConfig, simulate
+    from churnml.spec import load_spec
+    from churnml.train import TrainConfig, train_model
+    from churnml.validate import prepare_dataset
+
+    out = tmp_path_factory.mktemp("sim")
+    simulate(SimulationConfig(customers=2500, months=14, seed=5), out, workers=1)
+    with connect(Settings(home=out, duckdb_memory_limit="1GB")) as con:
+        spec = load_spec(out / "spec.yaml")
+        prepare_dataset(con, spec)
+        table, fs = training_table(con, spec)
+    result = train_model(
+        table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2)
+    )
+    return table, fs, result

@@ -83,13 +83,18 @@ def test_console_entry_point_runs_the_main_job(tmp_path: Path) -> None:
     exe = shutil.which("churnml", path=str(Path(sys.executable).parent))
     assert exe, "the churnml console script is installed with the package"
     env = {**os.environ, "CHURNML_HOME": str(tmp_path), "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB"}
+    env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [exe, "run", "--customers", "300", "--months", "8"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [exe, "run", "--customers", "500", "--months", "12", "--trials", "2"], cwd=tmp_path, env=env,
+        capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "labels" / "simulated.parquet").is_file()
     assert "Labels (cancellation churn" in proc.stdout
+    assert (tmp_path / "data" / "features" / "simulated.parquet").is_file()
+    assert "registered churn v1 as challenger" in proc.stdout and "promoted: champion v1" in proc.stdout
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
 
 
 def test_features_training_and_scoring_tables(home: Path) -> None:

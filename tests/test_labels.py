@@ -195,7 +195,11 @@ def test_completejourney_labels_reproduce_source_counts(shared_data, con) -> Non
 _hours = st.integers(min_value=-120 * 24, max_value=-1)  # strictly before the date
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(extra=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), _hours), max_size=10))
 def test_labels_of_active_customers_ignore_changes_before_the_date(con, tmp_path, extra) -> None:
     """Property: for customers active at t either way, events before t never change their label."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ log = logging.getLogger("churnml")
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -232,18 +234,117 @@ def features_command(
     )
 
 
+@app.command("train")
+def train_command(
+    spec: SpecOpt,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config YAML (default: built-in defaults).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (overrides the config).")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Tuning time limit in seconds.")] = None,
+    data: DataOpt = None,
+) -> None:
+    """Tune, calibrate and evaluate out of time; log to MLflow; register as churn@challenger."""
+    from churnml.registry import check_tracking_server, log_training, tracking_uri
+    from churnml.train import load_train_config, train_model
+
+    loaded = _load_spec(spec, data)
+    settings = Settings.from_env()
+    try:
+        cfg = load_train_config(config)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    cfg = cfg.model_copy(
+        update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout}.items() if v}
+    )
+    uri = tracking_uri(settings)
+    try:  # before any expensive work
+        client = check_tracking_server(uri)
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
+    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
+    try:
+        with err_console.status("building the training table"):
+            table, fs = training_table(con, loaded)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    finally:
+        con.close()
+    catalogue = build_catalogue(fs, loaded.event_labels)
+    study_db = settings.home / "optuna.db"
+    with _progress() as progress:
+        task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
+        try:
+            result = train_model(
+                table, fs, catalogue, loaded.observation.horizon_days, cfg,
+                storage=f"sqlite:///{study_db.resolve()}", study_name=f"{loaded.name}-{int(time.time())}",
+                on_trial=lambda done, total: progress.update(task, completed=done),
+            )  # fmt: skip
+        except (ValueError, RuntimeError) as err:
+            raise _fail(str(err)) from None
+    run_id, version = log_training(result, table, cfg, settings, loaded.name, client)
+    metrics = Table(title=f"Out-of-time test ({', '.join(result.model.metadata['test_dates'])})")
+    keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
+            "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip
+    metrics.add_column("model", no_wrap=True)
+    for header in keys.values():
+        metrics.add_column(header, justify="right", no_wrap=True)
+    rows = {"churnml": result.test_metrics, **result.baselines}
+    for name, values in rows.items():
+        metrics.add_row(name, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
+    console.print(metrics)
+    console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
+
+
+@app.command("promote")
+def promote_command(
+    metric: Annotated[str | None, typer.Option(help="Metric to compare (default: the config's).")] = None,
+    margin: Annotated[float | None, typer.Option(min=0, help="Required improvement.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Training config YAML.")] = None,
+) -> None:
+    """Make the challenger champion if it beats the champion on the same out-of-time rows."""
+    from churnml.registry import check_tracking_server, promote_challenger, tracking_uri
+    from churnml.train import load_train_config
+
+    cfg = load_train_config(config)
+    try:
+        client = check_tracking_server(tracking_uri(Settings.from_env()))
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
+    result = promote_challenger(
+        client, metric or cfg.promotion_metric, cfg.promotion_margin if margin is None else margin
+    )
+    verb = "promoted" if result.promoted else "kept"
+    console.print(
+        f"{verb}: champion v{result.champion_after} (was v{result.champion_before}), challenger v{result.challenger}; "
+        f"{result.metric}: challenger {result.challenger_score}, champion {result.champion_score}; {result.reason}",
+        highlight=False,
+    )
+
+
 @app.command("run")
 def run_command(
     customers: Annotated[int, typer.Option(min=1)] = 2_000,
     months: Annotated[int, typer.Option(min=3, max=120)] = 18,
     seed: Annotated[int, typer.Option()] = 0,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials (default: training/config.yaml).")
+    ] = None,
 ) -> None:
-    """The main job on embedded defaults: simulate -> validate -> labels -> features."""
+    """The main job on embedded defaults: simulate -> validate -> labels -> features -> train -> promote."""
     settings = Settings.from_env()
     data_dir = settings.data_dir / "simulated"
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
     labels_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "labels" / "simulated.parquet")
     features_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "features" / "simulated.parquet")
+    train_command(spec=data_dir / "spec.yaml", config=repo_config(), trials=trials, timeout=None)
+    promote_command(metric=None, margin=None, config=repo_config())
+
+
+def repo_config() -> Path | None:
+    """training/config.yaml of the checkout, when running from one."""
+    path = Path(__file__).resolve().parents[2] / "training" / "config.yaml"
+    return path if path.is_file() else None
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,320 @@
+"""MLflow tracking and registry: one run per training, the model registered as ``churn``.
+
+A training run logs parameters, out-of-time metrics beside the baselines', dataset digests, the
+feature catalogue, plots, the Optuna trial history, the test feature table (so a later promotion
+compares models on the same rows) and the model: LightGBM text + JSON metadata, wrapped as an MLflow
+pyfunc with a signature and an input example. The new version gets the alias ``challenger``;
+``champion`` moves only through :func:`promote_challenger`, so a failed training never touches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from churnml.catalogue import catalogue_frame  # noqa: E402
+from churnml.config import Settings  # noqa: E402
+from churnml.evaluate import churn_metrics, reliability_table  # noqa: E402
+from churnml.model import ChurnModel  # noqa: E402
+from churnml.train import TrainConfig, TrainResult  # noqa: E402
+
+__all__ = [
+    "MODEL_NAME",
+    "tracking_uri",
+    "check_tracking_server",
+    "log_training",
+    "load_model",
+    "promote_challenger",
+    "PromotionResult",
+]
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "churn"
+EXPERIMENT = "churnml"
+_REQUIREMENTS = ["lightgbm==4.7.0", "numpy==2.4.6", "pandas==3.1.1", "scikit-learn==1.9.1", "mlflow==3.17.2"]
+
+
+def tracking_uri(settings: Settings) -> str:
+    """$MLFLOW_TRACKING_URI, else an absolute-path SQLite store under the churnml home."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{(settings.home / 'mlflow.db').resolve()}"
+
+
+def check_tracking_server(uri: str) -> MlflowClient:
+    """Fail fast, before any expensive work, if the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        # one quick probe instead of MLflow's retry loop with backoff (minutes against a dead server)
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+        except (OSError, ValueError) as err:
+            raise RuntimeError(f"MLflow tracking server {uri} is not reachable: {err}") from None
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # connection refused, bad URI, locked database...
+        raise RuntimeError(
+            f"MLflow tracking store {uri} is not reachable: {str(err).splitlines()[0]}"
+        ) from None
+    return client
+
+
+def _experiment_id(client: MlflowClient, settings: Settings) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found:
+        return found.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:"):  # a local store keeps artifacts beside it, absolute
+        location = (settings.home / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+class ChurnPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc face of :class:`ChurnModel`: feature rows in, calibrated probability out."""
+
+    def load_context(self, context) -> None:  # noqa: ANN001
+        self.model = ChurnModel.load(Path(context.artifacts["churn_model"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001, ARG002
+        return pd.DataFrame({"churn_probability": self.model.predict_proba(model_input)})
+
+
+def _plots(result: TrainResult, folder: Path) -> list[Path]:
+    y = result.test_frame["churned"].to_numpy(int)
+    p = result.test_frame["probability"].to_numpy(float)
+    paths = []
+
+    def save(fig, name: str) -> None:  # noqa: ANN001
+        path = folder / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    fpr, tpr, _ = roc_curve(y, p)
+    ax.plot(fpr, tpr, label=f"model (AUC {result.test_metrics['roc_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="random")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, out-of-time test")
+    ax.legend()
+    save(fig, "roc.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    prec, rec, _ = precision_recall_curve(y, p)
+    ax.plot(rec, prec, label=f"model (AP {result.test_metrics['pr_auc']:.3f})")
+    ax.axhline(y.mean(), ls="--", color="grey", label=f"base rate {y.mean():.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, out-of-time test")
+    ax.legend()
+    save(fig, "pr.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    rel = reliability_table(y, p)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax.plot(rel["predicted"], rel["observed"], "o-", label=f"model (ECE {result.test_metrics['ece']:.3f})")
+    ax.set(
+        xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration (reliability)"
+    )
+    ax.legend()
+    save(fig, "calibration.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    order = np.argsort(-p, kind="stable")
+    gains = np.concatenate([[0], np.cumsum(y[order]) / max(1, y.sum())])
+    share = np.linspace(0, 1, len(gains))
+    ax.plot(share, gains, label="model")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="random")
+    ax.set(
+        xlabel="share of accounts called (by risk)",
+        ylabel="share of churners reached",
+        title="Cumulative gains (lift)",
+    )
+    ax.legend()
+    save(fig, "lift.png")
+    return paths
+
+
+def _shap_summary(model: ChurnModel, features: pd.DataFrame, folder: Path) -> tuple[Path, pd.DataFrame]:
+    sample = features.sample(n=min(2000, len(features)), random_state=0)
+    contrib, _ = model.contributions(sample)
+    labels = {i.name: i.label or i.name for i in model.catalogue}
+    importance = pd.DataFrame(
+        {"feature": model.feature_names, "mean_abs_shap": np.abs(contrib).mean(axis=0)}
+    ).sort_values("mean_abs_shap", ascending=False, kind="stable")
+    top = importance.head(15).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.barh([labels.get(f, f) for f in top["feature"]], top["mean_abs_shap"])
+    ax.set(xlabel="mean |SHAP| (log-odds)", title="What drives churn risk (SHAP summary)")
+    path = folder / "shap_summary.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path, importance
+
+
+def log_training(
+    result: TrainResult,
+    table: pd.DataFrame,
+    config: TrainConfig,
+    settings: Settings,
+    dataset_name: str,
+    client: MlflowClient,
+) -> tuple[str, str]:
+    """Log one training run and register its model as a new ``churn`` version aliased ``challenger``.
+
+    Returns (run_id, model version).
+    """
+    mlflow.set_tracking_uri(client.tracking_uri)
+    experiment_id = _experiment_id(client, settings)
+    model = result.model
+    test_mask = table["observation_date"].isin(pd.to_datetime(result.test_frame["observation_date"].unique()))
+    test_features = table.loc[test_mask].reset_index(drop=True)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}") as run, \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        folder = Path(tmp)
+        mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train"})
+        mlflow.log_params({f"lgb.{k}": v for k, v in result.params.items()})
+        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
+        mlflow.log_params({
+            "calibration": model.calibrator.method, "horizon_days": model.metadata.get("horizon_days"),
+            "test_dates": ",".join(model.metadata.get("test_dates", [])), "n_features": len(model.feature_names),
+            "rows": len(table),
+        })  # fmt: skip
+        mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
+        for name, metrics in result.baselines.items():
+            mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                table.drop(columns=["churn_date"], errors="ignore"), name=dataset_name, targets="churned"
+            ),
+            context="training",
+        )
+        catalogue_frame(model.catalogue).to_csv(folder / "feature_catalogue.csv", index=False)
+        mlflow.log_artifact(str(folder / "feature_catalogue.csv"))
+        for path in _plots(result, folder):
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        shap_path, importance = _shap_summary(model, test_features, folder)
+        mlflow.log_artifact(str(shap_path), artifact_path="plots")
+        importance.to_csv(folder / "shap_importance.csv", index=False)
+        mlflow.log_artifact(str(folder / "shap_importance.csv"))
+        result.study.trials_dataframe().to_csv(folder / "optuna_trials.csv", index=False)
+        mlflow.log_artifact(str(folder / "optuna_trials.csv"), artifact_path="tuning")
+        test_features.to_parquet(folder / "test_features.parquet", index=False)
+        mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
+        (folder / "metrics.json").write_text(
+            json.dumps({"test": result.test_metrics, "baselines": result.baselines}, indent=1)
+        )
+        mlflow.log_artifact(str(folder / "metrics.json"), artifact_path="evaluation")
+
+        model_dir = model.save(folder / "churn_model")
+        example = test_features[model.feature_names].head(5)
+        for c in model.feature_set.categorical_columns:  # strings in the example, never None: clean signature
+            example[c] = example[c].fillna("").astype(str)
+        signature = infer_signature(
+            example, pd.DataFrame({"churn_probability": model.predict_proba(example)})
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ChurnPyfunc(), artifacts={"churn_model": str(model_dir)},
+            signature=signature, input_example=example, pip_requirements=_REQUIREMENTS,
+        )  # fmt: skip
+        version = mlflow.register_model(info.model_uri, MODEL_NAME)
+        client.set_registered_model_alias(MODEL_NAME, "challenger", version.version)
+        client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
+        return run.info.run_id, str(version.version)
+
+
+def load_model(uri: str = f"models:/{MODEL_NAME}@champion", client: MlflowClient | None = None) -> ChurnModel:
+    """The native churn model (booster + calibrator + metadata) behind a model URI."""
+    tracking = client.tracking_uri if client else None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking)
+        except MlflowException as err:
+            raise LookupError(f"model {uri} is not available: {err.message}") from None
+        return ChurnModel.load(Path(local) / "artifacts" / "churn_model")
+
+
+def _alias_version(client: MlflowClient, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    promoted: bool
+    challenger: str | None
+    champion_before: str | None
+    champion_after: str | None
+    metric: str
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def promote_challenger(
+    client: MlflowClient, metric: str = "pr_auc", margin: float = 0.005
+) -> PromotionResult:
+    """Move ``champion`` to the challenger if it beats the champion by ``margin`` on the same test rows.
+
+    Both models score the challenger run's out-of-time test table; lower-is-better metrics (log loss,
+    Brier, ECE) are compared the other way round. The first model becomes champion directly.
+    """
+    challenger = _alias_version(client, "challenger")
+    champion = _alias_version(client, "champion")
+    if challenger is None:
+        return PromotionResult(
+            False, None, champion, champion, metric, reason="no challenger: train a model first"
+        )
+    if champion is None:
+        client.set_registered_model_alias(MODEL_NAME, "champion", challenger)
+        return PromotionResult(
+            True, challenger, None, challenger, metric, reason="first model: becomes champion"
+        )
+    if champion == challenger:
+        return PromotionResult(
+            False, challenger, champion, champion, metric, reason="challenger is already champion"
+        )
+    run_id = client.get_model_version(MODEL_NAME, challenger).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "evaluation/test_features.parquet", tmp)
+        test = pd.read_parquet(path)
+    scores = {}
+    for alias, version in (("challenger", challenger), ("champion", champion)):
+        model = load_model(f"models:/{MODEL_NAME}/{version}", client)
+        missing = [c for c in model.feature_names if c not in test.columns]
+        if missing:
+            return PromotionResult(False, challenger, champion, champion, metric,
+                                   reason=f"{alias} v{version} needs features the test table lacks: {missing[:5]}")  # fmt: skip
+        mrr = test["mrr"].to_numpy(float) if "mrr" in test else None
+        scores[alias] = churn_metrics(test["churned"].to_numpy(int), model.predict_proba(test), mrr)[metric]
+    lower_is_better = metric in {"log_loss", "brier", "ece"}
+    gain = (
+        (scores["champion"] - scores["challenger"])
+        if lower_is_better
+        else (scores["challenger"] - scores["champion"])
+    )
+    if gain > margin:
+        client.set_registered_model_alias(MODEL_NAME, "champion", challenger)
+        return PromotionResult(True, challenger, champion, challenger, metric, scores["challenger"], scores["champion"],
+                               f"challenger better by {gain:.4f} > margin {margin}")  # fmt: skip
+    return PromotionResult(False, challenger, champion, champion, metric, scores["challenger"], scores["champion"],
+                           f"challenger better by {gain:.4f}, needs > {margin}")  # fmt: skip

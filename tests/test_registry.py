@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from churnml.config import Settings
+from churnml.registry import MODEL_NAME, check_tracking_server, load_model, log_training, promote_challenger
+from churnml.train import TrainConfig
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = check_tracking_server(uri)
+    yield client, Settings(home=tmp_path)
+    mlflow.set_tracking_uri(None)
+
+
+def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
+    table, _, result = trained
+    client, settings = store
+    run_id, version = log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(result.test_metrics["roc_auc"])
+    assert "baseline_logistic_regression_pr_auc" in run.data.metrics and run.data.params["calibration"]
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for folder in ("plots", "tuning", "evaluation") for a in client.list_artifacts(run_id, folder)
+    }
+    for expected in ("feature_catalogue.csv", "plots/roc.png", "plots/pr.png", "plots/calibration.png",
+                     "plots/lift.png", "plots/shap_summary.png", "tuning/optuna_trials.csv",
+                     "evaluation/test_features.parquet"):  # fmt: skip
+        assert expected in artifacts, expected
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
+
+    # the registered model round-trips: native model and the MLflow pyfunc agree with the trained one
+    rows = table.tail(50)
+    native = load_model(f"models:/{MODEL_NAME}@challenger", client)
+    np.testing.assert_allclose(native.predict_proba(rows), result.model.predict_proba(rows))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+    out = pyfunc.predict(rows[native.feature_names])
+    np.testing.assert_allclose(out["churn_probability"].to_numpy(), result.model.predict_proba(rows))
+
+    first = promote_challenger(client, "pr_auc", 0.005)
+    assert first.promoted and first.champion_after == version and "first model" in first.reason
+
+    # a second, identical model does not beat the champion by the margin: champion stays
+    _, second = log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+    kept = promote_challenger(client, "pr_auc", 0.005)
+    assert not kept.promoted and kept.champion_after == version and kept.challenger == second
+    assert kept.challenger_score == pytest.approx(kept.champion_score)
+    # with no margin required and a lower-is-better metric the tie still does not promote
+    assert not promote_challenger(client, "log_loss", 0.0).promoted
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
+
+
+def test_a_failed_training_run_leaves_the_champion_alone(trained, store) -> None:
+    table, _, result = trained
+    client, settings = store
+    _, version = log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+    promote_challenger(client)
+    broken = table.drop(columns=["login_count_30d"])  # the model cannot be evaluated on it
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do
+        log_training(result, broken, TrainConfig(trials=4), settings, "sim", client)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("churnml").experiment_id], order_by=["start_time DESC"]
+    )
+    assert runs[0].info.status == "FAILED"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
+
+
+def test_unreachable_tracking_server_fails_fast() -> None:
+    began = time.perf_counter()
+    with pytest.raises(RuntimeError, match="not reachable"):
+        check_tracking_server("http://127.0.0.1:9")
+    assert time.perf_counter() - began < 15
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_train_and_promote_against_a_real_mlflow_server(tmp_path: Path, trained) -> None:
+    table, _, result = trained
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client = check_tracking_server(uri)
+                break
+            except RuntimeError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        run_id, version = log_training(
+            result, table, TrainConfig(trials=4), Settings(home=tmp_path), "sim", client
+        )
+        assert promote_challenger(client).promoted
+        assert str(MlflowClient(uri).get_model_version_by_alias(MODEL_NAME, "champion").version) == version
+        model = load_model(f"models:/{MODEL_NAME}@champion", client)
+        np.testing.assert_allclose(
+            model.predict_proba(table.tail(20)), result.model.predict_proba(table.tail(20))
+        )
+        assert not (tmp_path / "mlruns").exists()  # artifacts went through the server, not a local folder
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        mlflow.set_tracking_uri(None)

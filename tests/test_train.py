@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml.features import FeatureSet
+from churnml.model import Calibrator, ChurnModel, encode_features
+from churnml.train import load_train_config, time_splits
+
+T = pd.Timestamp
+MONTHS = [T(f"2024-{m:02d}-01") for m in range(1, 13)]
+
+
+def test_time_splits_purge_the_horizon_and_hold_out_the_latest_dates() -> None:
+    folds, dev, test = time_splits(MONTHS, horizon_days=60, folds=3, test_dates=1)
+    assert test == (T("2024-12-01"),)
+    assert max(dev) + pd.Timedelta(days=60) <= test[0] and T("2024-11-01") not in dev
+    assert len(folds) == 3
+    for fold in folds:
+        (valid,) = fold.valid_dates
+        assert all(d + pd.Timedelta(days=60) <= valid for d in fold.train_dates)
+        assert valid in dev and not set(fold.train_dates) & set(test)
+    assert [f.valid_dates[0] for f in folds] == [T("2024-10-01"), T("2024-09-01"), T("2024-08-01")]
+
+
+def test_time_splits_refuse_too_little_history() -> None:
+    with pytest.raises(ValueError, match="need at least 4 labelled observation dates"):
+        time_splits(MONTHS[:3], 30, 2)
+    with pytest.raises(ValueError, match="no backtest fold fits"):
+        time_splits(MONTHS[:5], 120, 2)
+
+
+def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("trials: 0\n")
+    with pytest.raises(ValueError, match="trials"):
+        load_train_config(path)
+    path.write_text("trails: 5\n")
+    with pytest.raises(ValueError, match="trails"):
+        load_train_config(path)
+
+
+def test_calibrators_are_monotone_and_survive_json() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.random(2000)
+    y = (rng.random(2000) < raw**2).astype(int)  # raw scores overestimate risk
+    for method in ("isotonic", "sigmoid"):
+        cal = Calibrator.fit(method, raw, y)
+        grid = np.linspace(0, 1, 50)
+        assert np.all(np.diff(cal.predict(grid)) >= -1e-12)
+        again = Calibrator(**{"method": cal.method, "params": cal.params})
+        np.testing.assert_allclose(again.predict(grid), cal.predict(grid))
+        assert abs(cal.predict(np.array([0.5]))[0] - 0.25) < 0.08
+    with pytest.raises(ValueError, match="calibration method"):
+        Calibrator.fit("magic", raw, y)
+
+
+def test_unknown_categories_become_missing_not_a_wrong_code() -> None:
+    fs = FeatureSet(("login",), ())
+    frame = pd.DataFrame({c: [1.0, 2.0] for c in fs.columns})
+    frame["plan"] = ["team", "platinum"]
+    frame["segment"] = ["SMB", None]
+    encoded = encode_features(frame, fs, {"plan": ["starter", "team"], "segment": ["SMB"]})
+    assert encoded["plan"].tolist()[0] == 1.0 and np.isnan(encoded["plan"].tolist()[1])
+    assert np.isnan(encoded["segment"].tolist()[1])
+    with pytest.raises(ValueError, match="missing column"):
+        encode_features(frame.drop(columns=["plan"]), fs, {})
+
+
+def test_training_beats_the_base_rate_out_of_time(trained) -> None:
+    table, _, result = trained
+    assert result.test_metrics["roc_auc"] > 0.65
+    assert result.test_metrics["pr_auc"] > 1.5 * result.test_metrics["base_rate"]
+    assert result.test_metrics["log_loss"] < result.baselines["base_rate"]["log_loss"]
+    assert set(result.baselines) == {"base_rate", "logistic_regression", "recency_heuristic"}
+    # the test rows are the latest date only and never used for fitting
+    test_date = table["observation_date"].max()
+    assert (result.test_frame["observation_date"] == test_date).all()
+    assert pd.Timestamp(result.model.metadata["trained_through"]) + pd.Timedelta(days=60) <= test_date
+    assert result.model.calibrator.method in {"isotonic", "sigmoid"}
+
+
+def test_model_save_load_gives_identical_predictions_and_shap(trained, tmp_path: Path) -> None:
+    table, _, result = trained
+    rows = table.tail(300)
+    loaded = ChurnModel.load(result.model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.predict_proba(rows), result.model.predict_proba(rows))
+    contrib, base = loaded.contributions(rows)
+    raw = loaded.predict_raw(rows)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(contrib.sum(axis=1) + base))), raw, rtol=1e-6)
+    (tmp_path / "m" / "booster.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="corrupt"):
+        ChurnModel.load(tmp_path / "m")
+
+
+def test_more_failed_payments_do_not_lower_risk(trained) -> None:
+    """Behavioural check: adding a recent unrecovered failed payment never makes an account look safer."""
+    table, _, result = trained
+    rows = table[table["payment_failed_count_30d"] == 0].tail(400).copy()
+    worse = rows.copy()
+    worse["payment_failed_count_7d"] += 1
+    worse["payment_failed_count_30d"] += 1
+    worse["payment_failed_count_90d"] += 1
+    worse["days_since_last_payment_failed"] = 3.0
+    before, after = result.model.predict_proba(rows), result.model.predict_proba(worse)
+    assert after.mean() > before.mean()
