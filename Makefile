@@ -39,6 +39,7 @@ format: setup  ## Apply the formatter
 
 bench: setup  ## Run the benchmarks (on demand; prints ratios against an in-run baseline)
 	$(BIN)/python benchmarks/bench_simulate.py
+	$(BIN)/python benchmarks/bench_features.py
 
 clean:  ## Remove generated data and caches (keeps .venv)
-	rm -rf data mlruns mlflow.db reports .pytest_cache
+	rm -rf data mlruns mlartifacts mlflow.db optuna.db reports .pytest_cache

@@ -107,3 +107,35 @@ def test_more_failed_payments_do_not_lower_risk(trained) -> None:
     worse["days_since_last_payment_failed"] = 3.0
     before, after = result.model.predict_proba(rows), result.model.predict_proba(worse)
     assert after.mean() > before.mean()
+
+
+DRIVER_FEATURES = {  # planted driver -> prefixes of the features that observe it
+    "engagement_decline": (
+        "login_",
+        "days_since_last_login",
+        "feature_use_",
+        "active_days",
+        "active_users",
+        "seats_used",
+    ),
+    "seat_contraction": ("seat_change_", "days_since_last_seat_change", "seats", "mrr_change"),
+    "support_friction": ("support_ticket_", "days_since_last_support_ticket"),
+    "detractor_nps": ("nps_", "days_since_last_nps_response"),
+    "failed_payment": ("payment_failed_", "days_since_last_payment_failed"),
+    "incomplete_onboarding": ("onboarding_", "days_since_last_onboarding"),
+}
+
+
+def test_top_shap_features_recover_the_planted_drivers(trained) -> None:
+    table, fs, result = trained
+    contrib, _ = result.model.contributions(table)
+    ranking = pd.Series(np.abs(contrib).mean(axis=0), index=fs.columns).sort_values(ascending=False)
+    top = list(ranking.index)
+
+    def driver_of(feature: str) -> str | None:
+        return next((d for d, prefixes in DRIVER_FEATURES.items() if feature.startswith(prefixes)), None)
+
+    # the five strongest explanations are all planted causes, and every cause shows up in the top 25
+    assert all(driver_of(f) for f in top[:5]), top[:5]
+    found = {driver_of(f) for f in top[:25]}
+    assert set(DRIVER_FEATURES) <= found, sorted(set(DRIVER_FEATURES) - found)

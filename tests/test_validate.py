@@ -307,3 +307,26 @@ def test_quarantine_points_at_the_exact_source_rows_in_a_multi_row_group_file(tm
     np.testing.assert_array_equal(quarantined["value"].astype(int).to_numpy(), bad_rows)
     clean = con.execute("SELECT CAST(value AS BIGINT) FROM events").df().iloc[:, 0]
     assert len(clean) == n - 25 and not set(clean) & set(bad_rows)
+
+
+def test_group_by_combines_source_rows_into_one_event(write_tiny, con) -> None:
+    lines = pd.DataFrame(
+        {
+            "cust": ["a", "a", "a", "b"],
+            "ts": pd.to_datetime(
+                ["2024-01-05 10:00", "2024-01-05 10:01", "2024-01-09 12:00", "2024-01-20 09:00"]
+            ),
+            "kind": ["purchase"] * 4,
+            "val": [2.5, 1.5, 4.0, 3.0],
+            "basket": [1, 1, 2, 3],
+        }
+    )
+    spec = write_tiny(events=lines, spec_changes=lambda s: s["events"][0].update(group_by=["basket"]))
+    report = prepare_dataset(con, spec)
+    assert report.tables["events"].rows == 3
+    got = con.execute('SELECT customer_id, "timestamp", value FROM events ORDER BY 1, 2').fetchall()
+    assert got == [
+        ("a", dt.datetime(2024, 1, 5, 10, 0), 4.0),
+        ("a", dt.datetime(2024, 1, 9, 12, 0), 4.0),
+        ("b", dt.datetime(2024, 1, 20, 9, 0), 3.0),
+    ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from churnml.engine import quote_ident, quote_literal
-from churnml.spec import DatasetSpec, TableSpec
+from churnml.spec import DatasetSpec, EventSourceSpec, TableSpec
 
 __all__ = ["DataError", "RawTable", "register_raw_tables", "CSV_SUFFIXES", "PARQUET_SUFFIXES"]
 
@@ -52,6 +52,19 @@ def _reader_sql(spec: DatasetSpec, table: TableSpec, label: str) -> str:
     raise DataError(f"{label}: cannot read {path.name}; expected a Parquet (.parquet) or CSV (.csv) file")
 
 
+def _grouped_reader(reader: str, table: EventSourceSpec) -> str:
+    """One row per event: group the source rows by the spec's keys (first timestamp, summed value)."""
+    keys = [table.columns["customer_id"], *table.group_by]
+    aggs = []
+    for contract_col, src in table.columns.items():
+        if src in keys:
+            continue
+        fn = {"timestamp": "min", "value": "sum"}.get(contract_col, "any_value")
+        aggs.append(f"{fn}({quote_ident(src)}) AS {quote_ident(src)}")
+    key_sql = ", ".join(quote_ident(k) for k in keys)
+    return f"SELECT {key_sql}, {', '.join(aggs)} FROM ({reader}) GROUP BY {key_sql} ORDER BY {key_sql}"
+
+
 def _attach(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
     if spec.source.kind != "duckdb":
         return
@@ -82,6 +95,8 @@ def register_raw_tables(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> li
         label = f"{role}[{view.rsplit('_', 1)[-1]}]" if role == "events" else role
         label = f"{label} ({table.location})"
         reader = _reader_sql(spec, table, label)
+        if isinstance(table, EventSourceSpec) and table.group_by:
+            reader = _grouped_reader(reader, table)
         try:
             con.execute(
                 f"CREATE OR REPLACE VIEW {view} AS SELECT *, row_number() OVER () AS _row FROM ({reader})"

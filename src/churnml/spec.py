@@ -91,6 +91,13 @@ class EventSourceSpec(TableSpec):
     drop_event_types: list[str] = Field(
         default_factory=list, description="Source event types to ignore on purpose (counted, not errors)."
     )
+    group_by: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Source columns that identify one event when a source has several rows per event (e.g. "
+            "basket lines -> one purchase per basket_id): rows are combined, timestamp = first, value = sum."
+        ),
+    )
 
     @model_validator(mode="after")
     def _type_given(self) -> EventSourceSpec:
