@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import pandas as pd
 import typer
 from rich.console import Console
@@ -101,6 +104,18 @@ def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings):  
     return con, report
 
 
+@contextmanager
+def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Validated contract tables in a DuckDB connection; library ValueErrors become clean CLI errors."""
+    con, _ = _validate(spec, settings.data_dir / "quarantine" / spec.name, settings)
+    try:
+        yield con
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    finally:
+        con.close()
+
+
 SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
@@ -161,14 +176,8 @@ def labels_command(
 ) -> None:
     """Write point-in-time churn labels (customer_id, observation_date, churned) for the spec's schedule."""
     loaded = _load_spec(spec, data)
-    settings = Settings.from_env()
-    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
-    try:
+    with _validated_data(loaded, Settings.from_env()) as con:
         labels = build_labels(con, loaded)
-    except ValueError as err:
-        raise _fail(str(err)) from None
-    finally:
-        con.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(out, index=False)
     summary = labels.groupby("observation_date")["churned"].agg(["size", "mean"])
@@ -199,29 +208,23 @@ def features_command(
     data: DataOpt = None,
 ) -> None:
     """Write point-in-time features (Parquet) and the feature catalogue (CSV beside it)."""
+    date: pd.Timestamp | None = None
+    if as_of not in (None, "latest"):
+        try:  # bad input is refused before any work
+            date = pd.Timestamp(dt.date.fromisoformat(as_of))
+        except ValueError:
+            raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
     loaded = _load_spec(spec, data)
     settings = Settings.from_env()
-    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
     began = time.perf_counter()
-    try:
-        with _progress() as progress:
-            task = progress.add_task("building features", total=None)
-            if as_of is None:
-                table, fs = training_table(con, loaded)
-            else:
-                fs = infer_feature_set(con, loaded)
-                try:
-                    date = (
-                        latest_date(con) if as_of == "latest" else pd.Timestamp(dt.date.fromisoformat(as_of))
-                    )
-                except ValueError:
-                    raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
-                table = build_features(con, scoring_rows(con, loaded, date), fs)
-            progress.update(task, total=1, completed=1)
-    except ValueError as err:
-        raise _fail(str(err)) from None
-    finally:
-        con.close()
+    with _validated_data(loaded, settings) as con, _progress() as progress:
+        task = progress.add_task("building features", total=None)
+        if as_of is None:
+            table, fs = training_table(con, loaded)
+        else:
+            fs = infer_feature_set(con, loaded)
+            table = build_features(con, scoring_rows(con, loaded, date or latest_date(con)), fs)
+        progress.update(task, total=1, completed=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     cat_path = out.with_name(out.stem + ".catalogue.csv")
@@ -262,14 +265,8 @@ def train_command(
         client = check_tracking_server(uri)
     except RuntimeError as err:
         raise _fail(str(err)) from None
-    con, _ = _validate(loaded, settings.data_dir / "quarantine" / loaded.name, settings)
-    try:
-        with err_console.status("building the training table"):
-            table, fs = training_table(con, loaded)
-    except ValueError as err:
-        raise _fail(str(err)) from None
-    finally:
-        con.close()
+    with _validated_data(loaded, settings) as con, err_console.status("building the training table"):
+        table, fs = training_table(con, loaded)
     catalogue = build_catalogue(fs, loaded.event_labels)
     study_db = settings.home / "optuna.db"
     with _progress() as progress:

@@ -182,7 +182,6 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     nps_month = np.full(n, -99)
     failed_open = np.zeros(n, dtype=bool)
     mrr = seats * PRICE_PER_SEAT[plan]
-    signup_mrr, signup_plan = mrr.copy(), plan.copy()
     sub_start = signup.copy()
     sub_rows: list[tuple[np.ndarray, ...]] = []
     truth: list[pd.DataFrame] = []
@@ -334,7 +333,11 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
          seats[still].copy())
     )  # fmt: skip
 
-    return _block_tables(config, first, n, locals())
+    state = _BlockState(
+        signup=signup, segment=segment, plan=plan, seats=seats, mrr=mrr, owner=owner, industry=industry,
+        country=country, events=events, churn_day=churn_day, horizon_end=horizon_end, sub_rows=sub_rows, truth=truth,
+    )  # fmt: skip
+    return _block_tables(config, first, n, state)
 
 
 def _to_ts(start_us: int, days: np.ndarray) -> pa.Array:
@@ -343,26 +346,45 @@ def _to_ts(start_us: int, days: np.ndarray) -> pa.Array:
     return pa.array(us, type=pa.timestamp("us"), mask=mask)
 
 
-def _block_tables(config: SimulationConfig, first: int, n: int, s: dict) -> dict[str, pa.Table]:
+@dataclass
+class _BlockState:
+    """What a simulated block ends with: profiles (today's plan, seats, MRR), events, subscriptions, truth."""
+
+    signup: np.ndarray
+    segment: np.ndarray
+    plan: np.ndarray
+    seats: np.ndarray
+    mrr: np.ndarray
+    owner: np.ndarray
+    industry: np.ndarray
+    country: np.ndarray
+    events: _Events
+    churn_day: np.ndarray
+    horizon_end: float
+    sub_rows: list[tuple[np.ndarray, ...]]
+    truth: list[pd.DataFrame]
+
+
+def _block_tables(config: SimulationConfig, first: int, n: int, s: _BlockState) -> dict[str, pa.Table]:
     start_us = int(pd.Timestamp(config.start).value // 1000)
     ids = np.array([f"C{first + i:07d}" for i in range(n)])
     customers = pa.table({
         "customer_id": ids,
-        "signup_date": _to_ts(start_us, np.floor(s["signup"])),
-        "segment": SEGMENTS[s["segment"]],
-        "plan": PLANS[s["plan"]],
-        "seats": s["seats"].astype(np.int32),
-        "mrr": s["mrr"].astype(np.float64),
-        "csm_owner": CSMS[s["owner"]],
-        "industry": INDUSTRIES[s["industry"]],
-        "country": COUNTRIES[s["country"]],
+        "signup_date": _to_ts(start_us, np.floor(s.signup)),
+        "segment": SEGMENTS[s.segment],
+        "plan": PLANS[s.plan],
+        "seats": s.seats.astype(np.int32),
+        "mrr": s.mrr.astype(np.float64),
+        "csm_owner": CSMS[s.owner],
+        "industry": INDUSTRIES[s.industry],
+        "country": COUNTRIES[s.country],
     })  # fmt: skip
 
-    ev: _Events = s["events"]
+    ev = s.events
     cust = np.concatenate(ev.cust)
     day = np.concatenate(ev.day)
     # drop events after churn (onboarding events of accounts that churned very early)
-    keep = day < np.minimum(s["churn_day"][cust], s["horizon_end"])
+    keep = day < np.minimum(s.churn_day[cust], s.horizon_end)
     order = np.lexsort((day[keep], cust[keep]))
     cust, day = cust[keep][order], day[keep][order]
     kind = np.concatenate(ev.kind)[keep][order]
@@ -376,7 +398,7 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: dict) -> dict
         "user_id": pa.array(user, mask=user < 0),
     })  # fmt: skip
 
-    rows = s["sub_rows"]
+    rows = s.sub_rows
     who = np.concatenate([r[0] for r in rows]).astype(np.int64)
     start = np.concatenate([r[1] for r in rows])
     end = np.concatenate([r[2] for r in rows])
@@ -394,7 +416,7 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: dict) -> dict
     columns = ["local", "churn_day", *(f"{k}_{p}" for p in ("value", "contribution") for k in DRIVERS)]
     empty = pd.DataFrame({c: pd.Series(dtype="int64" if c == "local" else "float64") for c in columns})
     empty["primary_driver"], empty["churn_logit"] = pd.Series(dtype="str"), pd.Series(dtype="float64")
-    truth = pd.concat([empty, *s["truth"]], ignore_index=True)[list(empty.columns)]
+    truth = pd.concat([empty, *s.truth], ignore_index=True)[list(empty.columns)]
     truth.insert(0, "customer_id", ids[truth.pop("local").to_numpy(dtype=np.int64)])
     truth.insert(
         1, "churn_date", _to_ts(start_us, truth.pop("churn_day").to_numpy(dtype=np.float64)).to_pandas()
