@@ -35,8 +35,9 @@ __all__ = ["app"]
 app = typer.Typer(
     help="churnml: churn prediction from customer behaviour.", no_args_is_help=True, add_completion=False
 )
-console = Console(soft_wrap=True)  # messages stay on one line: greppable, copyable
-err_console = Console(stderr=True, soft_wrap=True)
+# messages stay on one line (greppable, copyable); tables get room even when output is piped to a log
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 log = logging.getLogger("churnml")
 
 

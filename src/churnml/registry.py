@@ -199,7 +199,10 @@ def log_training(
             mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_input(
             mlflow.data.from_pandas(
-                table.drop(columns=["churn_date"], errors="ignore"), name=dataset_name, targets="churned"
+                # float label: MLflow's schema inference warns about integer columns otherwise
+                table.drop(columns=["churn_date"], errors="ignore").astype({"churned": "float64"}),
+                name=dataset_name,
+                targets="churned",
             ),
             context="training",
         )
@@ -221,14 +224,18 @@ def log_training(
         mlflow.log_artifact(str(folder / "metrics.json"), artifact_path="evaluation")
 
         model_dir = model.save(folder / "churn_model")
-        example = test_features[model.feature_names].head(5)
-        for c in model.feature_set.categorical_columns:  # strings in the example, never None: clean signature
-            example[c] = example[c].fillna("").astype(str)
+        example = test_features[model.feature_names].head(5).copy()
+        for c in model.feature_names:  # floats (may be missing at serving time) and strings, never None
+            if c in model.feature_set.categorical_columns:
+                example[c] = example[c].fillna("").astype(str)
+            else:
+                example[c] = example[c].astype("float64")
         signature = infer_signature(
             example, pd.DataFrame({"churn_probability": model.predict_proba(example)})
         )
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=ChurnPyfunc(), artifacts={"churn_model": str(model_dir)},
+            name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={"churn_model": str(model_dir)},
             signature=signature, input_example=example, pip_requirements=_REQUIREMENTS,
         )  # fmt: skip
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
