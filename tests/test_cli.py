@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -125,3 +126,31 @@ def test_features_training_and_scoring_tables(home: Path) -> None:
         app, ["features", "--spec", str(out / "spec.yaml"), "--out", str(score), "--as-of", "soon"]
     )
     assert result.exit_code == 2 and "expected a date YYYY-MM-DD or 'latest'" in result.output
+
+
+def test_train_on_a_ready_table_registers_a_model(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(0)
+    n = 600
+    usage = rng.random(n)
+    frame = pd.DataFrame({"account": [f"A{i}" for i in range(n)], "usage": usage,
+                          "tier": rng.choice(["gold", "silver"], n),
+                          "left": np.where(rng.random(n) < 0.6 - 0.5 * usage, "yes", "no")})  # fmt: skip
+    frame.to_csv(home / "accounts.csv", index=False)
+    args = [
+        "train",
+        "--table",
+        str(home / "accounts.csv"),
+        "--target",
+        "left",
+        "--id",
+        "account",
+        "--trials",
+        "2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5-fold cross-validation" in result.output and "registered churn v1 as challenger" in result.output
+    assert runner.invoke(app, ["train", "--table", str(home / "accounts.csv")]).exit_code == 2
+    result = runner.invoke(app, ["promote"])
+    assert result.exit_code == 0 and "promoted: champion v1" in result.output

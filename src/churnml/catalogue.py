@@ -114,6 +114,19 @@ _ACCOUNT = {
 
 def build_catalogue(fs: FeatureSet, event_labels: dict[str, EventLabel] | None = None) -> list[FeatureInfo]:
     """One entry per feature column of ``fs``, in column order."""
+    if fs.is_snapshot:  # a ready-made table: all we know is the column's name and kind
+        return [
+            FeatureInfo(
+                c,
+                f"Column '{c}' of the input table.",
+                "category" if c in fs.table_categorical else "value",
+                False,
+                "profile",
+                None,
+                c.replace("_", " "),
+            )  # fmt: skip
+            for c in fs.columns
+        ]
     by_name: dict[str, FeatureInfo] = {}
     for t in fs.event_types:
         for item in _event_features(fs, t, vocabulary_for(t, event_labels)):

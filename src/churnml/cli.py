@@ -240,19 +240,38 @@ def features_command(
 
 @app.command("train")
 def train_command(
-    spec: SpecOpt,
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Dataset spec (YAML): behaviour data, out-of-time test.")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Training config YAML (default: built-in defaults).")
     ] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (overrides the config).")] = None,
     timeout: Annotated[float | None, typer.Option(min=1, help="Tuning time limit in seconds.")] = None,
     data: DataOpt = None,
+    table_path: Annotated[
+        Path | None,
+        typer.Option("--table", help="A ready feature table (CSV/Parquet, one row per customer)."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="With --table: the customer id column.")
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
 ) -> None:
-    """Tune, calibrate and evaluate out of time; log to MLflow; register as churn@challenger."""
+    """Tune, calibrate and evaluate; log to MLflow; register as churn@challenger.
+
+    With --spec: features from behaviour and an out-of-time test. With --table/--target/--id: a ready
+    feature table, evaluated by stratified cross-validation.
+    """
     from churnml.registry import check_tracking_server, log_training, tracking_uri
+    from churnml.snapshot import load_snapshot_table, train_snapshot
     from churnml.train import load_train_config, train_model
 
-    loaded = _load_spec(spec, data)
+    if (spec is None) == (table_path is None):
+        raise _fail("give either --spec FILE or --table FILE --target COL --id COL")
+    if table_path is not None and not (target and id_column):
+        raise _fail("--table needs --target COL and --id COL")
     settings = Settings.from_env()
     try:
         cfg = load_train_config(config)
@@ -266,29 +285,47 @@ def train_command(
         client = check_tracking_server(uri)
     except RuntimeError as err:
         raise _fail(str(err)) from None
+    study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
+    if table_path is not None:
+        try:
+            table, fs = load_snapshot_table(table_path, target or "", id_column or "")
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        catalogue = build_catalogue(fs)
+        with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
+            result = train_snapshot(
+                table, fs, catalogue, cfg, folds, study_storage, f"{table_path.stem}-{int(time.time())}"
+            )
+        _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
+                         f"{folds}-fold cross-validation")  # fmt: skip
+        return
+    loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as con, err_console.status("building the training table"):
         table, fs = training_table(con, loaded)
     catalogue = build_catalogue(fs, loaded.event_labels)
-    study_db = settings.home / "optuna.db"
     with _progress() as progress:
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
             result = train_model(
                 table, fs, catalogue, loaded.observation.horizon_days, cfg,
-                storage=f"sqlite:///{study_db.resolve()}", study_name=f"{loaded.name}-{int(time.time())}",
+                storage=study_storage, study_name=f"{loaded.name}-{int(time.time())}",
                 on_trial=lambda done, total: progress.update(task, completed=done),
             )  # fmt: skip
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
-    run_id, version = log_training(result, table, cfg, settings, loaded.name, client)
-    metrics = Table(title=f"Out-of-time test ({', '.join(result.model.metadata['test_dates'])})")
+    _report_training(result, log_training(result, table, cfg, settings, loaded.name, client), cfg, uri,
+                     f"out-of-time test ({', '.join(result.model.metadata['test_dates'])})")  # fmt: skip
+
+
+def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation: str) -> None:  # noqa: ANN001
+    run_id, version = logged
+    metrics = Table(title=f"Evaluation: {evaluation}")
     keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
             "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip
     metrics.add_column("model", no_wrap=True)
     for header in keys.values():
         metrics.add_column(header, justify="right", no_wrap=True)
-    rows = {"churnml": result.test_metrics, **result.baselines}
-    for name, values in rows.items():
+    for name, values in {"churnml": result.test_metrics, **result.baselines}.items():
         metrics.add_row(name, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
     console.print(metrics)
     console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
@@ -335,7 +372,8 @@ def run_command(
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
     labels_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "labels" / "simulated.parquet")
     features_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "features" / "simulated.parquet")
-    train_command(spec=data_dir / "spec.yaml", config=repo_config(), trials=trials, timeout=None)
+    train_command(spec=data_dir / "spec.yaml", config=repo_config(), trials=trials, timeout=None, data=None,
+                  table_path=None, target=None, id_column=None, folds=5)  # fmt: skip
     promote_command(metric=None, margin=None, config=repo_config())
 
 

@@ -65,9 +65,16 @@ class FeatureSet:
     term_months: int = 1
     windows: tuple[int, ...] = WINDOWS
     extra: dict[str, str] = field(default_factory=dict)
+    # snapshot mode (`churnml train --table`): a ready feature table's own columns, no event features
+    table_numeric: tuple[str, ...] = ()
+    table_categorical: tuple[str, ...] = ()
+
+    @property
+    def is_snapshot(self) -> bool:
+        return bool(self.table_numeric or self.table_categorical)
 
     def __post_init__(self) -> None:
-        if not self.event_types:
+        if not self.event_types and not self.is_snapshot:
             raise ValueError("feature set: no event types; features are built from behaviour events")
         slugs = [slug(t) for t in self.event_types]
         if len(set(slugs)) != len(slugs):
@@ -97,6 +104,8 @@ class FeatureSet:
 
     @property
     def categorical_columns(self) -> list[str]:
+        if self.is_snapshot:
+            return list(self.table_categorical)
         return [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
 
     @property
@@ -106,6 +115,8 @@ class FeatureSet:
     @property
     def columns(self) -> list[str]:
         """Every feature column, in model order."""
+        if self.is_snapshot:
+            return [*self.table_numeric, *self.table_categorical]
         cols = [c for t in self.event_types for c in self.event_columns(t)]
         return cols + self.account_columns + self.numeric_attribute_columns + self.categorical_columns
 
@@ -115,8 +126,9 @@ class FeatureSet:
     @classmethod
     def from_json(cls, text: str) -> FeatureSet:
         data = json.loads(text)
-        for key in ("event_types", "valued_types", "attributes", "categorical_attributes", "windows"):
-            data[key] = tuple(data[key])
+        for key in ("event_types", "valued_types", "attributes", "categorical_attributes", "windows",
+                    "table_numeric", "table_categorical"):  # fmt: skip
+            data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
 

@@ -181,8 +181,13 @@ def log_training(
     mlflow.set_tracking_uri(client.tracking_uri)
     experiment_id = _experiment_id(client, settings)
     model = result.model
-    test_mask = table["observation_date"].isin(pd.to_datetime(result.test_frame["observation_date"].unique()))
-    test_features = table.loc[test_mask].reset_index(drop=True)
+    if "observation_date" in result.test_frame:  # out-of-time test rows
+        test_mask = table["observation_date"].isin(
+            pd.to_datetime(result.test_frame["observation_date"].unique())
+        )
+        test_features = table.loc[test_mask].reset_index(drop=True)
+    else:  # a snapshot table evaluated by cross-validation: every row was scored out of fold
+        test_features = table.reset_index(drop=True)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}") as run, \
             tempfile.TemporaryDirectory() as tmp:  # fmt: skip
         folder = Path(tmp)
