@@ -79,6 +79,13 @@ def _event_features(fs: FeatureSet, event_type: str, vocab: EventVocabulary) -> 
              "days", f"days with {vocab.plural} in the last {TREND} days"),
         info(f"days_since_last_{s}", f"Days since the last {vocab.singular} (empty if there never was one).",
              "days", f"days since the last {vocab.singular}"),
+        info(f"{s}_count_total", f"Number of {vocab.plural} since the account started.", "count",
+             f"{vocab.plural} in total"),
+        info(f"{s}_mean_gap_days", f"Typical days between {vocab.plural} (first to last, per gap).", "days",
+             f"typical days between {vocab.plural}"),
+        info(f"{s}_overdue_ratio",
+             f"Days since the last {vocab.singular} relative to the typical gap (above 1 = overdue).", "ratio",
+             f"time since the last {vocab.singular} relative to usual"),
     ]  # fmt: skip
     if event_type in fs.valued_types:
         v = vocab.value
@@ -93,6 +100,8 @@ def _event_features(fs: FeatureSet, event_type: str, vocab: EventVocabulary) -> 
                  f"average {v} of {vocab.plural} in the last {LOOKBACK} days"),
             info(f"{s}_last_value", f"{_cap(v)} of the most recent {vocab.singular}.", v,
                  f"{v} of the latest {vocab.singular}"),
+            info(f"{s}_value_sum_total", f"Total {v} of {vocab.plural} since the account started.", v,
+                 f"total {v} of {vocab.plural}"),
         ]  # fmt: skip
     return items
 

@@ -88,10 +88,13 @@ class FeatureSet:
             f"{s}_count_trend_delta",
             f"{s}_active_days_{TREND}d",
             f"days_since_last_{s}",
+            f"{s}_count_total",
+            f"{s}_mean_gap_days",
+            f"{s}_overdue_ratio",
         ]
         if event_type in self.valued_types:
             cols += [f"{s}_value_sum_{TREND}d", f"{s}_value_sum_{LOOKBACK}d", f"{s}_value_mean_{TREND}d",
-                     f"{s}_value_mean_{LOOKBACK}d", f"{s}_last_value"]  # fmt: skip
+                     f"{s}_value_mean_{LOOKBACK}d", f"{s}_last_value", f"{s}_value_sum_total"]  # fmt: skip
         return cols
 
     @property
@@ -272,7 +275,7 @@ def build_features(
         ]:
             matrix[:, col_index[col]] = 0.0
         if t in fs.valued_types:
-            for col in (f"{s}_value_sum_{TREND}d", f"{s}_value_sum_{LOOKBACK}d"):
+            for col in (f"{s}_value_sum_{TREND}d", f"{s}_value_sum_{LOOKBACK}d", f"{s}_value_sum_total"):
                 matrix[:, col_index[col]] = 0.0
 
     def num(key: str) -> np.ndarray:
@@ -299,14 +302,23 @@ def build_features(
     # 3. last event of each type before the date, at any distance
     last = con.execute(
         """WITH grid AS (SELECT r._ri, r.ck, r.t, ty.ti FROM _rows r CROSS JOIN _types ty),
-             b AS (SELECT ck, ti, CAST(day AS TIMESTAMP) AS day_ts, last_ts, last_value FROM _buckets)
-        SELECT g._ri, g.ti, epoch(g.t - b.last_ts) / 86400.0 AS days_since, b.last_value
+             b AS (SELECT ck, ti, CAST(day AS TIMESTAMP) AS day_ts, last_ts, last_value,
+                          sum(n) OVER w AS cum_n, sum(s) OVER w AS cum_s, min(day) OVER w AS first_day
+                   FROM _buckets WINDOW w AS (PARTITION BY ck, ti ORDER BY day ROWS UNBOUNDED PRECEDING))
+        SELECT g._ri, g.ti, epoch(g.t - b.last_ts) / 86400.0 AS days_since, b.last_value, b.cum_n, b.cum_s,
+               CASE WHEN b.cum_n > 1
+                    THEN (CAST(b.day_ts AS DATE) - b.first_day) / (b.cum_n - 1) END AS mean_gap
         FROM grid g ASOF JOIN b ON g.ck = b.ck AND g.ti = b.ti AND g.t > b.day_ts"""
     ).fetchnumpy()
     ri = np.asarray(last["_ri"], dtype=np.int64)
     ti = np.asarray(last["ti"], dtype=np.int64)
+    gap = _floats(last["mean_gap"], np.nan)
     scatter(ri, ti, {
         "days_since_last_{s}": _floats(last["days_since"], np.nan),
+        "{s}_count_total": _floats(last["cum_n"], 0.0),
+        "{s}_mean_gap_days": gap,
+        "{s}_overdue_ratio": np.where(gap > 0, _floats(last["days_since"], np.nan) / np.where(gap > 0, gap, 1.0), np.nan),
+        "{s}_value_sum_total": _floats(last["cum_s"], 0.0),
         "{s}_last_value": _floats(last["last_value"], np.nan),
     })  # fmt: skip
 

@@ -152,6 +152,11 @@ def _params(trial: optuna.Trial, config: TrainConfig, pos_weight: float) -> dict
         "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
         "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
         "bagging_freq": 1,
+        # categorical splits overfit easily (a noise attribute can look predictive): smooth them hard
+        "min_data_per_group": 200,
+        "cat_smooth": 50.0,
+        "cat_l2": 20.0,
+        "max_cat_threshold": 16,
         "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
         # class imbalance: weight positives, searched between none and the full inverse frequency
         "scale_pos_weight": trial.suggest_float("scale_pos_weight", 1.0, max(1.0, pos_weight)),
