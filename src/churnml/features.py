@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import duckdb
 import numpy as np
@@ -64,7 +64,6 @@ class FeatureSet:
     categorical_attributes: tuple[str, ...] = ()
     term_months: int = 1
     windows: tuple[int, ...] = WINDOWS
-    extra: dict[str, str] = field(default_factory=dict)
     # snapshot mode (`churnml train --table`): a ready feature table's own columns, no event features
     table_numeric: tuple[str, ...] = ()
     table_categorical: tuple[str, ...] = ()
