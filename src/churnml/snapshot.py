@@ -14,9 +14,7 @@ import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
-from optuna_integration import LightGBMPruningCallback
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -26,7 +24,15 @@ from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import churn_metrics
 from churnml.features import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
-from churnml.train import TrainConfig, TrainResult, _choose_calibrator, _dataset, _params
+from churnml.train import (
+    TrainConfig,
+    TrainResult,
+    _choose_calibrator,
+    _dataset,
+    _fit_fold,
+    _params,
+    tune_lightgbm,
+)
 
 __all__ = ["load_snapshot_table", "train_snapshot"]
 
@@ -110,39 +116,15 @@ def train_snapshot(
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
     pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))
 
-    def fit(params: dict, tr: np.ndarray, va: np.ndarray, callbacks=()) -> lgb.Booster:  # noqa: ANN001
-        train_set = _dataset(x.iloc[tr], y[tr], fs)
-        return lgb.train(
-            params, train_set, num_boost_round=config.max_rounds,
-            valid_sets=[_dataset(x.iloc[va], y[va], fs, reference=train_set)], valid_names=["valid"],
-            callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False), *callbacks],
-        )  # fmt: skip
-
-    def objective(trial: optuna.Trial) -> float:
-        params = _params(trial, config, pos_weight)
-        scores, rounds = [], []
-        for i, (tr, va) in enumerate(cv):
-            cb = [LightGBMPruningCallback(trial, "average_precision", valid_name="valid")] if i == 0 else []
-            booster = fit(params, tr, va, cb)
-            scores.append(average_precision_score(y[va], booster.predict(x.iloc[va].to_numpy())))
-            rounds.append(booster.best_iteration or booster.current_iteration())
-        trial.set_user_attr("rounds", int(np.mean(rounds)))
-        return float(np.mean(scores))
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20),
-    )  # fmt: skip
-    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds)
+    study = tune_lightgbm(cv, x, y, fs, config, storage, study_name)
     best = study.best_trial
     params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
 
     raw = np.zeros(len(y))
     fold_of = np.zeros(len(y), dtype=int)
     for i, (tr, va) in enumerate(cv):
-        raw[va] = fit(params, tr, va).predict(x.iloc[va].to_numpy())
+        booster = _fit_fold(params, x.iloc[tr], y[tr], x.iloc[va], y[va], fs, config)
+        raw[va] = booster.predict(x.iloc[va].to_numpy())
         fold_of[va] = i
     oof = pd.DataFrame({"fold": fold_of, "raw": raw, "y": y})
     calibrator = _choose_calibrator(oof, config.calibration)

@@ -38,7 +38,15 @@ from churnml.evaluate import churn_metrics
 from churnml.features import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 
-__all__ = ["TrainConfig", "Split", "TrainResult", "load_train_config", "time_splits", "train_model"]
+__all__ = [
+    "TrainConfig",
+    "Split",
+    "TrainResult",
+    "load_train_config",
+    "time_splits",
+    "tune_lightgbm",
+    "train_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +233,48 @@ def _baselines(
     }
 
 
+def tune_lightgbm(
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    x: pd.DataFrame,
+    y: np.ndarray,
+    fs: FeatureSet,
+    config: TrainConfig,
+    storage: str | None,
+    study_name: str,
+    on_trial: Callable[[int, int], None] | None = None,
+) -> optuna.Study:
+    """Optuna search maximising mean PR-AUC over the folds (row masks or indices into ``x``).
+
+    The first fold reports every boosting round to the median pruner; early stopping runs in every fit.
+    """
+    pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = _params(trial, config, pos_weight)
+        scores, rounds = [], []
+        for i, (tr, va) in enumerate(folds):
+            callbacks = (
+                [LightGBMPruningCallback(trial, "average_precision", valid_name="valid")] if i == 0 else []
+            )
+            booster = _fit_fold(params, x.iloc[tr], y[tr], x.iloc[va], y[va], fs, config, callbacks)
+            scores.append(average_precision_score(y[va], booster.predict(x.iloc[va].to_numpy())))
+            rounds.append(booster.best_iteration or booster.current_iteration())
+        trial.set_user_attr("rounds", int(np.mean(rounds)))
+        return float(np.mean(scores))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=config.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20),
+    )  # fmt: skip
+    callbacks = [lambda s, t: on_trial(len(s.trials), config.trials)] if on_trial else []
+    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds, callbacks=callbacks)
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise RuntimeError("tuning: no trial completed (all pruned or failed); raise --trials or --timeout")
+    return study
+
+
 def train_model(
     table: pd.DataFrame,
     fs: FeatureSet,
@@ -255,37 +305,14 @@ def train_model(
         for s in splits
     ]  # fmt: skip
 
-    def objective(trial: optuna.Trial) -> float:
-        params = _params(trial, config, pos_weight)
-        scores, rounds = [], []
-        for i, (tr, va) in enumerate(fold_rows):
-            callbacks = (
-                [LightGBMPruningCallback(trial, "average_precision", valid_name="valid")] if i == 0 else []
-            )
-            booster = _fit_fold(params, x_all[tr], y_all[tr], x_all[va], y_all[va], fs, config, callbacks)
-            scores.append(average_precision_score(y_all[va], booster.predict(x_all[va].to_numpy())))
-            rounds.append(booster.best_iteration or booster.current_iteration())
-        trial.set_user_attr("rounds", int(np.mean(rounds)))
-        return float(np.mean(scores))
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20),
-    )  # fmt: skip
-    callbacks = [lambda s, t: on_trial(len(s.trials), config.trials)] if on_trial else []
-    study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds, callbacks=callbacks)
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        raise RuntimeError("tuning: no trial completed (all pruned or failed); raise --trials or --timeout")
+    study = tune_lightgbm(fold_rows, x_all, y_all, fs, config, storage, study_name, on_trial)
     best = study.best_trial
     params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
 
     # out-of-fold raw predictions with the best parameters -> calibrator
     oof_parts = []
     for i, (tr, va) in enumerate(fold_rows):
-        booster = _fit_fold(params, x_all[tr], y_all[tr], x_all[va], y_all[va], fs, config)
+        booster = _fit_fold(params, x_all.iloc[tr], y_all[tr], x_all.iloc[va], y_all[va], fs, config)
         oof_parts.append(
             pd.DataFrame({"fold": i, "raw": booster.predict(x_all[va].to_numpy()), "y": y_all[va]})
         )
