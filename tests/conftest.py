@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -134,23 +141,156 @@ def write_tiny(tmp_path: Path) -> TinyWriter:
     return write
 
 
-# A small trained model shared by the training and registry tests (training takes a few seconds).
+# A small simulated business and a model trained on it, shared by the training, registry, scoring,
+# serving and page tests (training takes a few seconds).
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory):
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from churnml.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("sim")
+    simulate(SimulationConfig(customers=2500, months=14, seed=5), out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(sim_dir: Path):
     from churnml.catalogue import build_catalogue
     from churnml.features import training_table
-    from churnml.simulate import SimulationConfig, simulate
     from churnml.spec import load_spec
     from churnml.train import TrainConfig, train_model
     from churnml.validate import prepare_dataset
 
-    out = tmp_path_factory.mktemp("sim")
-    simulate(SimulationConfig(customers=2500, months=14, seed=5), out, workers=1)
-    with connect(Settings(home=out, duckdb_memory_limit="1GB")) as con:
-        spec = load_spec(out / "spec.yaml")
+    with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
+        spec = load_spec(sim_dir / "spec.yaml")
         prepare_dataset(con, spec)
         table, fs = training_table(con, spec)
     result = train_model(
         table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2)
     )
     return table, fs, result
+
+
+@pytest.fixture(scope="session")
+def champion_home(trained, sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CHURNML_HOME whose MLflow store (SQLite) has the trained model as churn@champion, and whose
+    reports/ holds the batch scores of the simulated business (written by the real `churnml score`)."""
+    import mlflow
+
+    from churnml.registry import check_tracking_server, log_training, promote_challenger, tracking_uri
+    from churnml.train import TrainConfig
+
+    table, _, result = trained
+    home = tmp_path_factory.mktemp("home")
+    settings = Settings(home=home)
+    client = check_tracking_server(tracking_uri(settings))
+    try:
+        log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+        assert promote_challenger(client).promoted
+    finally:
+        mlflow.set_tracking_uri(None)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "churnml"), "score", "--spec", str(sim_dir / "spec.yaml")],
+        env=service_env(home), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+def service_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for churnml commands and the service: everything under ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHURNML_", "MLFLOW_", "BENTOML_"))}
+    return {**env, "CHURNML_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True", "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB", **extra}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A real `churnml serve` process (BentoML) on 127.0.0.1."""
+
+    url: str
+    token: str | None
+    process: subprocess.Popen
+    log_path: Path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def post(self, route: str, body: object = None, **kwargs):  # noqa: ANN003, ANN201
+        import httpx
+
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        if body is not None:
+            kwargs["json"] = body
+        return httpx.post(self.url + route, headers=headers, timeout=60, **kwargs)
+
+    def get(self, route: str, **kwargs):  # noqa: ANN003, ANN201
+        import httpx
+
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        return httpx.get(self.url + route, headers=headers, timeout=60, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(
+    home: Path, token: str | None = None, wait_ready: bool = True, direct: bool = False, **env: str
+) -> Server:
+    """Start `churnml serve` (or, with ``direct``, `bentoml serve` on the service module, as a built
+    bento would run) and wait until it is ready (or only alive)."""
+    import httpx
+
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "churnml"), "serve", "--port", str(port)]
+    if direct:
+        argv = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:ChurnService",
+                "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(Path(__file__).parents[1])]  # fmt: skip
+    log_path = home / f"serve-{port}.log"
+    extra = {"CHURNML_API_TOKEN": token} if token else {}
+    with log_path.open("w") as log_file:  # the child keeps its own handle
+        process = subprocess.Popen(
+            argv,
+            env=service_env(home, **extra, **env), stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    server = Server(f"http://127.0.0.1:{port}", token, process, log_path)
+    deadline = time.time() + 120
+    while True:
+        if process.poll() is not None:
+            return server  # exited: the caller inspects the log
+        try:
+            r = httpx.get(server.url + ("/readyz" if wait_ready else "/livez"), timeout=2)
+            if r.status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            stop_server(server)
+            raise RuntimeError(f"service did not start in 120 s:\n{server.log()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        try:
+            os.killpg(server.process.pid, signal.SIGTERM)
+            server.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def served(champion_home: Path) -> Iterator[Server]:
+    """The real service for the champion model, with token auth on (token 'test-token')."""
+    server = start_server(champion_home, token="test-token")
+    if server.process.poll() is not None:
+        raise RuntimeError(f"service exited:\n{server.log()[-3000:]}")
+    yield server
+    stop_server(server)

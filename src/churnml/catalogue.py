@@ -28,6 +28,9 @@ class FeatureInfo:
     group: str  # usage | support | billing | feedback | onboarding | account | profile
     event_type: str | None = None
     label: str = ""  # short noun phrase for sentences: "logins in the last 30 days"
+    plural: str = ""  # of the event type, for sentences: "logins"
+    singular: str = ""  # "login"
+    value_label: str = ""  # what the event value means: "CSAT score"
 
 
 _GROUPS = {
@@ -61,7 +64,9 @@ def _event_features(fs: FeatureSet, event_type: str, vocab: EventVocabulary) -> 
     act = vocab.actionable
 
     def info(name: str, description: str, unit: str, label: str) -> FeatureInfo:
-        return FeatureInfo(name, description, unit, act, group, event_type, label)
+        return FeatureInfo(
+            name, description, unit, act, group, event_type, label, vocab.plural, vocab.singular, vocab.value
+        )
 
     items = [
         info(f"{s}_count_{w}d", f"Number of {vocab.plural} in the last {w} days.", "count",

@@ -357,6 +357,125 @@ def promote_command(
     )
 
 
+def _champion(settings: Settings, model_uri: str | None):  # noqa: ANN202
+    """The model to score with (native), and what it is, from the registry."""
+    from mlflow.exceptions import MlflowException
+
+    from churnml.registry import MODEL_NAME, check_tracking_server, load_model, tracking_uri
+
+    uri = tracking_uri(settings)
+    try:
+        client = check_tracking_server(uri)
+        target = model_uri or f"models:/{MODEL_NAME}@{settings.model_alias}"
+        info = {"model_uri": target, "tracking_uri": uri}
+        if model_uri is None:
+            info["model_version"] = str(
+                client.get_model_version_by_alias(MODEL_NAME, settings.model_alias).version
+            )
+        return load_model(target, client), info
+    except MlflowException as err:
+        raise _fail(
+            f"no model {model_uri or settings.model_alias} in the registry at {uri}: {err.message}"
+        ) from None
+    except (RuntimeError, LookupError, ValueError) as err:
+        raise _fail(str(err)) from None
+
+
+@app.command("score")
+def score_command(
+    spec: SpecOpt,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: reports/ under CHURNML_HOME).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model URI (default: models:/churn@champion).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Date YYYY-MM-DD (default: the latest).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = 5,
+    history: Annotated[int, typer.Option(min=0, max=36, help="Past observation dates to score.")] = 6,
+    data: DataOpt = None,
+) -> None:
+    """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
+    from churnml.playbook import load_playbook
+    from churnml.retention import retention_tables
+    from churnml.score import score_customers, write_workspace
+
+    date: pd.Timestamp | None = None
+    if as_of is not None:
+        try:
+            date = pd.Timestamp(dt.date.fromisoformat(as_of))
+        except ValueError:
+            raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
+    settings = Settings.from_env()
+    try:
+        playbook = load_playbook(settings.playbook)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    loaded = _load_spec(spec, data)
+    churn_model, info = _champion(settings, model)
+    out = out or settings.reports_dir
+    began = time.perf_counter()
+    with _validated_data(loaded, settings) as con:
+        with err_console.status("scoring active customers"):
+            result = score_customers(con, loaded, churn_model, date or latest_date(con), info, top_k, history,
+                                     playbook=playbook)  # fmt: skip
+            extra = retention_tables(con, loaded, result)
+    out.mkdir(parents=True, exist_ok=True)
+    result.scores.to_parquet(out / "scores.parquet", index=False)
+    result.reasons.to_parquet(out / "reasons.parquet", index=False)
+    result.history.to_parquet(out / "score_history.parquet", index=False)
+    workspace = write_workspace(result, out / "workspace.duckdb", extra)
+    s = result.scores
+    console.print(
+        f"scored {len(s):,} customers at {result.as_of.date()} in {time.perf_counter() - began:.1f}s: "
+        f"{(s['risk_tier'] == 'high').sum():,} high risk, revenue at risk {s['revenue_at_risk'].sum():,.0f} "
+        f"over {churn_model.horizon_days} days -> {out / 'scores.parquet'}, workspace {workspace}",
+        highlight=False,
+    )
+
+
+@app.command("serve")
+def serve_command(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
+    model_tag: Annotated[
+        str | None,
+        typer.Option("--model-tag", help="Serve this BentoML model tag instead of the registry alias."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Import models:/churn@champion into the BentoML store and start the prediction service."""
+    settings = Settings.from_env()
+    env = _serving_env(settings)
+    os.environ.update(env)
+    from churnml.serve import import_registered_model
+
+    try:
+        tag = model_tag or import_registered_model(settings)
+    except (RuntimeError, LookupError, ValueError) as err:
+        raise _fail(str(err)) from None
+    env |= {"CHURNML_BENTO_MODEL": tag, "CHURNML_SERVE_WORKERS": str(workers)}
+    console.print(f"serving {tag} on http://{host}:{port} (pages: http://{host}:{port}/ui/)", highlight=False)
+    sys.stdout.flush()
+    argv = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService", "--host", host,
+            "--port", str(port), "--working-dir", str(_repo_root())]  # fmt: skip
+    os.execve(sys.executable, argv, {**os.environ, **env})
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _serving_env(settings: Settings) -> dict[str, str]:
+    """Environment of the service process: the BentoML store and the workspace under CHURNML_HOME."""
+    return {
+        "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(settings.bentoml_home)),
+        "CHURNML_HOME": str(settings.home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(_repo_root()), os.environ.get("PYTHONPATH", "")) if p),
+    }
+
+
 @app.command("run")
 def run_command(
     customers: Annotated[int, typer.Option(min=1)] = 2_000,

@@ -27,6 +27,11 @@ class Settings:
     home: Path = field(default_factory=lambda: Path.cwd())
     duckdb_memory_limit: str = "6GB"
     duckdb_threads: int = max(1, os.cpu_count() or 1)
+    api_token: str | None = field(default=None, repr=False)  # CHURNML_API_TOKEN: bearer token for the service
+    model_alias: str = "champion"  # registry alias the service loads
+    bento_model: str | None = None  # CHURNML_BENTO_MODEL: a BentoML model tag to serve instead of the alias
+    playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.playbook)
+    max_inflight: int = 64  # requests in progress per worker before the service sheds load with 503
 
     @property
     def data_dir(self) -> Path:
@@ -36,6 +41,19 @@ class Settings:
     def temp_dir(self) -> Path:
         return self.home / "data" / ".duckdb_tmp"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def workspace_path(self) -> Path:
+        """The DuckDB file batch scoring writes and the CSM pages read."""
+        return self.reports_dir / "workspace.duckdb"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ
@@ -43,4 +61,9 @@ class Settings:
             home=Path(env.get("CHURNML_HOME", Path.cwd())).resolve(),
             duckdb_memory_limit=env.get("CHURNML_DUCKDB_MEMORY_LIMIT", "6GB"),
             duckdb_threads=int(env.get("CHURNML_DUCKDB_THREADS", max(1, os.cpu_count() or 1))),
+            api_token=env.get("CHURNML_API_TOKEN") or None,
+            model_alias=env.get("CHURNML_MODEL_ALIAS", "champion"),
+            bento_model=env.get("CHURNML_BENTO_MODEL") or None,
+            playbook=Path(env["CHURNML_PLAYBOOK"]) if env.get("CHURNML_PLAYBOOK") else None,
+            max_inflight=int(env.get("CHURNML_MAX_INFLIGHT", 64)),
         )

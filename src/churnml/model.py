@@ -67,19 +67,23 @@ def encode_features(
     Unknown categories become NaN (LightGBM sends them down the missing-value branch) rather than
     a code the model never saw. The frame is plain float64, so it also makes a clean MLflow signature.
     """
-    missing = [c for c in feature_set.columns if c not in features.columns]
+    columns = list(feature_set.columns)
+    missing = [c for c in columns if c not in features.columns]
     if missing:
         raise ValueError(f"features: missing column(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    out = {}
-    for col in feature_set.columns:
+    out = np.empty((len(features), len(columns)), dtype=float)
+    numeric = [i for i, c in enumerate(columns) if c not in categories]
+    block = features[[columns[i] for i in numeric]]
+    slow = [c for c, dtype in block.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    if slow:  # text or all-missing columns: parse them one by one (numeric blocks convert in one go)
+        block = block.assign(**{c: pd.to_numeric(block[c], errors="coerce") for c in slow})
+    out[:, numeric] = block.to_numpy(dtype=float, na_value=np.nan)
+    nan = float("nan")
+    for i, col in enumerate(columns):
         if col in categories:
-            codes = {level: float(i) for i, level in enumerate(categories[col])}
-            values = features[col].astype("object")
-            values = values.where(values.isna(), values.astype(str))  # levels are stored as text
-            out[col] = values.map(codes).astype(float).to_numpy()
-        else:
-            out[col] = pd.to_numeric(features[col], errors="coerce").astype(float).to_numpy()
-    return pd.DataFrame(out, index=features.index)
+            codes = {level: float(k) for k, level in enumerate(categories[col])}
+            out[:, i] = [nan if pd.isna(v) else codes.get(str(v), nan) for v in features[col].tolist()]
+    return pd.DataFrame(out, columns=columns, index=features.index)
 
 
 @dataclass
@@ -98,17 +102,22 @@ class ChurnModel:
     def encode(self, features: pd.DataFrame) -> pd.DataFrame:
         return encode_features(features, self.feature_set, self.categories)
 
-    def predict_raw(self, features: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.predict(self.encode(features).to_numpy(), num_threads=1))
+    @property
+    def horizon_days(self) -> int:
+        return int(self.metadata.get("horizon_days") or 90)
 
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+    def predict_raw(self, features: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+        """Uncalibrated booster probability; ``num_threads=0`` uses every core (batch scoring)."""
+        return np.asarray(self.booster.predict(self.encode(features).to_numpy(), num_threads=num_threads))
+
+    def predict_proba(self, features: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
         """Calibrated churn probability within the horizon."""
-        return self.calibrator.predict(self.predict_raw(features))
+        return self.calibrator.predict(self.predict_raw(features, num_threads))
 
-    def contributions(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def contributions(self, features: pd.DataFrame, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(per-feature SHAP values in log-odds, base value per row), from the uncalibrated booster."""
         contrib = np.asarray(
-            self.booster.predict(self.encode(features).to_numpy(), pred_contrib=True, num_threads=1)
+            self.booster.predict(self.encode(features).to_numpy(), pred_contrib=True, num_threads=num_threads)
         )
         return contrib[:, :-1], contrib[:, -1]
 

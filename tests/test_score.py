@@ -1,0 +1,153 @@
+"""Batch scoring: tiers, health, revenue at risk, reasons with plays, history, retention, workspace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml.config import Settings
+from churnml.engine import connect
+from churnml.explain import Reason
+from churnml.features import latest_date
+from churnml.playbook import DEFAULT_PLAYBOOK, load_playbook
+from churnml.retention import cohort_retention, retention_tables
+from churnml.score import RiskPolicy, health_score, revenue_at_risk, score_customers, write_workspace
+from churnml.spec import load_spec
+from churnml.validate import prepare_dataset
+
+
+def test_tiers_health_and_revenue_at_risk() -> None:
+    p = np.array([0.05, 0.2, 0.49, 0.5, 0.99])
+    assert list(RiskPolicy().tiers(p)) == ["low", "medium", "medium", "high", "high"]
+    assert list(health_score(p)) == [95, 80, 51, 50, 1]
+    # 60-day horizon = 1.97 months of MRR
+    np.testing.assert_allclose(revenue_at_risk(p, np.array([100.0] * 5), 60), p * 100 * 60 / (365.25 / 12))
+    assert revenue_at_risk(np.array([0.5]), np.array([np.nan]), 30)[0] == 0.0
+    with pytest.raises(ValueError, match="medium < high"):
+        RiskPolicy(high=0.2, medium=0.3)
+
+
+@pytest.fixture(scope="module")
+def batch(sim_dir: Path, trained):
+    _, _, result = trained
+    with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
+        spec = load_spec(sim_dir / "spec.yaml")
+        prepare_dataset(con, spec)
+        scored = score_customers(
+            con, spec, result.model, latest_date(con), {"model_version": "7"}, k=3, history=3
+        )
+        extra = retention_tables(con, spec, scored)
+    return scored, extra
+
+
+def test_batch_scores_rank_active_customers_by_revenue_at_risk(batch) -> None:
+    scored, _ = batch
+    s = scored.scores
+    assert s["customer_id"].is_unique and len(s) > 500
+    assert list(s["rank"]) == list(range(1, len(s) + 1))
+    assert s["revenue_at_risk"].is_monotonic_decreasing
+    np.testing.assert_allclose(s["revenue_at_risk"], s["probability"] * s["mrr"] * 60 / (365.25 / 12))
+    assert set(s["risk_tier"]) <= {"high", "medium", "low"}
+    assert s["csm_owner"].notna().all() and s["segment"].notna().all()
+
+
+def test_batch_reasons_raise_risk_and_come_with_plays(batch) -> None:
+    scored, _ = batch
+    r = scored.reasons
+    assert (r["contribution"] > 0).all()
+    assert r.groupby("customer_id")["rank"].max().max() <= 3
+    first = r[r["rank"] == 1].set_index("customer_id")["sentence"]
+    top = scored.scores.set_index("customer_id")["top_reason"].dropna()
+    assert (first.reindex(top.index) == top).all()
+    with_play = r[r["play"].notna()]
+    assert len(with_play) > 0.3 * len(r)
+    assert set(with_play["play"]) <= {p.name for p in DEFAULT_PLAYBOOK.plays}
+    assert not r["sentence"].str.contains("nan|_", regex=True).any()
+
+
+def test_history_covers_past_dates_and_ends_at_the_scoring_date(batch) -> None:
+    scored, _ = batch
+    h = scored.history
+    assert h["observation_date"].max() == scored.as_of
+    assert h["observation_date"].nunique() == 4  # three past dates + now
+    assert set(h["customer_id"]) <= set(scored.scores["customer_id"])
+    now = h[h["observation_date"] == scored.as_of].set_index("customer_id")["probability"]
+    np.testing.assert_allclose(
+        now.sort_index(), scored.scores.set_index("customer_id")["probability"].sort_index()
+    )
+    assert all(isinstance(json.loads(x), list) for x in h["reasons"])
+
+
+def test_retention_tables(batch) -> None:
+    scored, extra = batch
+    monthly = extra["retention_monthly"]
+    assert ((monthly["churn_rate"] >= 0) & (monthly["churn_rate"] <= 1)).all()
+    np.testing.assert_allclose(monthly["churn_rate"] + monthly["retention_rate"], 1)
+    assert monthly["nrr"].between(0.5, 1.5).all()
+    assert monthly["nps"].dropna().between(-100, 100).all()
+    cohorts = extra["cohort_retention"]
+    assert (cohorts[cohorts["months_since"] == 0]["retention"] == 1).all()
+    assert cohorts["retention"].between(0, 1).all()
+    seg = extra["segment_summary"]
+    assert seg["accounts"].sum() == len(scored.scores)
+    assert seg["revenue_at_risk"].sum() == pytest.approx(scored.scores["revenue_at_risk"].sum())
+
+
+def test_cohort_retention_counts_survivors() -> None:
+    months = pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01"])
+    pop = pd.DataFrame(
+        {"customer_id": ["old", "a", "b", "a", "b", "a"],
+         "observation_date": [months[0], months[1], months[1], months[2], months[2], months[2]][:6]}
+    )  # fmt: skip
+    pop = pop.drop_duplicates()
+    pop.loc[len(pop)] = ["c", months[1]]
+    got = cohort_retention(pop)
+    feb = got[got["cohort"] == months[1]].set_index("months_since")
+    assert feb.loc[0, "size"] == 3 and feb.loc[1, "active"] == 2
+    assert feb.loc[1, "retention"] == pytest.approx(2 / 3)
+    assert "old" not in got.to_string()  # customers already there in the first month form no cohort
+
+
+def test_workspace_is_written_atomically_and_keeps_the_old_file_on_failure(batch, tmp_path: Path) -> None:
+    scored, extra = batch
+    path = write_workspace(scored, tmp_path / "workspace.duckdb", extra)
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+        assert {"scores", "reasons", "score_history", "retention_monthly", "cohort_retention",
+                "segment_summary", "meta"} <= tables  # fmt: skip
+        assert con.execute("SELECT model_version FROM meta").fetchall()[0][0] == "7"
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any failure while writing
+        write_workspace(scored, path, {"bad name; DROP": pd.DataFrame({"x": [1]})})
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_playbook_matches_reasons_and_loads_from_yaml(tmp_path: Path) -> None:
+    def reason(feature: str, group: str, contribution: float = 0.4, actionable: bool = True) -> Reason:
+        return Reason(feature, feature, "s", 1.0, contribution, "raises risk", "moderate", actionable, group)
+
+    assert (
+        DEFAULT_PLAYBOOK.play_for(reason("onboarding_completed_count_total", "onboarding")).name
+        == "Onboarding session"
+    )
+    assert DEFAULT_PLAYBOOK.play_for(reason("payment_failed_count_30d", "billing")).name == "Billing fix"
+    assert DEFAULT_PLAYBOOK.play_for(reason("nps_detractor", "feedback")).name == "Executive call"
+    assert (
+        DEFAULT_PLAYBOOK.play_for(reason("login_count_trend_ratio", "usage")).name == "Training and check-in"
+    )
+    assert DEFAULT_PLAYBOOK.play_for(reason("login_count_30d", "usage", contribution=-0.3)) is None
+    assert DEFAULT_PLAYBOOK.play_for(reason("tenure_days", "account", actionable=False)) is None
+    path = tmp_path / "playbook.yaml"
+    path.write_text(
+        "plays:\n  - name: Call them\n    action: Pick up the phone.\n    when: {groups: [usage]}\n"
+    )
+    assert load_playbook(path).play_for(reason("login_count_30d", "usage")).name == "Call them"
+    path.write_text("plays:\n  - name: Call them\n    when: {groups: [usage]}\n")
+    with pytest.raises(ValueError, match=r"plays\.0\.action"):
+        load_playbook(path)
