@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from churnml.cli import app
+from tests.conftest import free_port
 
 runner = CliRunner()
 
@@ -85,17 +89,39 @@ def test_console_entry_point_runs_the_main_job(tmp_path: Path) -> None:
     assert exe, "the churnml console script is installed with the package"
     env = {**os.environ, "CHURNML_HOME": str(tmp_path), "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [exe, "run", "--customers", "500", "--months", "12", "--trials", "2"], cwd=tmp_path, env=env,
-        capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    env |= {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    port = free_port()
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [exe, "run", "--customers", "500", "--months", "12", "--trials", "2", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while True:  # the main job ends by serving: wait until the service is ready
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        body = {"customers": [{"customer_id": "demo", "events": [{"timestamp": "2025-06-01T10:00:00",
+                                                                  "event_type": "login"}]}]}  # fmt: skip
+        r = httpx.post(f"http://127.0.0.1:{port}/explain", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["explanations"][0]["reasons"], r.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    output = log.read_text()
     assert (tmp_path / "data" / "labels" / "simulated.parquet").is_file()
-    assert "Labels (cancellation churn" in proc.stdout
+    assert "Labels (cancellation churn" in output
     assert (tmp_path / "data" / "features" / "simulated.parquet").is_file()
-    assert "registered churn v1 as challenger" in proc.stdout and "promoted: champion v1" in proc.stdout
+    assert "registered churn v1 as challenger" in output and "promoted: champion v1" in output
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    assert "scored" in output and (tmp_path / "reports" / "workspace.duckdb").is_file()
 
 
 def test_features_training_and_scoring_tables(home: Path) -> None:

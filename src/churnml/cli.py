@@ -44,6 +44,9 @@ log = logging.getLogger("churnml")
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # a tracking server that goes away should fail the command in seconds, not minutes of backoff
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -264,7 +267,7 @@ def train_command(
     With --spec: features from behaviour and an out-of-time test. With --table/--target/--id: a ready
     feature table, evaluated by stratified cross-validation.
     """
-    from churnml.registry import check_tracking_server, log_training, tracking_uri
+    from churnml.registry import check_tracking_server, close_unfinished_runs, log_training, tracking_uri
     from churnml.snapshot import load_snapshot_table, train_snapshot
     from churnml.train import load_train_config, train_model
 
@@ -285,6 +288,8 @@ def train_command(
         client = check_tracking_server(uri)
     except RuntimeError as err:
         raise _fail(str(err)) from None
+    for run_id in close_unfinished_runs(client, settings):
+        console.print(f"marked MLflow run {run_id} FAILED (left open by an earlier failure)", highlight=False)
     study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
     if table_path is not None:
         try:
@@ -338,17 +343,26 @@ def promote_command(
     config: Annotated[Path | None, typer.Option(help="Training config YAML.")] = None,
 ) -> None:
     """Make the challenger champion if it beats the champion on the same out-of-time rows."""
-    from churnml.registry import check_tracking_server, promote_challenger, tracking_uri
+    from churnml.registry import (
+        check_tracking_server,
+        close_unfinished_runs,
+        promote_challenger,
+        promotion_lock,
+        tracking_uri,
+    )
     from churnml.train import load_train_config
 
     cfg = load_train_config(config)
+    settings = Settings.from_env()
     try:
-        client = check_tracking_server(tracking_uri(Settings.from_env()))
+        client = check_tracking_server(tracking_uri(settings))
+        close_unfinished_runs(client, settings)
+        with promotion_lock(settings.home / ".churnml-promote.lock"):
+            result = promote_challenger(
+                client, metric or cfg.promotion_metric, cfg.promotion_margin if margin is None else margin
+            )
     except RuntimeError as err:
         raise _fail(str(err)) from None
-    result = promote_challenger(
-        client, metric or cfg.promotion_metric, cfg.promotion_margin if margin is None else margin
-    )
     verb = "promoted" if result.promoted else "kept"
     console.print(
         f"{verb}: champion v{result.champion_after} (was v{result.champion_before}), challenger v{result.challenger}; "
@@ -484,16 +498,29 @@ def run_command(
     trials: Annotated[
         int | None, typer.Option(min=1, help="Optuna trials (default: training/config.yaml).")
     ] = None,
+    serve: Annotated[bool, typer.Option(help="Start the prediction service and pages at the end.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
 ) -> None:
-    """The main job on embedded defaults: simulate -> validate -> labels -> features -> train -> promote."""
+    """The main job on embedded defaults: simulate -> validate -> labels -> features -> train -> promote ->
+    batch score -> serve (BentoML, with the CSM pages) until Ctrl-C."""
     settings = Settings.from_env()
     data_dir = settings.data_dir / "simulated"
+    spec = data_dir / "spec.yaml"
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
-    labels_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "labels" / "simulated.parquet")
-    features_command(spec=data_dir / "spec.yaml", out=settings.data_dir / "features" / "simulated.parquet")
-    train_command(spec=data_dir / "spec.yaml", config=repo_config(), trials=trials, timeout=None, data=None,
+    labels_command(spec=spec, out=settings.data_dir / "labels" / "simulated.parquet")
+    features_command(spec=spec, out=settings.data_dir / "features" / "simulated.parquet")
+    train_command(spec=spec, config=repo_config(), trials=trials, timeout=None, data=None,
                   table_path=None, target=None, id_column=None, folds=5)  # fmt: skip
     promote_command(metric=None, margin=None, config=repo_config())
+    score_command(spec=spec, out=None, model=None, as_of=None, top_k=5, history=6, data=None)
+    if serve:
+        console.print(
+            f"try: curl -s -X POST http://127.0.0.1:{port}/explain -H 'Content-Type: application/json' "
+            """-d '{"customers": [{"customer_id": "demo", "events": [{"timestamp": "2025-06-01T10:00:00", """
+            """"event_type": "login"}], "profile": {"plan": "starter", "segment": "SMB", "mrr": 99}}]}'""",
+            highlight=False,
+        )
+        serve_command(port=port, host="127.0.0.1", model_tag=None, workers=1)
 
 
 def repo_config() -> Path | None:

@@ -30,6 +30,9 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)  # CHURNML_API_TOKEN: bearer token for the service
     model_alias: str = "champion"  # registry alias the service loads
     bento_model: str | None = None  # CHURNML_BENTO_MODEL: a BentoML model tag to serve instead of the alias
+    model_source: str = (
+        "registry"  # CHURNML_MODEL_SOURCE: "registry" (import the alias) or "bento" (packaged)
+    )
     playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.playbook)
     max_inflight: int = 64  # requests in progress per worker before the service sheds load with 503
 
@@ -64,6 +67,7 @@ class Settings:
             api_token=env.get("CHURNML_API_TOKEN") or None,
             model_alias=env.get("CHURNML_MODEL_ALIAS", "champion"),
             bento_model=env.get("CHURNML_BENTO_MODEL") or None,
+            model_source=env.get("CHURNML_MODEL_SOURCE", "registry"),
             playbook=Path(env["CHURNML_PLAYBOOK"]) if env.get("CHURNML_PLAYBOOK") else None,
             max_inflight=int(env.get("CHURNML_MAX_INFLIGHT", 64)),
         )

@@ -9,11 +9,15 @@ pyfunc with a signature and an input example. The new version gets the alias ``c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +47,8 @@ __all__ = [
     "log_training",
     "load_model",
     "promote_challenger",
+    "promotion_lock",
+    "close_unfinished_runs",
     "PromotionResult",
 ]
 
@@ -181,7 +187,6 @@ def log_training(
     """
     mlflow.set_tracking_uri(client.tracking_uri)
     experiment_id = _experiment_id(client, settings)
-    model = result.model
     if "observation_date" in result.test_frame:  # out-of-time test rows
         test_mask = table["observation_date"].isin(
             pd.to_datetime(result.test_frame["observation_date"].unique())
@@ -189,8 +194,57 @@ def log_training(
         test_features = table.loc[test_mask].reset_index(drop=True)
     else:  # a snapshot table evaluated by cross-validation: every row was scored out of fold
         test_features = table.reset_index(drop=True)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}") as run, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}")
+    try:
+        logged = _log_run(run, result, table, test_features, config, settings, dataset_name, client)
+    except BaseException:
+        _end_failed_run(client, run.info.run_id, settings)
+        raise
+    mlflow.end_run()
+    return logged
+
+
+def _unclosed_runs_file(settings: Settings) -> Path:
+    return settings.home / ".churnml-unclosed-runs"
+
+
+def _end_failed_run(client: MlflowClient, run_id: str, settings: Settings) -> None:
+    """Mark a failed run FAILED; if the tracking server is gone too, remember it for next time."""
+    try:
+        mlflow.end_run(status="FAILED")
+    except Exception:  # noqa: BLE001 - the server is down: close the run when it is back
+        log.warning("MLflow run %s could not be marked FAILED now; it will be at the next connection", run_id)
+        with _unclosed_runs_file(settings).open("a") as f:
+            f.write(f"{client.tracking_uri} {run_id}\n")
+        while mlflow.active_run() is not None:  # forget it locally so a later run can start
+            mlflow.tracking.fluent._active_run_stack.get().pop()
+
+
+def close_unfinished_runs(client: MlflowClient, settings: Settings) -> list[str]:
+    """Mark FAILED the runs a crash or outage left open (recorded by a failed training); return them."""
+    path = _unclosed_runs_file(settings)
+    if not path.is_file():
+        return []
+    closed, keep = [], []
+    for line in path.read_text().splitlines():
+        uri, _, run_id = line.partition(" ")
+        if uri != client.tracking_uri:
+            keep.append(line)
+            continue
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="FAILED")
+            closed.append(run_id)
+        except MlflowException:
+            keep.append(line)
+    path.write_text("".join(f"{k}\n" for k in keep))
+    return closed
+
+
+def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.DataFrame, config: TrainConfig,  # noqa: ANN001
+             settings: Settings, dataset_name: str, client: MlflowClient) -> tuple[str, str]:  # fmt: skip
+    model = result.model
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train"})
         mlflow.log_params({f"lgb.{k}": v for k, v in result.params.items()})
@@ -297,6 +351,33 @@ class PromotionResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@contextmanager
+def promotion_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
+    """One promotion at a time: an exclusive lock on ``path`` held while comparing and moving aliases.
+
+    Two `churnml promote` started together would otherwise both read "champion = v1", both win and
+    race to set the alias. The second now waits, then finds the challenger already champion. The
+    lock is a local file: promotions against a shared tracking server must run from one host.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"another promotion holds {path} for more than {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def promote_challenger(

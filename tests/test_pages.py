@@ -1,0 +1,410 @@
+"""The CSM pages (churnml.pages, churnml.charts) on a small workspace built here, through Starlette's TestClient.
+
+The app is mounted at /ui as in the service, so links and cookies are checked with the mount prefix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml import charts
+from churnml.config import Settings
+from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE, create_pages_app, open_workspace
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+    from starlette.types import ASGIApp
+
+TOKEN = "test-token"
+XSS_ID = "<script>alert('id')</script>"
+XSS_SENTENCE = "Support said <script>alert('reason')</script> & left"
+AS_OF = pd.Timestamp("2025-07-01")
+OWNERS = ["Ana Souza", "Ben Carter", "Isla Brown", "=cmd|' /C calc'!A0"]  # the last one tries CSV injection
+SEGMENTS = ["SMB", "Mid-Market", "Enterprise"]
+
+
+def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
+    """Every table `churnml score` writes, small and synthetic, with one hostile customer id and sentence."""
+    rng = np.random.default_rng(seed)
+    ids = [f"C{i:04d}" for i in range(n - 1)] + [XSS_ID]
+    probability = rng.uniform(0.01, 0.9, n)
+    mrr = rng.choice([50.0, 300.0, 1200.0, 8000.0], n)
+    tier = np.where(probability >= 0.5, "high", np.where(probability >= 0.2, "medium", "low"))
+    scores = pd.DataFrame({
+        "customer_id": ids, "as_of": AS_OF, "probability": probability,
+        "health_score": np.round(100 * (1 - probability)).astype(int), "risk_tier": tier, "mrr": mrr,
+        "revenue_at_risk": probability * mrr, "plan": rng.choice(["starter", "team"], n),
+        "segment": [SEGMENTS[i % 3] for i in range(n)], "csm_owner": [OWNERS[i % 4] for i in range(n)],
+        "top_reason": [XSS_SENTENCE if c == XSS_ID else f"Logins fell by {i % 9 + 1}0% in 30 days" for i, c in enumerate(ids)],
+        "top_play": "Training and check-in",
+    })  # fmt: skip
+    scores = scores.sort_values(
+        ["revenue_at_risk", "customer_id"], ascending=[False, True], ignore_index=True
+    )
+    scores["rank"] = np.arange(1, n + 1)
+    features = [("logins_30d_trend", "login trend"), ("support_ticket_count_30d", "support tickets in 30 days"),
+                ("nps_last_value", "latest NPS answer"), ("seats_used_ratio", "share of seats in use")]  # fmt: skip
+    reasons = []
+    for c in ids:
+        ranked = zip(features[:3], [0.8, 0.3, 0.1], strict=True)
+        for rank, ((feature, label), contribution) in enumerate(ranked, 1):
+            reasons.append({
+                "customer_id": c, "as_of": AS_OF, "rank": rank, "feature": feature, "label": label,
+                "sentence": XSS_SENTENCE if c == XSS_ID and rank == 1 else f"Sentence {rank} about {label} for {c}",
+                "value": "3", "contribution": contribution, "direction": "raises risk", "strength": "moderate",
+                "actionable": True, "group": "usage", "values": json.dumps({"value": 3}),
+                "play": f"Play for {label}", "play_action": f"Do something about {label}",
+            })  # fmt: skip
+    dates = pd.to_datetime(["2025-05-01", "2025-06-01", "2025-07-01"])
+    history = []
+    for c, p in zip(scores["customer_id"], scores["probability"], strict=True):
+        tops = [[features[0][0], features[3][0]], [features[0][0], features[3][0], features[2][0]],
+                [f for f, _ in features[:3]]]  # fmt: skip
+        for date, prob, top in zip(dates, [p / 2, p / 1.5, p], tops, strict=True):
+            history.append({"customer_id": c, "observation_date": date, "probability": prob, "risk_tier": "low",
+                            "revenue_at_risk": prob * 10, "reasons": json.dumps(top)})  # fmt: skip
+    months = pd.date_range("2025-01-01", periods=6, freq="MS")
+    monthly = pd.DataFrame({
+        "month": months, "active": 200, "churned": [4, 5, 6, 3, 4, 5], "churn_rate": [0.02, 0.025, 0.03, 0.015, 0.02, 0.025],
+        "nrr": [1.01, 0.99, 0.97, 1.02, 1.0, 0.98], "nps": [12.0, 15.0, np.nan, 9.0, 11.0, 20.0],
+        "nps_responses": [10, 12, 0, 8, 9, 14],
+    })  # fmt: skip
+    monthly["retention_rate"] = 1 - monthly["churn_rate"]
+    cohorts = pd.DataFrame([
+        {"cohort": m, "months_since": k, "active": 100 - 5 * k, "size": 100, "retention": 1 - 0.05 * k}
+        for i, m in enumerate(months[:4]) for k in range(6 - i)
+    ])  # fmt: skip
+    segments = pd.DataFrame({
+        "segment": SEGMENTS, "accounts": [84, 83, 83], "mrr": [1e4, 5e4, 3e5], "avg_mrr": [120.0, 600.0, 3600.0],
+        "revenue_at_risk": [3e3, 9e3, 4e4], "high_risk": [5, 6, 7], "avg_probability": [0.3, 0.25, 0.2],
+        "monthly_churn_rate": [0.04, 0.03, 0.02], "cltv": [3000.0, 20000.0, 180000.0],
+    })  # fmt: skip
+    meta = pd.DataFrame([{"as_of": AS_OF, "generated_at": pd.Timestamp("2025-07-02 06:00"),
+                          "model_uri": "models:/churn@champion", "model_version": "3"}])  # fmt: skip
+    return {"scores": scores, "reasons": pd.DataFrame(reasons), "score_history": pd.DataFrame(history),
+            "retention_monthly": monthly, "cohort_retention": cohorts, "segment_summary": segments, "meta": meta}  # fmt: skip
+
+
+def write_workspace(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    """Write the tables to a DuckDB file the way `churnml score` does: a temp file, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with duckdb.connect(str(tmp)) as con:
+        for name, frame in tables.items():
+            con.register("_frame", frame)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
+            con.unregister("_frame")
+    os.replace(tmp, path)
+    return path
+
+
+def make_client(app: ASGIApp, follow_redirects: bool = True) -> TestClient:
+    """Starlette's TestClient, imported quietly: it warns (an error here) that it prefers httpx2 over httpx."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.applications import Starlette
+        from starlette.routing import Mount
+        from starlette.testclient import TestClient
+    return TestClient(Starlette(routes=[Mount("/ui", app)]), follow_redirects=follow_redirects)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
+    monkeypatch.delenv("CHURNML_API_TOKEN", raising=False)
+    return tmp_path
+
+
+Tables = dict[str, pd.DataFrame]
+
+
+@pytest.fixture(scope="module")
+def tables() -> Tables:
+    return workspace_tables()
+
+
+@pytest.fixture
+def workspace(home: Path, tables: Tables) -> Path:
+    return write_workspace(Settings.from_env().workspace_path, tables)
+
+
+@pytest.fixture
+def client(workspace: Path) -> TestClient:
+    return make_client(create_pages_app())
+
+
+Rows = list[dict[str, str]]
+
+
+def list_rows(html: str) -> Rows:
+    """The risk list's rows as the page shows them (customer, revenue, tier, class)."""
+    rows = []
+    for match in re.finditer(r'<tr class="([^"]*)" data-customer="([^"]*)">(.*?)</tr>', html, re.S):
+        cls, customer, body = match.groups()
+        revenue = re.search(r'class="num revenue" data-value="([^"]*)"', body)
+        tier = re.search(r'class="tier tier-([a-z]+)"', body)
+        rows.append({"class": cls, "customer": customer, "revenue": revenue.group(1), "tier": tier.group(1)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ risk list
+
+
+def test_list_is_sorted_by_revenue_at_risk_and_paginated(client: TestClient, tables: Tables) -> None:
+    r = client.get("/ui/")
+    assert r.status_code == 200
+    rows = list_rows(r.text)
+    assert len(rows) == 100  # one page, not 250 rows
+    revenue = [float(x["revenue"]) for x in rows]
+    assert revenue == sorted(revenue, reverse=True)
+    assert revenue[0] == pytest.approx(tables["scores"]["revenue_at_risk"].max())
+    assert "accounts 1–100 of 250" in r.text
+    last = list_rows(client.get("/ui/?page=3").text)
+    assert len(last) == 50 and float(last[0]["revenue"]) <= revenue[-1]
+    assert "accounts 201–250 of 250" in client.get("/ui/?page=99").text  # past the end: the last page
+
+
+def test_filters_and_search_narrow_the_list(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"]
+    high = list_rows(client.get("/ui/?tier=high").text)
+    assert {x["tier"] for x in high} == {"high"}
+    assert len(high) == min(100, int((scores["risk_tier"] == "high").sum()))
+
+    r = client.get("/ui/", params={"segment": "Enterprise", "owner": "Ben Carter", "tier": "medium"})
+    expected = scores[(scores["segment"] == "Enterprise") & (scores["csm_owner"] == "Ben Carter")
+                      & (scores["risk_tier"] == "medium")]  # fmt: skip
+    assert [x["customer"] for x in list_rows(r.text)] == list(expected["customer_id"])
+    assert '<option value="Enterprise" selected>' in r.text  # the form shows the filters in force
+
+    found = list_rows(client.get("/ui/?q=c002").text)  # any case, substring
+    assert sorted(x["customer"] for x in found) == sorted(c for c in scores["customer_id"] if "C002" in c)
+    assert "No account matches" in client.get("/ui/?q=nobody").text
+
+
+def test_capacity_highlights_the_best_value_accounts(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"]
+    r = client.get("/ui/?capacity=7")
+    rows = list_rows(r.text)
+    called = [x for x in rows if "call-list" in x["class"]]
+    assert [x["customer"] for x in called] == [x["customer"] for x in rows[:7]]
+    covered, total = scores["revenue_at_risk"].nlargest(7).sum(), scores["revenue_at_risk"].sum()
+    summary = re.sub(r"\s+", " ", re.search(r'id="capacity-summary">(.*?)</p>', r.text, re.S).group(1))
+    assert f"covers <strong>{covered:,.0f}</strong> of <strong>{total:,.0f}</strong>" in summary
+    assert f"({covered / total * 100:.1f}%)" in summary.replace("<strong>", "").replace("</strong>", "")
+    # within a filter the call list is the top N of the filtered rows, across pages
+    smb = scores[scores["segment"] == "SMB"]
+    page2 = list_rows(client.get("/ui/?segment=SMB&capacity=60&page=1").text)
+    assert len(page2) == len(smb) and sum("call-list" in x["class"] for x in page2) == 60
+    second_page = list_rows(client.get("/ui/?capacity=150&page=2").text)
+    assert sum("call-list" in x["class"] for x in second_page) == 50
+    assert len(list_rows(client.get("/ui/?capacity=0").text)) == 100
+
+
+def test_bad_parameters_get_a_400_naming_them(client: TestClient) -> None:
+    r = client.get("/ui/?capacity=lots")
+    assert r.status_code == 400 and "&#39;capacity&#39; must be a whole number" in r.text
+    assert client.get("/ui/?page=0").status_code == 400
+    assert client.get("/ui/export.csv?capacity=-1").status_code == 400
+
+
+def test_csv_export_honours_filters_and_capacity(client: TestClient, tables: Tables) -> None:
+    r = client.get("/ui/export.csv?tier=high&capacity=5")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert 'filename="churn-risk-2025-07-01.csv"' in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    high = tables["scores"][tables["scores"]["risk_tier"] == "high"]
+    assert [x["customer_id"] for x in rows] == list(high["customer_id"])  # all rows, not one page, in order
+    assert {x["risk_tier"] for x in rows} == {"high"}
+    assert [x["in_call_list"] for x in rows].count("True") == 5
+    assert float(rows[0]["revenue_at_risk"]) == pytest.approx(high["revenue_at_risk"].iloc[0])
+    owners = {x["csm_owner"] for x in csv.DictReader(io.StringIO(client.get("/ui/export.csv").text))}
+    # a cell a spreadsheet would run as a formula is exported as text
+    assert "'=cmd|' /C calc'!A0" in owners and not any(o.startswith("=") for o in owners)
+    empty = client.get("/ui/export.csv?q=nobody").text.splitlines()
+    assert len(empty) == 1 and empty[0].startswith("position,customer_id,revenue_at_risk")
+
+
+def test_links_carry_the_mount_prefix(client: TestClient) -> None:
+    html = client.get("/ui/?tier=high").text
+    assert 'href="/ui/accounts/' in html and 'href="/ui/overview"' in html and 'action="/ui/"' in html
+    assert 'href="/ui/export.csv?tier=high&amp;capacity=20"' in html
+    assert 'href="/ui/?tier=high&amp;capacity=20&amp;page=2"' in html or "page 1 of 1" in html
+    # served on its own (no mount) the links start at /
+    from churnml.pages import create_pages_app as standalone
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
+    alone = TestClient(standalone()).get("/").text
+    assert 'href="/accounts/' in alone and 'href="/overview"' in alone
+
+
+# ------------------------------------------------------------------------------------------ account page
+
+
+def test_account_page_shows_reasons_plays_history_and_changes(client: TestClient, tables: Tables) -> None:
+    customer = tables["scores"]["customer_id"].iloc[0]
+    r = client.get(f"/ui/accounts/{customer}")
+    assert r.status_code == 200
+    html = r.text
+    for rank in (1, 2, 3):
+        assert f"Sentence {rank} about" in html
+    assert "Play for login trend" in html and "Do something about support tickets in 30 days" in html
+    assert html.count('<svg class="chart"') + html.count('class="chart" role="img"') >= 2
+    # the SHAP chart writes the contributions on the bars and names the reasons
+    shap_svg = html[html.index('aria-label="What drives this account') :]
+    assert "+0.800" in shap_svg and "login trend" in shap_svg
+    history_svg = html[html.index('aria-label="Churn probability at each score"') :]
+    assert "2025-05-01" in history_svg
+    changes = re.sub(r"\s+", " ", html[html.index('id="changes"') : html.index('id="history"')])
+    history = tables["score_history"][tables["score_history"]["customer_id"] == customer]
+    before, now = history["probability"].iloc[-2], history["probability"].iloc[-1]
+    assert f"{before * 100:.1f}% on 2025-06-01 → {now * 100:.1f}% on 2025-07-01" in changes
+    assert f"up {(now - before) * 100:.1f} points" in changes
+    assert "New among the top reasons:</strong> support tickets in 30 days" in changes
+    # a gone reason nobody has any more has no label in the workspace: its feature name, readable
+    assert "No longer among the top reasons:</strong> seats used ratio" in changes
+
+
+def test_unknown_account_is_a_404_page(client: TestClient) -> None:
+    r = client.get("/ui/accounts/NOBODY")
+    assert r.status_code == 404
+    assert "No account &#39;NOBODY&#39; in the latest scores" in r.text
+    assert client.get("/ui/no-such-page").status_code == 404
+
+
+def test_data_is_escaped_everywhere(client: TestClient) -> None:
+    listing = client.get("/ui/", params={"q": "script"})
+    account = client.get("/ui/accounts/" + "%3Cscript%3Ealert('id')%3C%2Fscript%3E")
+    assert account.status_code == 200
+    for r in (listing, account):
+        assert "<script" not in r.text.lower()
+        assert "&lt;script&gt;alert(&#39;reason&#39;)&lt;/script&gt; &amp; left" in r.text
+        assert "default-src 'none'" in r.headers["content-security-policy"]  # no script may run
+    assert "&lt;script&gt;alert(&#39;id&#39;)&lt;/script&gt;" in listing.text
+    assert 'href="/ui/accounts/%3Cscript%3Ealert%28%27id%27%29%3C%2Fscript%3E"' in listing.text
+
+
+# ------------------------------------------------------------------------------------------ overview
+
+
+def test_overview_has_every_chart_and_table(client: TestClient) -> None:
+    r = client.get("/ui/overview")
+    assert r.status_code == 200
+    html = r.text
+    for label in ("Monthly churn rate", "Monthly retention rate", "Net revenue retention", "NPS (-100 to 100)",
+                  "Cohort retention", "Customer lifetime value by segment", "Revenue at risk by segment"):  # fmt: skip
+        assert f'aria-label="{label}' in html, label
+    assert "2.5%" in html and "180,000" in html and "180.0k" in html  # values on the charts and in the tables
+    assert html.count("<svg") == 7
+
+
+def test_overview_of_an_older_workspace_says_what_is_missing(home: Path, tables: Tables) -> None:
+    core = {k: v for k, v in tables.items() if k in ("scores", "reasons", "score_history", "meta")}
+    write_workspace(Settings.from_env().workspace_path, core)
+    r = make_client(create_pages_app()).get("/ui/overview")
+    assert r.status_code == 200 and r.text.count("Not in this workspace") == 3
+
+
+def test_missing_workspace_is_a_503_with_the_command_to_run(home: Path) -> None:
+    c = make_client(create_pages_app())
+    for path in ("/ui/", "/ui/overview", "/ui/accounts/C0001", "/ui/export.csv"):
+        r = c.get(path)
+        assert r.status_code == 503, path
+        assert "No scores yet: run <code>churnml score --spec" in r.text
+
+
+def test_a_rescored_workspace_is_read_on_the_next_request(
+    client: TestClient, workspace: Path, tables: Tables
+) -> None:
+    assert "accounts 1–100 of 250" in client.get("/ui/").text
+    with open_workspace(workspace) as in_flight:  # a slow request (a CSV download) still reading the old file
+        write_workspace(workspace, {**tables, "scores": tables["scores"].head(3)})
+        assert "accounts 1–3 of 3" in client.get("/ui/").text
+        assert in_flight.execute("SELECT count(*) FROM scores").fetchone() == (250,)
+
+
+def test_a_corrupt_workspace_is_a_503_not_a_500(home: Path) -> None:
+    path = Settings.from_env().workspace_path
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a duckdb file" * 100)
+    r = make_client(create_pages_app()).get("/ui/")
+    assert r.status_code == 503 and "could not be read" in r.text
+
+
+# ------------------------------------------------------------------------------------------ auth
+
+
+@pytest.fixture
+def secured(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Callable:
+    monkeypatch.setenv("CHURNML_API_TOKEN", TOKEN)
+    return lambda: make_client(create_pages_app(), follow_redirects=False)
+
+
+def test_login_sets_an_httponly_strict_cookie_that_opens_the_pages(secured: Callable) -> None:
+    c = secured()
+    assert PUBLIC_PATHS == ("/ui/login",)
+    form = c.get("/ui/login?next=/ui/overview")
+    assert form.status_code == 200 and 'type="password" name="token"' in form.text
+    assert 'name="next" value="/ui/overview"' in form.text
+    r = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/overview"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/overview"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};")
+    for attribute in ("HttpOnly", "SameSite=strict", "Path=/ui", "Max-Age="):
+        assert attribute in cookie
+    assert c.get("/ui/overview").status_code == 200  # the client now sends the cookie
+    out = c.post("/ui/logout")
+    assert out.status_code == 303 and f'{TOKEN_COOKIE}=""' in out.headers["set-cookie"]
+
+
+def test_without_a_configured_token_there_is_nothing_to_sign_in_to(client: TestClient) -> None:
+    r = client.get("/ui/login?next=/ui/overview", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/overview"
+    assert "Sign out" not in client.get("/ui/").text
+
+
+def test_wrong_or_missing_token_is_refused(secured: Callable) -> None:
+    c = secured()
+    r = c.post("/ui/login", data={"token": "guess", "next": "/ui/"})
+    assert r.status_code == 401 and "set-cookie" not in r.headers and "That token is not right" in r.text
+    assert c.get("/ui/", headers={"accept": "application/json"}).status_code == 401
+    browser = c.get("/ui/accounts/C0001?x=1", headers={"accept": "text/html"})
+    assert browser.status_code == 303
+    assert browser.headers["location"] == "/ui/login?next=%2Fui%2Faccounts%2FC0001%3Fx%3D1"
+    c.cookies.set(TOKEN_COOKIE, "guess")
+    assert c.get("/ui/export.csv").status_code == 401
+    assert c.get("/ui/", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200  # API clients
+    # after login, only a path inside the pages: never another site
+    for target in ("https://evil.example/", "//evil.example/ui/", "/elsewhere"):
+        r = secured().post("/ui/login", data={"token": TOKEN, "next": target})
+        assert r.headers["location"] == "/ui/", target
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def test_charts_write_values_on_the_data_and_keep_text_literal() -> None:
+    svg = charts.bar_chart(["A $5 plan", "<b>B</b>"], [1500.0, 25000.0], "CLTV")
+    assert svg.startswith("<svg") and 'aria-label="CLTV"' in svg and "width=" not in svg.split(">")[0]
+    assert "A $5 plan" in svg and "&lt;b&gt;B&lt;/b&gt;" in svg and "<b>" not in svg
+    assert "1,500" in svg and "25.0k" in svg
+    line = charts.line_chart(["2025-01", "2025-02", "2025-03"], [0.1, None, 0.123], "Rate")
+    assert "10.0%" in line and "12.3%" in line
+    shap = charts.contributions_chart(["raises", "lowers"], [0.42, -0.2], "Why")
+    assert "+0.420" in shap and "-0.200" in shap
+    many = charts.cohort_curves([(f"2024-{m:02d}", [0, 1], [1.0, 0.9]) for m in range(1, 13)], "Cohorts")
+    assert "8 of 12 cohorts" in many and "2024-01: 90%" in many and "2024-12: 90%" in many
