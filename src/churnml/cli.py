@@ -89,6 +89,8 @@ def _print_report(report: ValidationReport) -> None:
         console.print(f"[bold red]ERROR[/] {issue.message()}", highlight=False)
     for issue in report.quarantined:
         console.print(f"[yellow]QUARANTINED[/] {issue.message()}", highlight=False)
+    for issue in report.warnings:
+        console.print(f"[yellow]WARNING[/] {issue.message()}", highlight=False)
     for role, path in report.quarantine_files.items():
         console.print(f"quarantined {role} rows: {path}", highlight=False)
 

@@ -36,7 +36,7 @@ __all__ = [
     "prepare_dataset",
 ]
 
-Severity = Literal["error", "quarantine"]
+Severity = Literal["error", "quarantine", "warning"]
 _SQL_TYPES = {"id": "VARCHAR", "string": "VARCHAR", "number": "DOUBLE", "timestamp": "TIMESTAMP"}
 EXAMPLES = 3
 WRONG_TYPE_SHARE = 0.5  # a column where most values fail to parse is the wrong type, not a few bad rows
@@ -105,6 +105,10 @@ class ValidationReport:
         return [i for i in self.issues if i.severity == "quarantine"]
 
     @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
     def ok(self) -> bool:
         return not self.errors
 
@@ -120,6 +124,8 @@ class ValidationReport:
             lines.append(f"ERROR {issue.message()}")
         for issue in self.quarantined:
             lines.append(f"QUARANTINED {issue.message()}")
+        for issue in self.warnings:
+            lines.append(f"WARNING {issue.message()}")
         for table, path in self.quarantine_files.items():
             lines.append(f"quarantined {table} rows written to {path}")
         return "\n".join(lines)
@@ -598,7 +604,37 @@ def validate_dataset(
             f"{quote_ident(c.name)} {_SQL_TYPES[c.kind]}" for c in CONTRACT["subscriptions"].columns
         )
         con.execute(f"CREATE OR REPLACE TABLE subscriptions ({cols})")
+    report.issues.extend(_volume_spikes(con))
     return report
+
+
+SPIKE_RATIO = 10.0  # a day with this many times the typical daily volume is flagged
+SPIKE_MIN_EVENTS = 100  # ...if it has at least this many events (tiny data is always spiky)
+
+
+def _volume_spikes(con: duckdb.DuckDBPyConnection) -> list[Issue]:
+    """Days whose event volume is far above the typical day: kept (they may be real) but reported.
+
+    A 10x day is usually a duplicated export or a replayed pipeline; the CSM would otherwise see a
+    usage surge that never happened.
+    """
+    rows = con.execute(
+        f"""
+        WITH days AS (SELECT "timestamp"::DATE AS day, event_type, count(*) AS n FROM events GROUP BY ALL),
+        typical AS (SELECT event_type, median(n) AS med FROM days GROUP BY ALL)
+        SELECT d.day, d.event_type, d.n, t.med FROM days d JOIN typical t USING (event_type)
+        WHERE d.n >= {SPIKE_MIN_EVENTS} AND d.n > {SPIKE_RATIO} * t.med
+        ORDER BY d.n / t.med DESC
+        """
+    ).fetchall()
+    if not rows:
+        return []
+    examples = tuple({"row": str(day), "event_type": t, "events": int(n), "typical": float(med)}
+                     for day, t, n, med in rows[:3])  # fmt: skip
+    return [Issue("events", "timestamp", "volume_spike", "warning", len(rows),
+                  f"daily volume within {SPIKE_RATIO:.0f}x the typical day of its event type",
+                  f"{len(rows)} day(s) with more than {SPIKE_RATIO:.0f}x the typical daily events (kept, check the source "
+                  "for duplicated exports)", examples)]  # fmt: skip
 
 
 def prepare_dataset(
