@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format bench clean
+.PHONY: help setup run test test-fast lint format bench audit clean
 
 help:  ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ format: setup  ## Apply the formatter
 bench: setup  ## Run the benchmarks (on demand; prints ratios against an in-run baseline)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_serving.py
+
+audit: setup  ## Audit the pinned dependencies for known vulnerabilities (pip-audit; needs PyPI's JSON API)
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --progress-spinner off
 
 clean:  ## Remove generated data and caches (keeps .venv)
 	rm -rf data mlruns mlartifacts mlflow.db optuna.db reports .pytest_cache

@@ -21,6 +21,16 @@ from churnml.engine import connect
 from churnml.spec import DatasetSpec, parse_spec
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_env() -> Iterator[None]:
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: keep one test's store out of the next."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path, duckdb_memory_limit="1GB", duckdb_threads=2)
@@ -176,13 +186,13 @@ def champion_home(trained, sim_dir: Path, tmp_path_factory: pytest.TempPathFacto
     reports/ holds the batch scores of the simulated business (written by the real `churnml score`)."""
     import mlflow
 
-    from churnml.registry import check_tracking_server, log_training, promote_challenger, tracking_uri
+    from churnml.registry import check_tracking_server, log_training, promote_challenger
     from churnml.train import TrainConfig
 
     table, _, result = trained
     home = tmp_path_factory.mktemp("home")
     settings = Settings(home=home)
-    client = check_tracking_server(tracking_uri(settings))
+    client = check_tracking_server(home_store(home))  # not $MLFLOW_TRACKING_URI: other tests set it
     try:
         log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
         assert promote_challenger(client).promoted
@@ -194,6 +204,11 @@ def champion_home(trained, sim_dir: Path, tmp_path_factory: pytest.TempPathFacto
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return home
+
+
+def home_store(home: Path) -> str:
+    """The SQLite tracking store `churnml` uses under ``home`` (when MLFLOW_TRACKING_URI is unset)."""
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
 
 
 def service_env(home: Path, **extra: str) -> dict[str, str]:
@@ -240,14 +255,26 @@ class Server:
 
 
 def start_server(
-    home: Path, token: str | None = None, wait_ready: bool = True, direct: bool = False, **env: str
+    home: Path,
+    token: str | None = None,
+    wait_ready: bool = True,
+    direct: bool = False,
+    workers: int = 1,
+    **env: str,
 ) -> Server:
     """Start `churnml serve` (or, with ``direct``, `bentoml serve` on the service module, as a built
     bento would run) and wait until it is ready (or only alive)."""
     import httpx
 
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "churnml"), "serve", "--port", str(port)]
+    argv = [
+        str(Path(sys.executable).parent / "churnml"),
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     if direct:
         argv = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:ChurnService",
                 "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(Path(__file__).parents[1])]  # fmt: skip
