@@ -123,7 +123,18 @@ def _event_sentence(info: FeatureInfo, row: Mapping[str, object]) -> tuple[str, 
             window = next((w for w in (TREND, LOOKBACK) if name.endswith(f"_{w}d")), None)
             empty = f"No {info.plural} in the last {window} days" if window else f"No {info.singular} yet"
             return empty, {"value": None}
-        return f"{_cap(info.label)}: {format_number(x)}", {"value": x}
+        v, shown = info.value_label, format_number(x)
+        if v and info.singular:
+            for w in (TREND, LOOKBACK):
+                if name == f"{s}_value_mean_{w}d":
+                    return f"{_cap(v)} per {info.singular} averaged {shown} over the last {w} days", {
+                        "value": x
+                    }
+                if name == f"{s}_value_sum_{w}d":
+                    return f"{_cap(v)} across {info.plural} totalled {shown} over the last {w} days", {
+                        "value": x
+                    }
+        return f"{_cap(info.label)}: {shown}", {"value": x}
     return None
 
 
@@ -166,7 +177,8 @@ def describe_feature(
         if x is None or seats is None:
             return "Seat usage unknown (no seat count)", {"ratio": None}
         pct = round(100 * x)
-        return (f"{format_number(pct)}% of seats in use ({format_number(users)} active users for {format_number(seats)} seats)",
+        who = "active user" if users == 1 else "active users"
+        return (f"{format_number(pct)}% of seats in use ({format_number(users)} {who} for {format_number(seats)} seats)",
                 {"percent": float(pct), "users": users, "seats": seats})  # fmt: skip
     if name == "days_to_renewal" and x is not None:
         return f"Renewal in {format_number(x)} days", {"days": x}
