@@ -30,6 +30,7 @@ from churnml.registry import (
 )
 from churnml.train import TrainConfig
 from tests.conftest import free_port, home_store, service_env, start_server, stop_server
+from tests.test_serving import feature_record
 
 log = logging.getLogger(__name__)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -183,8 +184,7 @@ def _worker_pids(server_pid: int) -> list[int]:
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_under_load(champion_home: Path, trained) -> None:
     table, _, result = trained
-    record = {k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v))
-              for k, v in table.iloc[0][result.model.feature_names].items()}  # fmt: skip
+    record = feature_record(table, 0, result.model.feature_names)
     body = {"customers": [{"customer_id": "load", "features": record}]}
     server = start_server(champion_home, workers=2)
     outcomes: list[int] = []
@@ -241,8 +241,7 @@ def test_sustained_load_has_no_errors_and_overload_is_shed_with_503(
     """60 s at a sustainable rate (bounded: at most 60 s and 3,000 requests), then a burst beyond capacity
     against a server that admits only 4 requests in progress."""
     table, _, result = trained
-    record = {k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v))
-              for k, v in table.iloc[1][result.model.feature_names].items()}  # fmt: skip
+    record = feature_record(table, 1, result.model.feature_names)
     body = {"customers": [{"customer_id": "steady", "features": record}]}
     rate, seconds = 40.0, 60.0  # requests/s; the service does > 100/s on one worker (benchmark)
     latencies, errors = [], 0
@@ -291,8 +290,7 @@ def test_no_customer_data_in_logs_and_no_pickle(champion_home: Path, trained) ->
     server = start_server(champion_home)
     try:
         secret_id, secret_value = "SECRET-CUSTOMER-4242", "SECRET-PLAN-9999"
-        record = {k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v))
-                  for k, v in table.iloc[2][result.model.feature_names].items()}  # fmt: skip
+        record = feature_record(table, 2, result.model.feature_names)
         assert (
             server.post(
                 "/explain", {"customers": [{"customer_id": secret_id, "features": record}]}
