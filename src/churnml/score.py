@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -91,12 +91,18 @@ def reasons_with_plays(
     """Top reasons per row with the playbook's play (name, action) for each."""
     contrib = contributions if contributions is not None else model.contributions(features, num_threads)[0]
     event_type = {i.name: i.event_type for i in model.catalogue}
+    plays: dict[
+        tuple[str, bool], tuple[str | None, str | None]
+    ] = {}  # the play depends on feature and sign only
     out = []
     for reasons in explain_rows(features, contrib, model.catalogue, k, only_raising):
         row = []
         for r in reasons:
-            play = playbook.play_for(r, event_type.get(r.feature))
-            row.append((r, play.name if play else None, play.action if play else None))
+            key = (r.feature, r.contribution > 0)
+            if key not in plays:
+                play = playbook.play_for(r, event_type.get(r.feature))
+                plays[key] = (play.name, play.action) if play else (None, None)
+            row.append((r, *plays[key]))
         out.append(row)
     return out
 
@@ -111,15 +117,12 @@ class ScoreResult:
 
 
 def _reason_records(customer_ids: np.ndarray, as_of: pd.Timestamp, reasons: list) -> pd.DataFrame:
-    records = []
-    for cid, row in zip(customer_ids, reasons, strict=True):
-        for rank, (r, play, action) in enumerate(row, start=1):
-            d = asdict(r)
-            d["value"] = None if d["value"] is None else str(d["value"])
-            d["values"] = json.dumps(d["values"])
-            records.append(
-                {"customer_id": cid, "as_of": as_of, "rank": rank, **d, "play": play, "play_action": action}
-            )
+    records = [
+        (cid, as_of, rank, r.feature, r.label, r.sentence, None if r.value is None else str(r.value), r.contribution,
+         r.direction, r.strength, r.actionable, r.group, json.dumps(r.values), play, action)
+        for cid, row in zip(customer_ids, reasons, strict=True)
+        for rank, (r, play, action) in enumerate(row, start=1)
+    ]  # fmt: skip
     columns = ["customer_id", "as_of", "rank", "feature", "label", "sentence", "value", "contribution", "direction",
                "strength", "actionable", "group", "values", "play", "play_action"]  # fmt: skip
     return pd.DataFrame.from_records(records, columns=columns)
