@@ -135,6 +135,8 @@ BAD_INPUTS = [
     ("bad timestamp", {"customers": [{"customer_id": "a", "events": [{"timestamp": "yesterday", "event_type": "login"}]}]},
      "timestamp"),
     ("out-of-range date", {"customers": [{"customer_id": "a", "as_of": "0037-02-13", "events": []}]}, "as_of"),
+    ("timestamp overflowing with its offset", {"customers": [{"customer_id": "a", "events": [
+        {"timestamp": "0001-01-01T00:00:00+00:03", "event_type": "login"}]}]}, "timestamp"),
     ("unknown event type", {"customers": [{"customer_id": "a", "events": [{"timestamp": "2025-01-01T00:00:00",
                                                                          "event_type": "teleport"}]}]}, "event_type"),
     ("unknown category", {"customers": [{"customer_id": "a", "events": [], "profile": {"plan": "platinum"}}]}, "plan"),

@@ -62,7 +62,10 @@ _EARLIEST, _LATEST = datetime(1970, 1, 1), datetime(2200, 1, 1)
 
 
 def _in_range(ts: datetime) -> datetime:
-    naive = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    try:
+        naive = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    except OverflowError:  # year 1 or 9999 shifted by its offset
+        raise ValueError(f"must be between {_EARLIEST.date()} and {_LATEST.date()}") from None
     if not _EARLIEST <= naive < _LATEST:
         raise ValueError(f"must be between {_EARLIEST.date()} and {_LATEST.date()}")
     return ts

@@ -17,7 +17,7 @@ def test_schemathesis_finds_no_server_errors(served, tmp_path: Path) -> None:
     done = subprocess.run(
         [str(st), "run", f"{served.url}/docs.json", "--checks",
          "not_a_server_error,response_schema_conformance,status_code_conformance",
-         "--max-examples", "300", "--seed", "1", "-H", f"Authorization: Bearer {served.token}",
+         "--max-examples", "600", "--seed", "1", "-H", f"Authorization: Bearer {served.token}",
          "--report", "junit", "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
