@@ -24,7 +24,7 @@ import pandas as pd
 from churnml.engine import quote_literal
 from churnml.spec import CancellationChurn, DatasetSpec, InactivityChurn
 
-__all__ = ["DataWindow", "data_window", "observation_dates", "build_labels"]
+__all__ = ["DataWindow", "data_window", "observation_dates", "build_labels", "label_margin"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def data_window(con: duckdb.DuckDBPyConnection) -> DataWindow:
     return DataWindow(pd.Timestamp(start), pd.Timestamp(end))
 
 
-def _label_margin(spec: DatasetSpec) -> pd.Timedelta:
+def label_margin(spec: DatasetSpec) -> pd.Timedelta:
     grace = spec.churn.grace_days if isinstance(spec.churn, CancellationChurn) else 0
     return pd.Timedelta(days=spec.observation.horizon_days + grace)
 
@@ -60,7 +60,7 @@ def observation_dates(
     if obs.end is not None:
         end = pd.Timestamp(obs.end)
     else:
-        end = window.end - _label_margin(spec) if labelled_only else window.end
+        end = window.end - label_margin(spec) if labelled_only else window.end
     dates = []
     t = start
     while t <= end:
@@ -86,7 +86,7 @@ def build_labels(
     dates = dates if dates is not None else observation_dates(spec, window)
     obs = spec.observation
     lead, horizon = f"INTERVAL {obs.lead_days} DAY", f"INTERVAL {obs.horizon_days} DAY"
-    known_until = quote_literal(str(window.end - _label_margin(spec) + pd.Timedelta(days=obs.horizon_days)))
+    known_until = quote_literal(str(window.end - label_margin(spec) + pd.Timedelta(days=obs.horizon_days)))
     # a row is labelled when t + horizon <= known_until
     labelled = f"d.t + {horizon} <= TIMESTAMP {known_until}"
     if isinstance(spec.churn, InactivityChurn):

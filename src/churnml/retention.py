@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.labels import build_labels, data_window
+from churnml.labels import build_labels, data_window, label_margin
 from churnml.score import ScoreResult
 from churnml.spec import DatasetSpec
 
@@ -36,8 +36,16 @@ def _population(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFra
     return build_labels(con, _monthly_spec(spec), dates=months)
 
 
-def monthly_retention(con: duckdb.DuckDBPyConnection, population: pd.DataFrame) -> pd.DataFrame:
-    """Per month: active customers at its start, churned within it, churn/retention rate, NRR, NPS."""
+def monthly_retention(
+    con: duckdb.DuckDBPyConnection, population: pd.DataFrame, labelled_until: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Per month: active customers at its start, churned within it, churn/retention rate, NRR, NPS.
+
+    Only months whose whole churn window is observed (start <= ``labelled_until``): in a later month
+    only the churners are known yet, which would read as 100% churn.
+    """
+    if labelled_until is not None:
+        population = population[population["observation_date"] <= labelled_until]
     if population.empty:
         return pd.DataFrame(
             columns=["month", "active", "churned", "churn_rate", "retention_rate", "nrr", "nps"]
@@ -146,9 +154,10 @@ def retention_tables(
 ) -> dict[str, pd.DataFrame]:
     """The overview's tables, written beside the scores in the workspace."""
     population = _population(con, spec)
+    labelled_until = data_window(con).end - label_margin(_monthly_spec(spec))
     profile = con.execute("SELECT customer_id, segment FROM customers").df().drop_duplicates("customer_id")
     return {
-        "retention_monthly": monthly_retention(con, population),
+        "retention_monthly": monthly_retention(con, population, labelled_until),
         "cohort_retention": cohort_retention(population),
         "segment_summary": segment_summary(result.scores, population, profile.set_index("customer_id")),
     }
