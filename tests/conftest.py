@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -303,7 +304,14 @@ def start_server(
         time.sleep(0.5)
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    return [int(p) for p, pp in (line.split() for line in out.splitlines()[1:]) if int(pp) == pid]
+
+
 def stop_server(server: Server) -> None:
+    """SIGTERM the arbiter (it stops its workers); whatever is left after 30 s is killed."""
+    workers = _children(server.process.pid)  # BentoML workers run in process groups of their own
     if server.process.poll() is None:
         try:
             os.killpg(server.process.pid, signal.SIGTERM)
@@ -311,6 +319,9 @@ def stop_server(server: Server) -> None:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=10)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
