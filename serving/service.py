@@ -25,6 +25,7 @@ from churnml.serve import (
     PredictResponse,
     ServiceUnavailableMiddleware,
     TokenAuthMiddleware,
+    answer,
     calm_garbage_collector,
     packaged_model_ref,
     quiet_bad_input_logs,
@@ -33,8 +34,9 @@ from churnml.serve import (
 log = logging.getLogger("churnml.service")
 
 
-# The API methods are `async` on purpose: each request is a few milliseconds of CPU, and running it on
-# the event loop avoids a thread hand-off per request (lower tail latency, same throughput).
+# The API methods are `async` on purpose: a feature-record request is a few milliseconds of CPU, and
+# running it on the event loop avoids a thread hand-off (lower tail latency, same throughput); raw
+# behaviour, which takes longer, goes to a thread (churnml.serve.answer).
 @bentoml.asgi_app(create_pages_app(), path="/ui")  # the CSM pages, behind the same token
 @bentoml.service(
     name="churn",
@@ -75,14 +77,14 @@ class ChurnService:
     @bentoml.api(route="/predict")
     async def predict(self, customers: Customers) -> PredictResponse:
         """Calibrated churn probability, health score, risk tier and revenue at risk per customer."""
-        return self._ready().predict(customers)
+        return await answer(self._ready().predict, customers)
 
     @bentoml.api(route="/explain")
     async def explain(
         self, customers: Customers, top_k: Annotated[int, Field(ge=1, le=20)] = 3
     ) -> ExplainResponse:
         """The prediction plus the top reasons in plain sentences, with their SHAP contributions."""
-        return self._ready().explain(customers, top_k)
+        return await answer(self._ready().explain, customers, top_k)
 
     @bentoml.api(route="/model")
     async def model(self) -> ModelInfo:

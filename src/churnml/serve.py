@@ -8,6 +8,7 @@ offending field's location and never a 500.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hmac
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+import anyio
 import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,6 +38,7 @@ from churnml.score import RiskPolicy, reasons_with_plays, score_features
 
 __all__ = [
     "MAX_BATCH",
+    "answer",
     "JSONOnlyMiddleware",
     "OpenAPIMiddleware",
     "calm_garbage_collector",
@@ -522,6 +525,15 @@ class Predictor:
                                    base_value=float(base[i]), raw_log_odds=float(base[i] + contrib[i].sum()),
                                    reasons=rs))  # fmt: skip
         return ExplainResponse(model=self.info, explanations=out)
+
+
+async def answer(func: Callable[..., Any], customers: list[CustomerIn], *args: Any) -> Any:
+    """Run ``func(customers, *args)``: feature records (a few ms of CPU) on the event loop, raw behaviour
+    (DuckDB over the customer's history: tens of ms or more) in a worker thread, so one long request
+    does not hold up probes and short requests."""
+    if all(c.features is not None for c in customers):
+        return func(customers, *args)
+    return await anyio.to_thread.run_sync(functools.partial(func, customers, *args))
 
 
 def _opt_ts(ts: datetime | None) -> pd.Timestamp | None:
