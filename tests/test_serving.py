@@ -69,6 +69,14 @@ def test_online_raw_behaviour_matches_batch_scores(served, champion_home: Path, 
     picked = scores.iloc[[0, len(scores) // 2, len(scores) - 1]]
     as_of = pd.Timestamp(picked["as_of"].iloc[0])
     body = {"customers": [raw_behaviour(sim_dir, cid, as_of) for cid in picked["customer_id"]]}
+    late = {"event_type": "support_ticket", "value": 1.0}
+    for c in body["customers"]:  # on or after as_of (also with offsets): must change nothing
+        c["events"] += [{**late, "timestamp": f"{as_of.date()}T00:00:00Z"},
+                        {**late, "timestamp": f"{as_of.date()}T01:30:00+01:00"},
+                        {**late, "timestamp": f"{(as_of - pd.Timedelta(days=1)).date()}T20:00:00-05:00"}]  # fmt: skip
+        first = c["events"][0]
+        stamp = pd.Timestamp(first["timestamp"])  # the same instant written with an offset
+        first["timestamp"] = (stamp.tz_localize("UTC").tz_convert("Asia/Kolkata")).isoformat()
     r = served.post("/predict", body)
     assert r.status_code == 200, r.text
     got = r.json()["predictions"]
@@ -145,6 +153,14 @@ BAD_INPUTS = [
         {"start": "2025-02-01T00:00:00", "end": "2025-01-01T00:00:00"}]}]}, "end"),
     ("duplicate ids", {"customers": [{"customer_id": "a", "events": []}, {"customer_id": "a", "events": []}]},
      "customer_id"),
+    ("overflowing value", {"customers": [{"customer_id": "a", "events": [
+        {"timestamp": "2025-01-01T00:00:00", "event_type": "payment_failed", "value": 1e308}]}]}, "value"),
+    ("fractional seats", {"customers": [{"customer_id": "a", "events": [], "subscriptions": [
+        {"start": "2025-01-01T00:00:00", "seats": 1e-320}]}]}, "subscriptions"),
+    ("unknown attribute category", {"customers": [{"customer_id": "a", "events": [],
+                                                   "profile": {"attributes": {"industry": "piracy"}}}]}, "industry"),
+    ("unknown subscription plan", {"customers": [{"customer_id": "a", "events": [], "subscriptions": [
+        {"start": "2025-01-01T00:00:00", "plan": "platinum"}]}]}, "plan"),
 ]  # fmt: skip
 
 
@@ -191,6 +207,30 @@ def test_bad_feature_records_are_refused_field_by_field(served, trained) -> None
         "/predict", content=b"customers=1", headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert r.status_code == 415
+
+
+def test_browser_cookie_with_a_base64_token_is_accepted() -> None:
+    """Starlette quotes cookie values holding '/', '+' or '=' (as base64 tokens do)."""
+    import asyncio
+
+    from starlette.responses import Response
+
+    from churnml.serve import TokenAuthMiddleware
+
+    token = "ab+cd/ef=="
+    seen = []
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202
+        seen.append(scope["path"])
+
+    response = Response()
+    response.set_cookie("churnml_token", token)
+    cookie = response.headers["set-cookie"].split(";")[0].encode()
+    assert b'"' in cookie  # quoted
+    middleware = TokenAuthMiddleware(app, token=token)
+    scope = {"type": "http", "path": "/ui/", "headers": [(b"cookie", cookie)], "query_string": b""}
+    asyncio.run(middleware(scope, None, None))
+    assert seen == ["/ui/"]
 
 
 def test_token_is_required_except_on_probes(served) -> None:

@@ -382,13 +382,13 @@ def _champion(settings: Settings, model_uri: str | None):  # noqa: ANN202
     uri = tracking_uri(settings)
     try:
         client = check_tracking_server(uri)
-        target = model_uri or f"models:/{MODEL_NAME}@{settings.model_alias}"
-        info = {"model_uri": target, "tracking_uri": uri}
-        if model_uri is None:
-            info["model_version"] = str(
-                client.get_model_version_by_alias(MODEL_NAME, settings.model_alias).version
-            )
-        return load_model(target, client), info
+        info = {"tracking_uri": uri}
+        if model_uri is None:  # resolve the alias once: a promotion meanwhile must not mislabel the scores
+            version = str(client.get_model_version_by_alias(MODEL_NAME, settings.model_alias).version)
+            model_uri = f"models:/{MODEL_NAME}/{version}"
+            info |= {"model_version": version, "model_alias": settings.model_alias}
+        info["model_uri"] = model_uri
+        return load_model(model_uri, client), info
     except MlflowException as err:
         raise _fail(
             f"no model {model_uri or settings.model_alias} in the registry at {uri}: {err.message}"

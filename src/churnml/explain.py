@@ -37,6 +37,8 @@ class Reason:
 
 def format_number(x: float) -> str:
     """How sentences print numbers: integers plainly, thousands with commas, others to 1-2 decimals."""
+    if not math.isfinite(x):
+        return "unknown"
     if abs(x - round(x)) < 1e-9:
         return f"{int(round(x)):,}"
     if abs(x) >= 100:

@@ -24,16 +24,18 @@ def _month_starts(con: duckdb.DuckDBPyConnection) -> list[pd.Timestamp]:
     return list(pd.date_range(first, window.end.normalize(), freq="MS"))
 
 
-def _monthly_spec(spec: DatasetSpec) -> DatasetSpec:
-    obs = spec.observation.model_copy(update={"lead_days": 0, "horizon_days": 30, "every": "1 month"})
+def _monthly_spec(spec: DatasetSpec, days: int = 31) -> DatasetSpec:
+    obs = spec.observation.model_copy(update={"lead_days": 0, "horizon_days": days, "every": "1 month"})
     return spec.model_copy(update={"observation": obs})
 
 
 def _population(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFrame:
+    """Customers active at each month's first day; churned = churn within that calendar month."""
     months = _month_starts(con)
     if not months:
         return pd.DataFrame(columns=["customer_id", "observation_date", "churned"])
-    return build_labels(con, _monthly_spec(spec), dates=months)
+    frames = [build_labels(con, _monthly_spec(spec, m.days_in_month), dates=[m]) for m in months]
+    return pd.concat(frames, ignore_index=True)
 
 
 def monthly_retention(
@@ -128,7 +130,12 @@ def cohort_retention(population: pd.DataFrame, max_months: int = 12) -> pd.DataF
     return counts
 
 
-def segment_summary(scores: pd.DataFrame, population: pd.DataFrame, profile: pd.DataFrame) -> pd.DataFrame:
+def segment_summary(
+    scores: pd.DataFrame,
+    population: pd.DataFrame,
+    profile: pd.DataFrame,
+    labelled_until: pd.Timestamp | None = None,
+) -> pd.DataFrame:
     """Per segment: accounts, MRR, revenue at risk, high-risk accounts, monthly churn rate and CLTV.
 
     CLTV = average MRR / monthly churn rate (the expected lifetime revenue of an account), over the
@@ -140,6 +147,8 @@ def segment_summary(scores: pd.DataFrame, population: pd.DataFrame, profile: pd.
         revenue_at_risk=("revenue_at_risk", "sum"), high_risk=("risk_tier", lambda t: int((t == "high").sum())),
         avg_probability=("probability", "mean"),
     )  # fmt: skip
+    if labelled_until is not None:  # as in monthly_retention: only fully observed months
+        population = population[population["observation_date"] <= labelled_until]
     labelled = population.dropna(subset=["churned"])
     recent = labelled[labelled["observation_date"].isin(sorted(labelled["observation_date"].unique())[-6:])]
     recent = recent.join(profile["segment"].fillna("(none)"), on="customer_id")
@@ -159,5 +168,7 @@ def retention_tables(
     return {
         "retention_monthly": monthly_retention(con, population, labelled_until),
         "cohort_retention": cohort_retention(population),
-        "segment_summary": segment_summary(result.scores, population, profile.set_index("customer_id")),
+        "segment_summary": segment_summary(
+            result.scores, population, profile.set_index("customer_id"), labelled_until
+        ),
     }

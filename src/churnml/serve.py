@@ -30,7 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from churnml.config import Settings
-from churnml.features import features_from_frames
+from churnml.features import features_from_frames, slug
 from churnml.model import ChurnModel
 from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE  # the login form lets browsers in with a cookie
 from churnml.playbook import Playbook, load_playbook
@@ -60,7 +60,12 @@ MAX_EVENTS = 20_000  # events per customer in a raw-behaviour request
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
-Count = Annotated[float, Field(ge=0)]
+LIMIT = 1e12  # no real count, amount or MRR is larger; bigger numbers overflow sums to infinity
+Count = Annotated[float, Field(ge=0, le=LIMIT)]
+Number = Annotated[float, Field(ge=-LIMIT, le=LIMIT)]
+Seats = Annotated[float, Field(ge=0, le=1e7)]
+MAX_REQUEST_EVENTS = 200_000  # events in one request, all customers together
+MAX_BODY_BYTES = 64 * 1024 * 1024
 _EARLIEST, _LATEST = datetime(1970, 1, 1), datetime(2200, 1, 1)
 
 
@@ -87,7 +92,7 @@ class EventIn(_Strict):
 
     timestamp: Timestamp
     event_type: Text
-    value: float | None = None
+    value: Number | None = None
     user_id: Annotated[str, Field(max_length=200)] | int | None = Field(
         default=None, description="Who did it (text or integer id); counts distinct active users."
     )
@@ -98,7 +103,13 @@ class SubscriptionIn(_Strict):
     end: Timestamp | None = None
     mrr: Count | None = None
     plan: Text | None = None
-    seats: Count | None = None
+    seats: Seats | None = None
+
+    @model_validator(mode="after")
+    def _whole_seats(self) -> SubscriptionIn:
+        if self.seats is not None and 0 < self.seats < 1:
+            raise ValueError("seats must be 0 or at least 1")
+        return self
 
 
 class ProfileIn(_Strict):
@@ -107,7 +118,7 @@ class ProfileIn(_Strict):
     segment: Text | None = None
     mrr: Count | None = None
     csm_owner: Text | None = None
-    attributes: dict[Text, float | Text | None] = Field(default_factory=dict, max_length=100)
+    attributes: dict[Text, Number | Text | None] = Field(default_factory=dict, max_length=100)
 
 
 class CustomerIn(_Strict):
@@ -118,7 +129,7 @@ class CustomerIn(_Strict):
         default=None,
         description="Observation date: features use data strictly before it (UTC); default: tomorrow.",
     )
-    features: dict[Text, float | Text | None] | None = Field(default=None, max_length=2000)
+    features: dict[Text, Number | Text | None] | None = Field(default=None, max_length=2000)
     profile: ProfileIn | None = None
     events: list[EventIn] | None = Field(default=None, max_length=MAX_EVENTS)
     subscriptions: list[SubscriptionIn] | None = Field(default=None, max_length=1000)
@@ -385,14 +396,28 @@ class Predictor:
         for j, s in enumerate(c.subscriptions or []):
             if s.end is not None and _naive_utc(s.end) < _naive_utc(s.start):
                 errors.add(("customers", i, "subscriptions", j, "end"), "end is before start", str(s.end))
+            if s.plan is not None and "plan" in self._levels and s.plan not in self._levels["plan"]:
+                known = ", ".join(sorted(self._levels["plan"])[:10])
+                errors.add(("customers", i, "subscriptions", j, "plan"), f"unknown category '{s.plan}'; known: {known}",
+                           s.plan)  # fmt: skip
         p = c.profile
         if p is None:
             return
-        for attr in p.attributes:
+        for attr, value in p.attributes.items():
+            loc = ("customers", i, "profile", "attributes", attr)
             if attr not in self._attributes:
                 known = ", ".join(sorted(self._attributes)) or "none"
-                errors.add(("customers", i, "profile", "attributes", attr),
-                           f"unknown attribute '{attr}'; this model uses: {known}", attr)  # fmt: skip
+                errors.add(loc, f"unknown attribute '{attr}'; this model uses: {known}", attr)
+                continue
+            column = f"attr_{slug(attr)}"
+            if value is None:
+                continue
+            if column in self._levels:
+                if str(value) not in self._levels[column]:
+                    known = ", ".join(sorted(self._levels[column])[:10])
+                    errors.add(loc, f"unknown category '{value}'; known: {known}", value)
+            elif isinstance(value, str):
+                errors.add(loc, "expected a number (this attribute is numeric)", value)
         for field_name, column in (("plan", "plan"), ("segment", "segment")):
             value = getattr(p, field_name)
             if value is not None and column in self._levels and value not in self._levels[column]:
@@ -406,6 +431,13 @@ class Predictor:
     def features(self, customers: list[CustomerIn]) -> tuple[pd.DataFrame, list[pd.Timestamp]]:
         """One feature row per customer (request order) and its as-of time; raises ValidationError."""
         errors = RequestErrors("request")
+        total = sum(len(c.events or []) for c in customers)
+        if total > MAX_REQUEST_EVENTS:
+            errors.add(
+                ("customers",),
+                f"{total:,} events in one request; at most {MAX_REQUEST_EVENTS:,}: split the batch",
+            )
+            errors.raise_if_any()
         seen: set[str] = set()
         for i, c in enumerate(customers):
             if c.customer_id in seen:
@@ -564,11 +596,10 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 def _cookie(scope: Scope, name: str) -> str:
-    for part in _header(scope, b"cookie").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return ""
+    """A cookie's value as browsers send it (Starlette quotes values with '/', '=' or spaces)."""
+    from starlette.requests import cookie_parser
+
+    return cookie_parser(_header(scope, b"cookie")).get(name, "")
 
 
 def _is_page(path: str) -> bool:
@@ -607,7 +638,10 @@ class TokenAuthMiddleware:
         if self._allowed(scope):
             return await self.app(scope, receive, send)
         if _is_page(path) and "text/html" in _header(scope, b"accept") and scope["type"] == "http":
-            target = b"/ui/login?next=" + quote(path, safe="/").encode()
+            wanted = path + (
+                "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
+            )
+            target = b"/ui/login?next=" + quote(wanted, safe="/").encode()
             await send({"type": "http.response.start", "status": 303,
                         "headers": [(b"location", target), (b"content-length", b"0")]})  # fmt: skip
             return await send({"type": "http.response.body", "body": b""})
@@ -675,6 +709,9 @@ class JSONOnlyMiddleware:
             media = _header(scope, b"content-type").split(";")[0].strip().lower()
             if media and media != "application/json":
                 return await _json(send, 415, b'{"error": "send the request body as application/json"}')
+            length = _header(scope, b"content-length")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                return await _json(send, 413, b'{"error": "request body too large: split the batch"}')
         return await self.app(scope, receive, send)
 
 

@@ -27,6 +27,7 @@ from churnml.registry import (
     close_unfinished_runs,
     log_training,
     promote_challenger,
+    promotion_lock,
 )
 from churnml.train import TrainConfig
 from tests.conftest import free_port, home_store, service_env, start_server, stop_server
@@ -51,16 +52,21 @@ def _registered(trained, home: Path) -> MlflowClient:
 
 def test_two_promotions_at_once_exactly_one_wins(trained, tmp_path: Path) -> None:
     client = _registered(trained, tmp_path)
-    procs = [
-        subprocess.Popen(
-            [CHURNML, "promote"],
-            env=service_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
+    # hold the lock while both start, so they really overlap: without it both would read "no
+    # champion" and both would promote
+    with promotion_lock(tmp_path / ".churnml-promote.lock"):
+        procs = [
+            subprocess.Popen(
+                [CHURNML, "promote"],
+                env=service_env(tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for _ in range(2)
+        ]
+        time.sleep(8)  # both are past start-up and waiting for the lock
+        assert all(p.poll() is None for p in procs)
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     winners = [out for out, _ in outputs if out.startswith("promoted:")]
