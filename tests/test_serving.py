@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml.explain import format_number
 from tests.conftest import start_server, stop_server
+from tests.test_explain import quotes
 
 
 def _plain(v: object) -> object:
@@ -128,7 +128,7 @@ def test_explanations_quote_the_values_and_shap_contributions(served, trained) -
                 assert reason["value"] == pytest.approx(float(value))
             for key, v in reason["values"].items():
                 if isinstance(v, float) and key != "flag":
-                    assert format_number(abs(v)) in reason["sentence"], reason
+                    assert quotes(reason["sentence"], v), reason
             assert not any(word in reason["sentence"] for word in ("_", "nan", "None")), reason["sentence"]
 
 
