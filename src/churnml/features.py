@@ -3,14 +3,16 @@
 Every feature of a row (customer_id, observation_date) is computed from contract rows strictly
 before the observation date (a midnight), so nothing that happens on or after it can leak in.
 
-The computation stays long and narrow in DuckDB and pivots in NumPy:
+The computation stays long and narrow:
 
-1. events are bucketed per (customer, event type, day): count, value sum, last value;
-2. a small day map joins each bucket to the observation dates whose 90-day window holds that day,
-   and one GROUP BY gives per (row, event type) window counts, sums, active days and trends;
-3. an ASOF join finds each type's last event before the date at any distance (recency, last value);
-4. subscriptions give plan, MRR, seats and renewal as of the date;
-5. the long result is scattered into a NumPy matrix (cheap) rather than pivoted in SQL (costly).
+1. DuckDB buckets events per (event type, customer, day): count, value sum, last value, last time,
+   returned sorted by one integer key (a GROUP BY any SQL engine can run, partitioned by customer);
+2. for each row and event type, the customer's days before the date are one contiguous run of that
+   sorted array, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
+   counts are prefix-sum differences, value sums are summed over the run itself, and the run's last
+   bucket gives recency, the last value and the mean gap;
+3. DuckDB gives the account state as of each date (users, plan, MRR, seats, renewal);
+4. the results are written column by column into one NumPy matrix (no pivot in SQL, which is costly).
 
 Which event types, value columns and attributes exist is fixed at training time in a
 :class:`FeatureSet` saved with the model, so scoring always produces the same columns.
@@ -198,21 +200,21 @@ def build_features(
             out[c] = pd.Series(dtype="object" if c in fs.categorical_columns else "float64")
         return out
     types = list(fs.event_types)
-    type_index = {t: i for i, t in enumerate(types)}
     # Integer keys for customers and event types: every join and GROUP BY below runs on integers.
+    codes, ids = pd.factorize(frame["customer_id"])
+    ck = codes.astype(np.int64)
+    frame = frame.assign(ck=ck)
+    con.register("_keys_df", pd.DataFrame({"customer_id": ids, "ck": np.arange(len(ids), dtype=np.int64)}))
     con.register("_rows_df", frame)
     try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT customer_id, ck FROM _keys_df")
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _keys AS SELECT customer_id, CAST(row_number() OVER () AS INTEGER) AS ck "
-            "FROM (SELECT DISTINCT customer_id FROM _rows_df)"
-        )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _rows AS SELECT r._ri, k.ck, r.customer_id, CAST(r.t AS TIMESTAMP) AS t "
-            "FROM _rows_df r JOIN _keys k ON r.customer_id = k.customer_id"
+            "CREATE OR REPLACE TEMP TABLE _rows AS SELECT _ri, ck, customer_id, CAST(t AS TIMESTAMP) AS t FROM _rows_df"
         )
     finally:
+        con.unregister("_keys_df")
         con.unregister("_rows_df")
-    values_sql = ", ".join(f"({quote_literal(t)}, {i})" for t, i in type_index.items())
+    values_sql = ", ".join(f"({quote_literal(t)}, {i})" for i, t in enumerate(types))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _types AS SELECT * FROM (VALUES {values_sql}) v(event_type, ti)"
     )
@@ -223,106 +225,65 @@ def build_features(
     )
     # Literal bounds, not scalar subqueries: DuckDB pushes literals into the scan (3x faster here).
     first_t, last_t = quote_literal(str(frame["t"].min())), quote_literal(str(frame["t"].max()))
-    # 1. daily buckets of every event before the last date, for the rows' customers and known types
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _buckets AS
-        SELECT k.ck, ty.ti, CAST(e."timestamp" AS DATE) AS day, count(*) AS n,
-               sum(e.value) AS s, count(e.value) AS nv, arg_max(e.value, e."timestamp") AS last_value,
-               max(e."timestamp") AS last_ts
+    # 1. daily buckets of every event before the last date (rows' customers, known types), fetched
+    #    sorted by one integer key = (type * customers + customer) * span + day
+    t_days = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    first_day = con.execute(
+        f'SELECT min(CAST("timestamp" AS DATE)) FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
+    ).fetchall()[0][0]
+    origin = (
+        int(np.datetime64(first_day, "D").astype(np.int64)) if first_day is not None else int(t_days.min())
+    )
+    span = int(max(t_days.max() - origin, 0)) + 1
+    n_keys = len(ids)
+    origin_sql = quote_literal(str(np.datetime64(origin, "D")))
+    buckets = con.execute(
+        f"""SELECT (ty.ti * {n_keys} + k.ck) * {span} + (CAST(e."timestamp" AS DATE) - DATE {origin_sql}) AS key,
+               count(*) AS n, sum(e.value) AS s, count(e.value) AS nv,
+               arg_max(e.value, e."timestamp") AS last_value, epoch_us(max(e."timestamp")) AS last_us
         FROM events e
         JOIN _keys k ON e.customer_id = k.customer_id
         JOIN _types ty ON e.event_type = ty.event_type
         WHERE e."timestamp" < TIMESTAMP {last_t}
-        GROUP BY ALL"""
-    )
+        GROUP BY 1 ORDER BY 1"""
+    ).fetchnumpy()
+    # a sentinel bucket past every search keeps "the bucket before" a valid index when there is none
+    buckets = {k: np.append(_floats(v, np.nan) if k in ("s", "last_value") else np.asarray(v, np.int64), 0)
+               for k, v in buckets.items()}  # fmt: skip
+    buckets["key"][-1] = np.iinfo(np.int64).max
+    buckets["s"] = np.nan_to_num(buckets["s"], nan=0.0)
+    for col in ("n", "nv"):  # running totals: a count over a run is a difference of two
+        buckets[f"cum_{col}"] = np.concatenate([[0], np.cumsum(buckets[col])])
+    t_rel = t_days - origin
     # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas
-    matrix = np.full((n, len(fs.columns)), np.nan, order="F")
+    matrix = np.empty((n, len(fs.columns)), order="F")
     col_index = {c: i for i, c in enumerate(fs.columns)}
 
-    def scatter(ri: np.ndarray, type_idx: np.ndarray, suffix_of: dict[str, np.ndarray]) -> None:
-        for t, ti in type_index.items():
-            sel = type_idx == ti
-            if not sel.any():
-                continue
-            s = slug(t)
-            for name, values in suffix_of.items():
-                col = name.format(s=s)
-                if col in col_index:
-                    matrix[ri[sel], col_index[col]] = values[sel]
-
-    # 2. window aggregates per (row, type)
-    w_sql = ", ".join(f"sum(b.n) FILTER (m.age <= {w}) AS n{w}" for w in fs.windows)
-    long = con.execute(
-        f"""SELECT r._ri, b.ti, {w_sql},
-               sum(b.n) FILTER (m.age > {TREND} AND m.age <= {2 * TREND}) AS nprev,
-               count(*) FILTER (m.age <= {TREND}) AS days_trend,
-               sum(b.s) FILTER (m.age <= {TREND}) AS s_trend, sum(b.s) AS s_all,
-               sum(b.nv) FILTER (m.age <= {TREND}) AS nv_trend, sum(b.nv) AS nv_all
-        FROM _buckets b
-        JOIN _daymap m ON b.day = m.day
-        JOIN _rows r ON r.ck = b.ck AND r.t = m.t
-        GROUP BY r._ri, b.ti"""
-    ).fetchnumpy()
-    ri = np.asarray(long["_ri"], dtype=np.int64)
-    ti = np.asarray(long["ti"], dtype=np.int64)
-    # rows x types with no event in the window are zeros, not unknown
-    for t in types:
-        s = slug(t)
-        for col in [f"{s}_count_{w}d" for w in fs.windows] + [
-            f"{s}_active_days_{TREND}d",
-            f"{s}_count_trend_delta",
-        ]:
-            matrix[:, col_index[col]] = 0.0
-        if t in fs.valued_types:
-            for col in (f"{s}_value_sum_{TREND}d", f"{s}_value_sum_{LOOKBACK}d", f"{s}_value_sum_total"):
-                matrix[:, col_index[col]] = 0.0
-
-    def num(key: str) -> np.ndarray:
-        return _floats(long[key], 0.0)
-
-    n_trend, n_prev = num(f"n{TREND}"), num("nprev")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = {f"{{s}}_count_{w}d": num(f"n{w}") for w in fs.windows}
-        values |= {
-            "{s}_count_trend_ratio": np.where(n_prev > 0, n_trend / n_prev, np.nan),
-            "{s}_count_trend_delta": n_trend - n_prev,
-            f"{{s}}_active_days_{TREND}d": num("days_trend"),
-            f"{{s}}_value_sum_{TREND}d": num("s_trend"),
-            f"{{s}}_value_sum_{LOOKBACK}d": num("s_all"),
-            f"{{s}}_value_mean_{TREND}d": np.where(
-                num("nv_trend") > 0, num("s_trend") / num("nv_trend"), np.nan
-            ),
-            f"{{s}}_value_mean_{LOOKBACK}d": np.where(
-                num("nv_all") > 0, num("s_all") / num("nv_all"), np.nan
-            ),
-        }
-    scatter(ri, ti, values)
-
-    # 3. last event of each type before the date, at any distance
-    last = con.execute(
-        """WITH grid AS (SELECT r._ri, r.ck, r.t, ty.ti FROM _rows r CROSS JOIN _types ty),
-             b AS (SELECT ck, ti, CAST(day AS TIMESTAMP) AS day_ts, last_ts, last_value,
-                          sum(n) OVER w AS cum_n, sum(s) OVER w AS cum_s, min(day) OVER w AS first_day
-                   FROM _buckets WINDOW w AS (PARTITION BY ck, ti ORDER BY day ROWS UNBOUNDED PRECEDING))
-        SELECT g._ri, g.ti, epoch(g.t - b.last_ts) / 86400.0 AS days_since, b.last_value, b.cum_n, b.cum_s,
-               CASE WHEN b.cum_n > 1
-                    THEN (CAST(b.day_ts AS DATE) - b.first_day) / (b.cum_n - 1) END AS mean_gap
-        FROM grid g ASOF JOIN b ON g.ck = b.ck AND g.ti = b.ti AND g.t > b.day_ts"""
-    ).fetchnumpy()
-    ri = np.asarray(last["_ri"], dtype=np.int64)
-    ti = np.asarray(last["ti"], dtype=np.int64)
-    gap = _floats(last["mean_gap"], np.nan)
-    scatter(ri, ti, {
-        "days_since_last_{s}": _floats(last["days_since"], np.nan),
-        "{s}_count_total": _floats(last["cum_n"], 0.0),
-        "{s}_mean_gap_days": gap,
-        "{s}_overdue_ratio": np.where(gap > 0, _floats(last["days_since"], np.nan) / np.where(gap > 0, gap, 1.0), np.nan),
-        "{s}_value_sum_total": _floats(last["cum_s"], 0.0),
-        "{s}_last_value": _floats(last["last_value"], np.nan),
-    })  # fmt: skip
+    # 2.-3. window, trend and whole-history aggregates per (row, event type); rows sorted by customer
+    #       and date make each type's searches ascend
+    order = np.lexsort((t_rel, ck))
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n)
+    ck_sorted, rel_sorted = ck[order], t_rel[order]
+    t_us = frame["t"].to_numpy().astype("datetime64[us]").astype(np.int64)[order]
+    for ti, t in enumerate(types):
+        base = (ti * n_keys + ck_sorted) * span
+        values = _event_features(buckets, base, rel_sorted, t_us, fs.windows)
+        for name, v in values.items():
+            col = name.format(s=slug(t))
+            if col in col_index:
+                matrix[:, col_index[col]] = v[inverse]
+    account_days = _account_days(buckets["key"][:-1], n_keys, span)
+    del buckets  # the largest arrays here; the account query below needs the memory
 
     # 4. account state as of the date
     account = _account_frame(con, fs, first_t, last_t)
+    first_rel, active = _first_and_active_days(account_days, ck, t_rel, span)
+    no_since = account["tenure_days"].isna().to_numpy() & (first_rel < t_rel)
+    account["tenure_days"] = np.where(
+        no_since, (t_rel - first_rel).astype(np.float64), account["tenure_days"]
+    )
+    account["active_days_30d"] = active.astype(np.float64)
     for col in fs.account_columns:
         if col in account:
             matrix[:, col_index[col]] = account[col].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -350,6 +311,90 @@ def build_features(
     return result
 
 
+def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sum of ``values[lo:hi]`` per pair, added up from the run itself (not prefix-sum differences).
+
+    So a customer's sums use only that customer's buckets, in the same order on every path, and the
+    training, batch and online features are bit-identical. ``hi`` must stay below ``len(values)``
+    (the sentinel bucket sees to it) and ascend, which keeps the in-between runs short.
+    """
+    idx = np.empty(2 * len(lo), dtype=np.int64)
+    idx[0::2], idx[1::2] = lo, hi
+    return np.where(hi > lo, np.add.reduceat(values, idx)[0::2], 0.0) if len(lo) else np.zeros(0)
+
+
+def _event_features(
+    buckets: dict[str, np.ndarray],
+    base: np.ndarray,
+    rel: np.ndarray,
+    t_us: np.ndarray,
+    windows: tuple[int, ...],
+) -> dict[str, np.ndarray]:
+    """One event type's features per row, as ``{name pattern: values}``.
+
+    ``base`` is each row's key for day 0 of its customer and this type, ``rel`` its date in days from
+    day 0. Buckets are sorted by key, so a customer-type's days before the date are one contiguous
+    run found by binary search: windows are runs within it, counts are prefix-sum differences (exact
+    integers) and the run's last bucket gives recency and the last value.
+    """
+    key = buckets["key"]
+
+    def at(days_back: int) -> np.ndarray:
+        return np.searchsorted(key, base + np.maximum(rel - days_back, 0), side="left")
+
+    hi, first = at(0), np.searchsorted(key, base, side="left")
+    lo = {w: at(w) for w in sorted({*windows, TREND, 2 * TREND, LOOKBACK})}
+    cum_n, cum_nv, s = buckets["cum_n"], buckets["cum_nv"], buckets["s"]
+
+    def count(lo_: np.ndarray, hi_: np.ndarray, cum: np.ndarray = cum_n) -> np.ndarray:
+        return (cum[hi_] - cum[lo_]).astype(np.float64)
+
+    n_trend, n_prev = count(lo[TREND], hi), count(lo[2 * TREND], lo[TREND])
+    nv_trend, nv_all = count(lo[TREND], hi, cum_nv), count(lo[LOOKBACK], hi, cum_nv)
+    s_trend, s_all = _ranged_sum(s, lo[TREND], hi), _ranged_sum(s, lo[LOOKBACK], hi)
+    total = count(first, hi)
+    seen = hi > first
+    last = np.where(seen, hi - 1, 0)
+    days_since = np.where(seen, (t_us - buckets["last_us"][last]) / 86_400e6, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(
+            total > 1, (key[last] - key[first]) / (total - 1), np.nan
+        )  # same group: day difference
+        return {f"{{s}}_count_{w}d": count(lo[w], hi) for w in windows} | {
+            "{s}_count_trend_ratio": np.where(n_prev > 0, n_trend / n_prev, np.nan),
+            "{s}_count_trend_delta": n_trend - n_prev,
+            f"{{s}}_active_days_{TREND}d": (hi - lo[TREND]).astype(np.float64),
+            "days_since_last_{s}": days_since,
+            "{s}_count_total": np.where(seen, total, np.nan),
+            "{s}_mean_gap_days": gap,
+            "{s}_overdue_ratio": np.where(gap > 0, days_since / np.where(gap > 0, gap, 1.0), np.nan),
+            f"{{s}}_value_sum_{TREND}d": s_trend,
+            f"{{s}}_value_sum_{LOOKBACK}d": s_all,
+            f"{{s}}_value_mean_{TREND}d": np.where(nv_trend > 0, s_trend / nv_trend, np.nan),
+            f"{{s}}_value_mean_{LOOKBACK}d": np.where(nv_all > 0, s_all / nv_all, np.nan),
+            "{s}_last_value": np.where(seen, buckets["last_value"][last], np.nan),
+            "{s}_value_sum_total": _ranged_sum(s, first, hi),
+        }
+
+
+def _account_days(key: np.ndarray, n_keys: int, span: int) -> np.ndarray:
+    """Sorted distinct (customer * span + day) with an event of any known type."""
+    days = np.sort(key // span % n_keys * span + key % span)  # a sort: np.unique hashes, 5x slower here
+    return days[np.concatenate([[True], days[1:] != days[:-1]])] if len(days) else days
+
+
+def _first_and_active_days(
+    account_days: np.ndarray, ck: np.ndarray, t_rel: np.ndarray, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the customer's first active day (relative to day 0; ``span`` if none) and active days in 30."""
+    base = ck * span
+    first = np.append(account_days, np.iinfo(np.int64).max)[np.searchsorted(account_days, base)] - base
+    first_rel = np.where(first < span, first, span)
+    hi = np.searchsorted(account_days, base + np.clip(t_rel, 0, None))
+    lo = np.searchsorted(account_days, base + np.clip(t_rel - TREND, 0, None))
+    return first_rel, hi - lo
+
+
 def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str) -> pd.DataFrame:
     """Per-row account features: tenure, activity, users, subscription state, attributes (row order)."""
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
@@ -357,23 +402,18 @@ def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str,
     term = int(fs.term_months)
     frame = con.execute(
         f"""
-        WITH first_seen AS (SELECT ck, min(day) AS first_day FROM _buckets GROUP BY 1),
-        active AS (
-            SELECT r._ri, count(*) AS active_days
-            FROM (SELECT DISTINCT ck, day FROM _buckets) b
-            JOIN _daymap m ON b.day = m.day AND m.age <= 30
-            JOIN _rows r ON r.ck = b.ck AND r.t = m.t
-            GROUP BY 1),
-        users AS (
-            SELECT r._ri, count(DISTINCT u.user_id) AS users
-            FROM (SELECT DISTINCT k.ck, CAST(e."timestamp" AS DATE) AS day, e.user_id
-                  FROM events e JOIN _keys k ON e.customer_id = k.customer_id
-                  WHERE e.user_id IS NOT NULL
-                    AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
-                    AND e."timestamp" < TIMESTAMP {last_t}) u
-            JOIN _daymap m ON u.day = m.day AND m.age <= 30
-            JOIN _rows r ON r.ck = u.ck AND r.t = m.t
-            GROUP BY 1),
+        WITH users AS (
+            SELECT r._ri, u.users
+            FROM (SELECT ck, t, count(DISTINCT user_id) AS users
+                  FROM (SELECT k.ck, m.t, e.user_id
+                        FROM events e
+                        JOIN _keys k ON e.customer_id = k.customer_id
+                        JOIN (SELECT t, day FROM _daymap WHERE age <= 30) m ON CAST(e."timestamp" AS DATE) = m.day
+                        WHERE e.user_id IS NOT NULL
+                          AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
+                          AND e."timestamp" < TIMESTAMP {last_t})
+                  GROUP BY ALL) u
+            JOIN _rows r ON r.ck = u.ck AND r.t = u.t),
         subs AS (SELECT customer_id, "start", mrr, plan, seats FROM subscriptions),
         sub_now AS (
             SELECT r._ri, s.mrr, s.plan, s.seats
@@ -385,20 +425,17 @@ def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str,
         first_sub AS (SELECT customer_id, min("start") AS first_start FROM subscriptions GROUP BY 1),
         base AS (
             SELECT r._ri, r.t,
-                   coalesce(c.signup_date, CASE WHEN fs.first_start < r.t THEN fs.first_start END,
-                            CASE WHEN f.first_day < r.t THEN CAST(f.first_day AS TIMESTAMP) END) AS since,
+                   coalesce(c.signup_date, CASE WHEN fs.first_start < r.t THEN fs.first_start END) AS since,
                    CASE WHEN fs.first_start < r.t THEN fs.first_start ELSE c.signup_date END AS anchor,
                    c.plan AS profile_plan, c.segment, c.mrr AS profile_mrr {attrs}
             FROM _rows r
             LEFT JOIN customers c ON c.customer_id = r.customer_id
-            LEFT JOIN first_seen f ON f.ck = r.ck
             LEFT JOIN first_sub fs ON fs.customer_id = r.customer_id),
         renew AS (
             SELECT _ri, anchor + to_months(({term} * (date_diff('month', anchor, t) // {term}))::INTEGER) AS cand,
                    anchor, t
             FROM base WHERE anchor IS NOT NULL AND anchor < t)
         SELECT b.*, epoch(b.t - b.since) / 86400.0 AS tenure_days,
-               coalesce(a.active_days, 0) AS active_days_30d,
                u.users AS active_users_30d,
                coalesce(sn.mrr, b.profile_mrr) AS mrr,
                sn.mrr - sb.mrr AS mrr_change_90d,
@@ -408,7 +445,6 @@ def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str,
                epoch(CASE WHEN rn.cand > rn.t THEN rn.cand ELSE rn.anchor + to_months(({term} * (date_diff('month', rn.anchor, rn.t) // {term} + 1))::INTEGER) END
                      - rn.t) / 86400.0 AS days_to_renewal
         FROM base b
-        LEFT JOIN active a ON a._ri = b._ri
         LEFT JOIN users u ON u._ri = b._ri
         LEFT JOIN sub_now sn ON sn._ri = b._ri
         LEFT JOIN sub_before sb ON sb._ri = b._ri
