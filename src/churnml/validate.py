@@ -311,7 +311,13 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
             cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
             cols.append(f"CAST({expr} AS {cast}) AS {quote_ident(c)}")
             src = part.sources.get(c)
-            raw = f"CAST({quote_ident(src)} AS VARCHAR)" if src else "NULL::VARCHAR"
+            # One source keeps the raw column as it is: it is cast to text only for the few bad rows
+            # (casting 50M values took a third of a validation). Several sources need one type to union.
+            raw = (
+                (quote_ident(src) if len(parts) == 1 else f"CAST({quote_ident(src)} AS VARCHAR)")
+                if src
+                else "NULL::VARCHAR"
+            )
             cols.append(f"{raw} AS {quote_ident('src_' + c)}")
         for c in contract.column_names:
             cols.append(
@@ -337,7 +343,7 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
 def _fetch_examples(
     con: duckdb.DuckDBPyConnection, view: str, where: str, columns: Sequence[str]
 ) -> tuple[dict[str, object], ...]:
-    cols = ", ".join(["_row", "_source"] + [quote_ident("src_" + c) for c in columns])
+    cols = ", ".join(["_row", "_source"] + [f"CAST({quote_ident('src_' + c)} AS VARCHAR)" for c in columns])
     rows = con.execute(f"SELECT {cols} FROM {view} WHERE {where} ORDER BY _row LIMIT {EXAMPLES}").fetchall()
     return tuple(
         {"row": r[0], "source": r[1], **{c: v for c, v in zip(columns, r[2:], strict=True)}} for r in rows
@@ -489,7 +495,9 @@ def _check_table(
         f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases
     )
     bad = f"bad_{role}"
-    src_cols = ", ".join(quote_ident("src_" + c) for c in mapped_cols)
+    src_cols = ", ".join(
+        f"CAST({quote_ident('src_' + c)} AS VARCHAR) AS {quote_ident('src_' + c)}" for c in mapped_cols
+    )
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {bad} AS SELECT _row, _source, customer_id, _issue, {src_cols} FROM "
