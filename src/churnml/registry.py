@@ -48,6 +48,7 @@ __all__ = [
     "load_model",
     "promote_challenger",
     "promotion_lock",
+    "file_lock",
     "close_unfinished_runs",
     "PromotionResult",
 ]
@@ -354,12 +355,13 @@ class PromotionResult:
 
 
 @contextmanager
-def promotion_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
-    """One promotion at a time: an exclusive lock on ``path`` held while comparing and moving aliases.
+def file_lock(path: Path, timeout: float = 120.0, purpose: str = "promotion") -> Iterator[None]:
+    """One process at a time: an exclusive lock on the local file ``path`` for the ``with`` block.
 
-    Two `churnml promote` started together would otherwise both read "champion = v1", both win and
-    race to set the alias. The second now waits, then finds the challenger already champion. The
-    lock is a local file: promotions against a shared tracking server must run from one host.
+    Promotion: two `churnml promote` started together would otherwise both read "champion = v1",
+    both win and race to set the alias; the second now waits, then finds the challenger already
+    champion (promotions against a shared tracking server must run from one host). Model import:
+    service workers starting together would otherwise race to write the same BentoML model.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -371,13 +373,16 @@ def promotion_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"another promotion holds {path} for more than {timeout:.0f} s"
+                        f"another {purpose} holds {path} for more than {timeout:.0f} s"
                     ) from None
                 time.sleep(0.1)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+promotion_lock = file_lock
 
 
 def promote_challenger(

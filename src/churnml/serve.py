@@ -242,7 +242,7 @@ def import_registered_model(settings: Settings, alias: str | None = None) -> str
     from bentoml.exceptions import NotFound
     from mlflow.exceptions import MlflowException
 
-    from churnml.registry import MODEL_NAME, check_tracking_server, download_model, tracking_uri
+    from churnml.registry import MODEL_NAME, check_tracking_server, file_lock, tracking_uri
 
     alias = alias or settings.model_alias
     uri = tracking_uri(settings)
@@ -255,11 +255,26 @@ def import_registered_model(settings: Settings, alias: str | None = None) -> str
         ) from None
     version = f"v{mv.version}-{(mv.run_id or 'norun')[:12]}"
     tag = f"{MODEL_NAME}:{version}"
-    try:
-        bentoml.models.get(tag)
-        return tag
-    except NotFound:
-        pass
+    # workers of one service start together: one imports, the others wait and find it in the store
+    store = Path(os.environ.get("BENTOML_HOME", settings.bentoml_home))
+    with file_lock(store / ".churnml-import.lock", timeout=600, purpose="model import"):
+        try:
+            bentoml.models.get(tag)
+            return tag
+        except NotFound:
+            pass
+        _import_version(client, mv, alias, uri, tag)
+    log.info(
+        "imported models:/%s/%s (alias %s) into the BentoML store as %s", MODEL_NAME, mv.version, alias, tag
+    )
+    return tag
+
+
+def _import_version(client: Any, mv: Any, alias: str, uri: str, tag: str) -> None:
+    import bentoml
+
+    from churnml.registry import MODEL_NAME, download_model
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_model(f"models:/{MODEL_NAME}/{mv.version}", client, Path(tmp))
         model = _load_from_folder(folder)  # refuse to import a corrupt model
@@ -269,10 +284,6 @@ def import_registered_model(settings: Settings, alias: str | None = None) -> str
         with bentoml.models.create(tag, labels=labels, metadata=meta) as bm:
             for name in ("booster.txt", "model.json"):
                 shutil.copy2(folder / name, Path(bm.path) / name)
-    log.info(
-        "imported models:/%s/%s (alias %s) into the BentoML store as %s", MODEL_NAME, mv.version, alias, tag
-    )
-    return tag
 
 
 def packaged_model_ref() -> Any:

@@ -187,6 +187,38 @@ def _worker_pids(server_pid: int) -> list[int]:
             if line.split()[1] == str(server_pid) and "_bentoml_impl.worker" in line]  # fmt: skip
 
 
+_IMPORT = """
+from churnml.config import Settings
+from churnml.serve import import_registered_model
+print(import_registered_model(Settings.from_env()))
+"""
+
+
+def test_imports_started_together_write_the_model_once(champion_home: Path, tmp_path: Path) -> None:
+    """Service workers start together and each imports the champion into the BentoML store. The
+    test holds the import lock while three importers start, so they really overlap: without the lock
+    they would all find no model and all write it, and the losers fail."""
+    store = tmp_path / "bentoml"
+    env = service_env(champion_home, BENTOML_HOME=str(store))
+    with promotion_lock(store / ".churnml-import.lock"):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _IMPORT],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        time.sleep(8)  # all three are past start-up and at the lock (or, without it, importing)
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in results]
+    tags = {out.strip().splitlines()[-1] for out, _ in results}
+    assert len(tags) == 1 and next(iter(tags)).startswith("churn:v"), tags
+    assert len([p for p in (store / "models" / "churn").iterdir() if p.is_dir()]) == 1
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_under_load(champion_home: Path, trained) -> None:
     table, _, result = trained
