@@ -201,10 +201,19 @@ def champion_home(trained, sim_dir: Path, tmp_path_factory: pytest.TempPathFacto
         mlflow.set_tracking_uri(None)
     done = subprocess.run(
         [str(Path(sys.executable).parent / "churnml"), "score", "--spec", str(sim_dir / "spec.yaml")],
-        env=service_env(home), capture_output=True, text=True, timeout=600,
+        env=service_env(home, **RISK_ENV), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return home
+
+
+# risk tier cut-offs other than the defaults (0.5 / 0.2), so tests see that the settings reach
+# batch scoring and the service
+RISK_ENV = {"CHURNML_RISK_HIGH": "0.3", "CHURNML_RISK_MEDIUM": "0.1"}
+
+
+def expected_tier(probability: float) -> str:
+    return "high" if probability >= 0.3 else "medium" if probability >= 0.1 else "low"
 
 
 def home_store(home: Path) -> str:
@@ -327,7 +336,7 @@ def stop_server(server: Server) -> None:
 @pytest.fixture(scope="session")
 def served(champion_home: Path) -> Iterator[Server]:
     """The real service for the champion model, with token auth on (token 'test-token')."""
-    server = start_server(champion_home, token="test-token")
+    server = start_server(champion_home, token="test-token", **RISK_ENV)
     if server.process.poll() is not None:
         raise RuntimeError(f"service exited:\n{server.log()[-3000:]}")
     yield server

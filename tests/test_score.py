@@ -19,6 +19,7 @@ from churnml.retention import cohort_retention, retention_tables
 from churnml.score import RiskPolicy, health_score, revenue_at_risk, score_customers, write_workspace
 from churnml.spec import load_spec
 from churnml.validate import prepare_dataset
+from tests.conftest import expected_tier
 
 
 def test_tiers_health_and_revenue_at_risk() -> None:
@@ -30,6 +31,13 @@ def test_tiers_health_and_revenue_at_risk() -> None:
     assert revenue_at_risk(np.array([0.5]), np.array([np.nan]), 30)[0] == 0.0
     with pytest.raises(ValueError, match="medium < high"):
         RiskPolicy(high=0.2, medium=0.3)
+
+
+def test_churnml_score_uses_the_configured_tiers(champion_home: Path) -> None:
+    """`churnml score` ran with CHURNML_RISK_HIGH=0.3 / CHURNML_RISK_MEDIUM=0.1 (conftest)."""
+    scores = pd.read_parquet(champion_home / "reports" / "scores.parquet")
+    assert list(scores["risk_tier"]) == [expected_tier(p) for p in scores["probability"]]
+    assert scores["probability"].between(0.3, 0.5).any()  # so the default cut-offs would differ
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import expected_tier, start_server, stop_server
 from tests.test_explain import quotes
 
 
@@ -98,6 +98,7 @@ def test_feature_records_are_scored_like_the_model_does(served, trained) -> None
     expected = model.predict_proba(table.iloc[list(range(0, 400, 40))])
     np.testing.assert_allclose([p["churn_probability"] for p in r.json()["predictions"]], expected, rtol=1e-9)
     for p in r.json()["predictions"]:
+        assert p["risk_tier"] == expected_tier(p["churn_probability"])  # CHURNML_RISK_* of the service
         assert p["health_score"] == round(100 * (1 - p["churn_probability"]))
         assert p["revenue_at_risk"] == pytest.approx(p["churn_probability"] * p["mrr"] * 60 / (365.25 / 12))
 

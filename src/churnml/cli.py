@@ -60,6 +60,14 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _settings() -> Settings:
+    """Settings from the environment; a malformed CHURNML_* variable is a usage error, not a traceback."""
+    try:
+        return Settings.from_env()
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -168,8 +176,8 @@ def validate_command(
 ) -> None:
     """Check a dataset against the contract; exit 1 on errors, quarantine (and count) bad rows."""
     loaded = _load_spec(spec, data)
-    quarantine = quarantine or Settings.from_env().data_dir / "quarantine" / loaded.name
-    con, _ = _validate(loaded, quarantine, Settings.from_env())
+    quarantine = quarantine or _settings().data_dir / "quarantine" / loaded.name
+    con, _ = _validate(loaded, quarantine, _settings())
     con.close()
     console.print("[green]valid[/]")
 
@@ -182,7 +190,7 @@ def labels_command(
 ) -> None:
     """Write point-in-time churn labels (customer_id, observation_date, churned) for the spec's schedule."""
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, Settings.from_env()) as con:
+    with _validated_data(loaded, _settings()) as con:
         labels = build_labels(con, loaded)
     out.parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(out, index=False)
@@ -221,7 +229,7 @@ def features_command(
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
     loaded = _load_spec(spec, data)
-    settings = Settings.from_env()
+    settings = _settings()
     began = time.perf_counter()
     with _validated_data(loaded, settings) as con, _progress() as progress:
         task = progress.add_task("building features", total=None)
@@ -277,7 +285,7 @@ def train_command(
         raise _fail("give either --spec FILE or --table FILE --target COL --id COL")
     if table_path is not None and not (target and id_column):
         raise _fail("--table needs --target COL and --id COL")
-    settings = Settings.from_env()
+    settings = _settings()
     try:
         cfg = load_train_config(config)
     except ValueError as err:
@@ -355,7 +363,7 @@ def promote_command(
     from churnml.train import load_train_config
 
     cfg = load_train_config(config)
-    settings = Settings.from_env()
+    settings = _settings()
     try:
         client = check_tracking_server(tracking_uri(settings))
         close_unfinished_runs(client, settings)
@@ -414,7 +422,7 @@ def score_command(
     """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
     from churnml.playbook import load_playbook
     from churnml.retention import retention_tables
-    from churnml.score import score_customers, write_workspace
+    from churnml.score import RiskPolicy, score_customers, write_workspace
 
     date: pd.Timestamp | None = None
     if as_of is not None:
@@ -422,7 +430,7 @@ def score_command(
             date = pd.Timestamp(dt.date.fromisoformat(as_of))
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
-    settings = Settings.from_env()
+    settings = _settings()
     try:
         playbook = load_playbook(settings.playbook)
     except ValueError as err:
@@ -434,7 +442,7 @@ def score_command(
     with _validated_data(loaded, settings) as con:
         with err_console.status("scoring active customers"):
             result = score_customers(con, loaded, churn_model, date or latest_date(con), info, top_k, history,
-                                     playbook=playbook)  # fmt: skip
+                                     policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
             extra = retention_tables(con, loaded, result)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)
@@ -461,7 +469,7 @@ def serve_command(
     workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
 ) -> None:
     """Import models:/churn@champion into the BentoML store and start the prediction service."""
-    settings = Settings.from_env()
+    settings = _settings()
     env = _serving_env(settings)
     os.environ.update(env)
     from churnml.serve import import_registered_model
@@ -505,7 +513,7 @@ def run_command(
 ) -> None:
     """The main job on embedded defaults: simulate -> validate -> labels -> features -> train -> promote ->
     batch score -> serve (BentoML, with the CSM pages) until Ctrl-C."""
-    settings = Settings.from_env()
+    settings = _settings()
     data_dir = settings.data_dir / "simulated"
     spec = data_dir / "spec.yaml"
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)

@@ -356,7 +356,12 @@ class Predictor:
     @classmethod
     def from_settings(cls, settings: Settings) -> Predictor:
         model, info = load_serving_model(settings)
-        return cls(model, info, RiskPolicy(), load_playbook(settings.playbook))
+        return cls(
+            model,
+            info,
+            RiskPolicy(settings.risk_high, settings.risk_medium),
+            load_playbook(settings.playbook),
+        )
 
     def __post_init__(self) -> None:
         self._names = self.model.feature_names

@@ -1,0 +1,60 @@
+"""Settings from the environment: defaults, overrides, and malformed values named by variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from churnml.config import Settings
+
+
+def test_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "CHURNML_RISK_HIGH",
+        "CHURNML_RISK_MEDIUM",
+        "CHURNML_MAX_INFLIGHT",
+        "CHURNML_DUCKDB_THREADS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
+    s = Settings.from_env()
+    assert (s.risk_high, s.risk_medium, s.max_inflight, s.home) == (0.5, 0.2, 64, tmp_path.resolve())
+    monkeypatch.setenv("CHURNML_RISK_HIGH", "0.25")
+    monkeypatch.setenv("CHURNML_RISK_MEDIUM", " 0.05 ")
+    monkeypatch.setenv("CHURNML_MAX_INFLIGHT", "8")
+    s = Settings.from_env()
+    assert (s.risk_high, s.risk_medium, s.max_inflight) == (0.25, 0.05, 8)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHURNML_RISK_HIGH": "high"}, "CHURNML_RISK_HIGH: expected a number, got 'high'"),
+        ({"CHURNML_RISK_HIGH": "nan"}, "CHURNML_RISK_HIGH: expected a number"),
+        ({"CHURNML_RISK_HIGH": "0.1", "CHURNML_RISK_MEDIUM": "0.2"}, "expected 0 < medium < high < 1"),
+        ({"CHURNML_RISK_HIGH": "1.5"}, "expected 0 < medium < high < 1"),
+        ({"CHURNML_MAX_INFLIGHT": "2.5"}, "CHURNML_MAX_INFLIGHT: expected an integer, got '2.5'"),
+        ({"CHURNML_MAX_INFLIGHT": "0"}, "CHURNML_MAX_INFLIGHT: expected an integer >= 1"),
+        ({"CHURNML_DUCKDB_THREADS": "-1"}, "CHURNML_DUCKDB_THREADS: expected an integer >= 1"),
+    ],
+)
+def test_malformed_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict, message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env()
+
+
+def test_cli_reports_a_malformed_setting_without_a_traceback(tmp_path: Path) -> None:
+    from tests.conftest import service_env
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "churnml"), "score", "--spec", str(tmp_path / "spec.yaml")],
+        env=service_env(tmp_path, CHURNML_RISK_MEDIUM="0.9"), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "CHURNML_RISK_MEDIUM / CHURNML_RISK_HIGH: expected 0 < medium < high < 1" in done.stderr
+    assert "Traceback" not in done.stderr
