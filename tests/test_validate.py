@@ -330,3 +330,83 @@ def test_group_by_combines_source_rows_into_one_event(write_tiny, con) -> None:
         ("a", dt.datetime(2024, 1, 9, 12, 0), 4.0),
         ("b", dt.datetime(2024, 1, 20, 9, 0), 3.0),
     ]
+
+
+def _with_campaigns(tmp_path: Path, campaigns: pd.DataFrame, fmt: str = "parquet"):  # noqa: ANN202
+    """Tiny spec plus a second event source whose timestamps live in a lookup table."""
+    members = pd.DataFrame({"cust": ["a", "b", "c", "a"], "campaign": [1, 1, 2, 3]})
+    for name, frame in (("members", members), ("campaigns", campaigns)):
+        path = tmp_path / f"{name}.{fmt}"
+        frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
+
+    def change(spec: dict) -> None:
+        spec["events"].append(
+            {
+                "file": f"members.{fmt}",
+                "event_type": "campaign",
+                "lookup": {"file": f"campaigns.{fmt}", "keys": ["campaign"]},
+                "columns": {"customer_id": "cust", "timestamp": "starts"},
+            }
+        )
+
+    return change
+
+
+_CAMPAIGNS = pd.DataFrame(
+    {
+        "campaign": [1, 2, 3],
+        "starts": pd.to_datetime(["2024-02-10", "2024-02-05", "2024-02-20"]),
+        "kind": ["A", "B", "A"],
+    }
+)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_lookup_joins_event_columns_from_another_table(write_tiny, con, tmp_path: Path, fmt: str) -> None:
+    spec = write_tiny(fmt=fmt, spec_changes=_with_campaigns(tmp_path, _CAMPAIGNS, fmt))
+    report = prepare_dataset(con, spec)
+    got = con.execute(
+        "SELECT customer_id, \"timestamp\" FROM events WHERE event_type = 'campaign' ORDER BY 1, 2"
+    ).fetchall()
+    assert got == [
+        ("a", dt.datetime(2024, 2, 10)),
+        ("a", dt.datetime(2024, 2, 20)),
+        ("b", dt.datetime(2024, 2, 10)),
+        ("c", dt.datetime(2024, 2, 5)),
+    ]
+    assert report.tables["events"].clean == len(tiny_events()) + 4
+
+
+def test_lookup_rows_without_a_match_are_quarantined_by_source_row(write_tiny, con, tmp_path: Path) -> None:
+    spec = write_tiny(spec_changes=_with_campaigns(tmp_path, _CAMPAIGNS[_CAMPAIGNS["campaign"] != 3]))
+    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    issue = _issue(report, "missing_value")
+    assert issue.column == "starts" and issue.count == 1 and "members.parquet" in issue.table
+    assert issue.examples[0]["row"] == 4  # the fourth row of members.parquet (customer a, campaign 3)
+
+
+@pytest.mark.parametrize(
+    ("campaigns", "message"),
+    [
+        (
+            pd.concat([_CAMPAIGNS, _CAMPAIGNS.iloc[:1]]),
+            r"1 key value\(s\) of \['campaign'\] appear more than once",
+        ),
+        (_CAMPAIGNS.rename(columns={"campaign": "id"}), r"lookup key column\(s\) \['campaign'\] missing"),
+        (_CAMPAIGNS.assign(cust="x"), r"column\(s\) \['cust'\] are in both tables"),
+    ],
+)
+def test_bad_lookups_are_data_errors_naming_the_table(
+    write_tiny, con, tmp_path: Path, campaigns: pd.DataFrame, message: str
+) -> None:
+    spec = write_tiny(spec_changes=_with_campaigns(tmp_path, campaigns))
+    with pytest.raises(DataError, match=message) as err:
+        prepare_dataset(con, spec)
+    assert "campaigns.parquet" in str(err.value)
+
+
+def test_lookup_and_group_by_cannot_be_combined() -> None:
+    spec = tiny_spec_dict()
+    spec["events"][0] |= {"group_by": ["basket"], "lookup": {"file": "x.parquet", "keys": ["k"]}}
+    with pytest.raises(ValueError, match="'group_by' and 'lookup' cannot be combined"):
+        parse_spec(spec, base_dir=Path("."))

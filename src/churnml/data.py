@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from churnml.engine import quote_ident, quote_literal
-from churnml.spec import DatasetSpec, EventSourceSpec, TableSpec
+from churnml.spec import DatasetSpec, EventSourceSpec, LookupSpec, TableSpec
 
 __all__ = ["DataError", "RawTable", "register_raw_tables", "CSV_SUFFIXES", "PARQUET_SUFFIXES"]
 
@@ -33,7 +33,7 @@ class RawTable:
     columns: dict[str, str]  # source column -> DuckDB type
 
 
-def _reader_sql(spec: DatasetSpec, table: TableSpec, label: str) -> str:
+def _reader_sql(spec: DatasetSpec, table: TableSpec | LookupSpec, label: str) -> str:
     if spec.source.kind == "duckdb":
         return f"SELECT * FROM src.{quote_ident(table.table or '')}"
     path = spec.source_path / (table.file or "")
@@ -63,6 +63,50 @@ def _grouped_reader(reader: str, table: EventSourceSpec) -> str:
         aggs.append(f"{fn}({quote_ident(src)}) AS {quote_ident(src)}")
     key_sql = ", ".join(quote_ident(k) for k in keys)
     return f"SELECT {key_sql}, {', '.join(aggs)} FROM ({reader}) GROUP BY {key_sql} ORDER BY {key_sql}"
+
+
+def _joined_reader(
+    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, reader: str, lookup: LookupSpec, label: str
+) -> str:
+    """Source rows, numbered as in the source, with the lookup table's columns joined by key.
+
+    A left join: a row whose key is not in the lookup keeps NULLs (validation then reports it); the
+    lookup's keys must be unique, or one event would become several.
+    """
+    lk_label = f"{label} lookup ({lookup.location})"
+    lk_reader = _reader_sql(spec, lookup, lk_label)
+    columns = {}
+    for what, sql in ((label, reader), (lk_label, lk_reader)):
+        try:
+            columns[what] = [r[0] for r in con.execute(f"DESCRIBE {sql}").fetchall()]
+        except duckdb.Error as err:
+            raise DataError(f"{what}: cannot be read: {_first_line(err)}") from None
+    for what, cols in columns.items():
+        missing = [k for k in lookup.keys if k not in cols]
+        if missing:
+            raise DataError(f"{what}: lookup key column(s) {missing} missing; it has {cols}")
+    clash = sorted((set(columns[label]) & set(columns[lk_label])) - set(lookup.keys))
+    if clash:
+        raise DataError(
+            f"{lk_label}: column(s) {clash} are in both tables; only the key column(s) {lookup.keys} may be"
+        )
+    keys = ", ".join(quote_ident(k) for k in lookup.keys)
+    try:
+        dupes = con.execute(
+            f"SELECT count(*), any_value(({keys})::VARCHAR) FROM (SELECT {keys} FROM ({lk_reader}) "
+            f"GROUP BY ALL HAVING count(*) > 1)"
+        ).fetchall()[0]
+    except duckdb.Error as err:
+        raise DataError(f"{lk_label}: cannot be read: {_first_line(err)}") from None
+    if dupes[0]:
+        raise DataError(
+            f"{lk_label}: {dupes[0]:,} key value(s) of {lookup.keys} appear more than once (e.g. {dupes[1]}); "
+            "expected each key once"
+        )
+    return (
+        f"SELECT s.* EXCLUDE (_src_row), l.* EXCLUDE ({keys}), s._src_row AS _row "
+        f"FROM (SELECT *, row_number() OVER () AS _src_row FROM ({reader})) s LEFT JOIN ({lk_reader}) l USING ({keys})"
+    )
 
 
 def _attach(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
@@ -97,10 +141,11 @@ def register_raw_tables(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> li
         reader = _reader_sql(spec, table, label)
         if isinstance(table, EventSourceSpec) and table.group_by:
             reader = _grouped_reader(reader, table)
+        numbered = f"SELECT *, row_number() OVER () AS _row FROM ({reader})"
+        if isinstance(table, EventSourceSpec) and table.lookup:
+            numbered = _joined_reader(con, spec, reader, table.lookup, label)
         try:
-            con.execute(
-                f"CREATE OR REPLACE VIEW {view} AS SELECT *, row_number() OVER () AS _row FROM ({reader})"
-            )
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {numbered}")
             described = con.execute(f"DESCRIBE {view}").fetchall()
         except duckdb.Error as err:
             raise DataError(f"{label}: cannot be read: {_first_line(err)}") from None

@@ -24,6 +24,7 @@ __all__ = [
     "TableSpec",
     "CustomersSpec",
     "EventSourceSpec",
+    "LookupSpec",
     "SubscriptionsSpec",
     "EventLabel",
     "CancellationChurn",
@@ -81,6 +82,28 @@ class CustomersSpec(TableSpec):
     )
 
 
+class LookupSpec(_Strict):
+    """A second table joined to an event source by key, for event columns kept elsewhere: campaign
+    membership rows whose dates live in a campaigns table, tickets whose customer is on the case."""
+
+    file: str | None = Field(None, description="File name (Parquet or CSV) inside the source folder.")
+    table: str | None = Field(None, description="Table name inside a DuckDB source.")
+    keys: list[str] = Field(
+        min_length=1, description="Key column(s), named alike in both tables; unique here."
+    )
+    csv_delimiter: str = ","
+
+    @model_validator(mode="after")
+    def _one_location(self) -> LookupSpec:
+        if bool(self.file) == bool(self.table):
+            raise ValueError("lookup: give exactly one of 'file' (files source) or 'table' (duckdb source)")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.file or self.table or ""
+
+
 class EventSourceSpec(TableSpec):
     event_type: str | None = Field(
         None, description="Constant event type when the source has no type column."
@@ -99,11 +122,17 @@ class EventSourceSpec(TableSpec):
         ),
     )
 
+    lookup: LookupSpec | None = Field(
+        None, description="A table joined by key before mapping, so columns may come from either."
+    )
+
     @model_validator(mode="after")
     def _type_given(self) -> EventSourceSpec:
         has_col = "event_type" in self.columns
         if has_col == bool(self.event_type):
             raise ValueError("map an 'event_type' column or give a constant 'event_type', exactly one")
+        if self.lookup and self.group_by:
+            raise ValueError("'group_by' and 'lookup' cannot be combined on one event source")
         return self
 
 

@@ -506,22 +506,25 @@ def _check_table(
         )
     except duckdb.Error as err:
         raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
-    counts = _scan(con, f"SELECT _issue, count(*) FROM {bad} GROUP BY 1 ORDER BY 1", label)
-    quarantined = sum(n for _, n in counts)
-    for issue_code, n in counts:
+    # per source and check, so a message names the file and column the bad rows came from
+    counts = _scan(con, f"SELECT _source, _issue, count(*) FROM {bad} GROUP BY 1, 2 ORDER BY 1, 2", label)
+    quarantined = sum(n for *_, n in counts)
+    for source, issue_code, n in counts:
         check, col = issue_code.split(":", 1)
         column = col or None
-        src_col = next((p.sources[column] for p in parts if column in p.sources), column) if column else None
+        part = next(p for p in parts if p.raw.label == source)
+        src_col = part.sources.get(column, column) if column else None
+        where = f"_issue = {quote_literal(issue_code)} AND _source = {quote_literal(source)}"
         report.issues.append(
             Issue(
-                label,
+                source,
                 src_col,
                 check,
                 "quarantine",
                 n,
                 ROW_CHECKS[check],
                 detail=f"{n:,} row(s) quarantined ({check.replace('_', ' ')})",
-                examples=_fetch_examples(con, bad, f"_issue = {quote_literal(issue_code)}", mapped_cols),
+                examples=_fetch_examples(con, bad, where, mapped_cols),
             )  # fmt: skip
         )
     kept = rows - dropped
