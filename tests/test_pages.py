@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from churnml import charts
 from churnml.config import Settings
-from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE, create_pages_app, open_workspace
+from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE, LoginThrottle, create_pages_app, open_workspace
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -319,6 +320,22 @@ def test_overview_of_an_older_workspace_says_what_is_missing(home: Path, tables:
     assert r.status_code == 200 and r.text.count("Not in this workspace") == 3
 
 
+def test_overview_charts_are_drawn_once_per_workspace_file(
+    client: TestClient, workspace: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import churnml.pages
+
+    drawn = []
+    real = churnml.pages.overview_charts
+    monkeypatch.setattr(churnml.pages, "overview_charts", lambda data: drawn.append(1) or real(data))
+    first = client.get("/ui/overview").text
+    assert client.get("/ui/overview").text == first and len(drawn) == 1
+    segments = tables["segment_summary"].assign(cltv=[1111.0, 2222.0, 3333.0])
+    write_workspace(workspace, {**tables, "segment_summary": segments})  # `churnml score` ran again
+    again = client.get("/ui/overview").text
+    assert len(drawn) == 2 and "3,333" in again and "3,333" not in first
+
+
 def test_missing_workspace_is_a_503_with_the_command_to_run(home: Path) -> None:
     c = make_client(create_pages_app())
     for path in ("/ui/", "/ui/overview", "/ui/accounts/C0001", "/ui/export.csv"):
@@ -392,6 +409,20 @@ def test_wrong_or_missing_token_is_refused(secured: Callable) -> None:
     for target in ("https://evil.example/", "//evil.example/ui/", "/elsewhere"):
         r = secured().post("/ui/login", data={"token": TOKEN, "next": target})
         assert r.headers["location"] == "/ui/", target
+
+
+def test_repeated_wrong_tokens_lock_the_login_for_a_while(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHURNML_API_TOKEN", TOKEN)
+    c = make_client(create_pages_app(throttle=LoginThrottle(attempts=3, window=1.5)), follow_redirects=False)
+    for _ in range(3):
+        assert c.post("/ui/login", data={"token": "guess", "next": "/ui/"}).status_code == 401
+    locked = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/"})  # even the right token waits
+    assert locked.status_code == 429 and "set-cookie" not in locked.headers
+    assert 1 <= int(locked.headers["retry-after"]) <= 2 and "Too many wrong tokens" in locked.text
+    time.sleep(1.6)
+    assert c.post("/ui/login", data={"token": TOKEN, "next": "/ui/"}).status_code == 303
 
 
 # ------------------------------------------------------------------------------------------ charts

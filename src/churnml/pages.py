@@ -21,6 +21,8 @@ import io
 import json
 import logging
 import math
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "WorkspaceMissing",
     "account",
     "create_pages_app",
+    "LoginThrottle",
     "export_rows",
     "has_valid_token",
     "open_workspace",
@@ -468,12 +471,50 @@ def _environment():  # noqa: ANN202 - jinja2 stays an implementation detail
     return env
 
 
+class LoginThrottle:
+    """At most ``attempts`` wrong tokens per client address in ``window`` seconds; then 429 until the
+    window passes (right token or not), so the login form cannot be used to guess the token."""
+
+    def __init__(self, attempts: int = 5, window: float = 60.0) -> None:
+        self.attempts, self.window = attempts, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < self.window]
+        if kept:
+            self._failures[client] = kept
+        else:
+            self._failures.pop(client, None)
+        return kept
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 if it may now."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent(client, now)
+            if len(recent) < self.attempts:
+                return 0
+            return max(1, math.ceil(self.window - (now - recent[0])))
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures[client] = [*self._recent(client, now), now]
+            if len(self._failures) > 10_000:  # many addresses: forget the oldest, keep memory bounded
+                oldest = min(self._failures, key=lambda c: self._failures[c][-1])
+                del self._failures[oldest]
+
+
 class _Pages:
     """The route handlers; holds the template environment and, if given, fixed settings."""
 
-    def __init__(self, settings: Settings | None) -> None:
+    def __init__(self, settings: Settings | None, throttle: LoginThrottle | None = None) -> None:
         self.fixed_settings = settings
         self.env = _environment()
+        self.throttle = throttle or LoginThrottle()
+        # the overview's charts take most of a second to draw: drawn once per workspace file
+        self._overview: tuple[tuple, dict[str, Any]] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -534,11 +575,24 @@ class _Pages:
         return self.render(request, "account.html", meta=meta, charts=account_charts(data), **data)
 
     def overview_page(self, request: Request) -> Response:
-        with self.workspace() as con:
-            data, meta = overview(con), _meta(con)
-        months, cohort_rows = cohort_table(data["cohorts"]) if data["cohorts"] else ([], [])
-        return self.render(request, "overview.html", meta=meta, charts=overview_charts(data),
-                           cohort_months=months, cohort_rows=cohort_rows, **data)  # fmt: skip
+        path = self.settings.workspace_path
+        try:
+            stat = path.stat()
+            key: tuple = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            key = ()
+        cached = self._overview
+        if key and cached is not None and cached[0] == key:
+            context = cached[1]
+        else:
+            with self.workspace() as con:
+                data, meta = overview(con), _meta(con)
+            months, cohort_rows = cohort_table(data["cohorts"]) if data["cohorts"] else ([], [])
+            context = dict(meta=meta, charts=overview_charts(data), cohort_months=months, cohort_rows=cohort_rows,
+                           **data)  # fmt: skip
+            if key:
+                self._overview = (key, context)
+        return self.render(request, "overview.html", **context)
 
     # ---------------------------------------------------------------------- sign in and out
 
@@ -550,8 +604,17 @@ class _Pages:
             return RedirectResponse(target, status_code=303)
         if request.method == "GET":
             return self.render(request, "login.html", next=target, error=None, signed_in=False)
+        client = request.client.host if request.client else "?"
+        wait = self.throttle.retry_after(client)
+        if wait:
+            log.warning("pages: login from %s refused for %d s after repeated wrong tokens", client, wait)
+            response = self.render(request, "login.html", 429, next=target, signed_in=False,
+                                   error=f"Too many wrong tokens. Try again in {wait} seconds.")  # fmt: skip
+            response.headers["Retry-After"] = str(wait)
+            return response
         if not hmac.compare_digest(str(fields.get("token", "")).encode(), token.encode()):
-            log.warning("pages: wrong token at login from %s", request.client.host if request.client else "?")
+            self.throttle.failed(client)
+            log.warning("pages: wrong token at login from %s", client)
             return self.render(request, "login.html", 401, next=target, error="That token is not right.",
                                signed_in=False)  # fmt: skip
         response = RedirectResponse(target, status_code=303)
@@ -586,14 +649,15 @@ class _Pages:
         return self.message(request, 404, "Not found", f"There is no page at {request.url.path}.")
 
 
-def create_pages_app(settings: Settings | None = None) -> Starlette:
+def create_pages_app(settings: Settings | None = None, throttle: LoginThrottle | None = None) -> Starlette:
     """The pages as an ASGI app, to mount at ``/ui``.
 
     Args:
         settings: fixed settings (tests, embedding); by default ``Settings.from_env()`` is read per
             request, so the workspace path and token follow the service's environment.
+        throttle: the login limit (default: 5 wrong tokens per address per minute, per worker).
     """
-    pages = _Pages(settings)
+    pages = _Pages(settings, throttle)
     routes = [
         Route("/", pages.risk_page, name="risk_list"),
         Route("/export.csv", pages.export_csv, name="export_csv"),
