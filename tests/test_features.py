@@ -9,13 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnml.catalogue import build_catalogue, catalogue_frame
-from churnml.config import repo_root
+from churnml.config import Settings, repo_root
+from churnml.engine import connect
 from churnml.features import (
     FeatureSet,
     build_features,
     features_from_frames,
     infer_feature_set,
     latest_date,
+    load_contract_frames,
     scoring_rows,
     training_table,
 )
@@ -315,3 +317,55 @@ def test_completejourney_training_table_matches_source_counts(shared_data: Path,
     # every active household bought in the 90 days before the date: the population rule and the features agree
     assert (table["purchase_count_90d"] >= 1).all()
     assert table["days_since_last_purchase"].max() <= 90
+
+
+# ----------------------------------------------------------------------------------------- edge cases
+
+_EDGE_SET = FeatureSet(("login", "nps_response"), ("nps_response",))
+
+
+def test_last_value_on_a_tied_timestamp_does_not_depend_on_row_order() -> None:
+    tied = T("2024-04-20 10:00")
+    for values in ([3.0, 9.0], [7.0, 1.0], [2.0, 8.0, 5.0]):
+        rows = [("a", tied, "nps_response", v, None) for v in values]
+        rows.append(("a", T("2024-04-01"), "nps_response", 4.0, None))
+        last = {features_from_frames(_EDGE_SET, T("2024-05-01"), _events(order)).loc[0, "nps_response_last_value"]
+                for order in (rows, rows[::-1], rows[1:] + rows[:1])}  # fmt: skip
+        assert len(last) == 1 and last <= set(values), (values, last)
+
+
+def test_an_ancient_timestamp_of_another_customer_breaks_nothing() -> None:
+    """Validation only refuses future timestamps, so a year-0 typo elsewhere must not stop the run."""
+    con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
+    try:
+        load_contract_frames(con, None, _events([("a", T("2024-04-15 10:00"), "login", None, "u1")]))
+        con.execute("INSERT INTO events VALUES ('b', TIMESTAMP '-0044-03-15 12:00', 'login', NULL, 'u9')")
+        rows = pd.DataFrame({"customer_id": ["a", "b"], "observation_date": [T("2024-05-01")] * 2})
+        f = build_features(con, rows, _EDGE_SET)
+    finally:
+        con.close()
+    assert f["login_count_30d"].tolist() == [1.0, 0.0] and f["login_count_total"].tolist() == [1.0, 1.0]
+    assert f.loc[1, "days_since_last_login"] > 700_000
+
+
+def test_daily_dates_count_users_like_one_date_at_a_time() -> None:
+    """Dense dates take the other users query (distinct first); both must agree."""
+    rng = np.random.default_rng(3)
+    start = T("2024-03-01")
+    events = _events([
+        (f"c{rng.integers(3)}", start + pd.Timedelta(hours=int(h)), "login", None, f"u{rng.integers(6)}")
+        for h in rng.integers(0, 24 * 75, 400)
+    ])  # fmt: skip
+    dates = pd.date_range("2024-04-01", periods=40, freq="D")
+    con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
+    try:
+        load_contract_frames(con, None, events)
+        rows = pd.DataFrame(
+            [(c, d) for d in dates for c in ("c0", "c1", "c2")], columns=["customer_id", "observation_date"]
+        )
+        daily = build_features(con, rows, _EDGE_SET)
+        one = pd.concat([build_features(con, rows[rows["observation_date"] == d], _EDGE_SET) for d in dates])
+    finally:
+        con.close()
+    assert daily["active_users_30d"].gt(2).any()
+    pd.testing.assert_frame_equal(daily.reset_index(drop=True), one.reset_index(drop=True), check_exact=True)

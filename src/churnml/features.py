@@ -228,19 +228,17 @@ def build_features(
     # 1. daily buckets of every event before the last date (rows' customers, known types), fetched
     #    sorted by one integer key = (type * customers + customer) * span + day
     t_days = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    day_sql = """(CAST(e."timestamp" AS DATE) - DATE '1970-01-01')"""  # days since 1970, as NumPy counts them
     first_day = con.execute(
-        f'SELECT min(CAST("timestamp" AS DATE)) FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
+        f'SELECT min({day_sql}) FROM events e WHERE e."timestamp" < TIMESTAMP {last_t}'
     ).fetchall()[0][0]
-    origin = (
-        int(np.datetime64(first_day, "D").astype(np.int64)) if first_day is not None else int(t_days.min())
-    )
+    origin = int(first_day) if first_day is not None else int(t_days.min())
     span = int(max(t_days.max() - origin, 0)) + 1
     n_keys = len(ids)
-    origin_sql = quote_literal(str(np.datetime64(origin, "D")))
     buckets = con.execute(
-        f"""SELECT (ty.ti * {n_keys} + k.ck) * {span} + (CAST(e."timestamp" AS DATE) - DATE {origin_sql}) AS key,
+        f"""SELECT (CAST(ty.ti AS BIGINT) * {n_keys} + k.ck) * {span} + ({day_sql} - {origin}) AS key,
                count(*) AS n, sum(e.value) AS s, count(e.value) AS nv,
-               arg_max(e.value, e."timestamp") AS last_value, epoch_us(max(e."timestamp")) AS last_us
+               arg_max(e.value, {_LAST_ORDER}) AS last_value, epoch_us(max(e."timestamp")) AS last_us
         FROM events e
         JOIN _keys k ON e.customer_id = k.customer_id
         JOIN _types ty ON e.event_type = ty.event_type
@@ -251,7 +249,7 @@ def build_features(
     buckets = {k: np.append(_floats(v, np.nan) if k in ("s", "last_value") else np.asarray(v, np.int64), 0)
                for k, v in buckets.items()}  # fmt: skip
     buckets["key"][-1] = np.iinfo(np.int64).max
-    buckets["s"] = np.nan_to_num(buckets["s"], nan=0.0)
+    buckets["s"] = np.where(buckets["nv"] > 0, buckets["s"], 0.0)  # NULL sum (no values) adds nothing
     for col in ("n", "nv"):  # running totals: a count over a run is a difference of two
         buckets[f"cum_{col}"] = np.concatenate([[0], np.cumsum(buckets[col])])
     t_rel = t_days - origin
@@ -277,7 +275,9 @@ def build_features(
     del buckets  # the largest arrays here; the account query below needs the memory
 
     # 4. account state as of the date
-    account = _account_frame(con, fs, first_t, last_t)
+    dates = np.unique(t_days)
+    dense = len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND)  # a day sits in > 2 dates' windows
+    account = _account_frame(con, fs, first_t, last_t, dense)
     first_rel, active = _first_and_active_days(account_days, ck, t_rel, span)
     no_since = account["tenure_days"].isna().to_numpy() & (first_rel < t_rel)
     account["tenure_days"] = np.where(
@@ -311,6 +311,11 @@ def build_features(
     return result
 
 
+# The last event of a bucket: latest timestamp, ties (same microsecond) broken by a hash of the value,
+# so every path picks the same one whatever the row order (a (timestamp, value) struct costs 2x here).
+_LAST_ORDER = """epoch_us(e."timestamp")::HUGEINT * 4294967296 + (hash(e.value) >> 32)"""
+
+
 def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Sum of ``values[lo:hi]`` per pair, added up from the run itself (not prefix-sum differences).
 
@@ -320,7 +325,10 @@ def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     """
     idx = np.empty(2 * len(lo), dtype=np.int64)
     idx[0::2], idx[1::2] = lo, hi
-    return np.where(hi > lo, np.add.reduceat(values, idx)[0::2], 0.0) if len(lo) else np.zeros(0)
+    if not len(lo):
+        return np.zeros(0)
+    with np.errstate(over="ignore", invalid="ignore"):  # the unused in-between runs may overflow
+        return np.where(hi > lo, np.add.reduceat(values, idx)[0::2], 0.0)
 
 
 def _event_features(
@@ -395,23 +403,29 @@ def _first_and_active_days(
     return first_rel, hi - lo
 
 
-def _account_frame(con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str) -> pd.DataFrame:
-    """Per-row account features: tenure, activity, users, subscription state, attributes (row order)."""
+def _account_frame(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str, dense_dates: bool = False
+) -> pd.DataFrame:
+    """Per-row account features in row order: users, subscription state, attributes, and tenure from
+    signup or the first subscription (the first-event fallback and active days come from the buckets)."""
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
     attrs = (", " + attrs) if attrs else ""
     term = int(fs.term_months)
+    # (customer, day, user) of events in the 30 days before any date. Each is joined to the dates whose
+    # window holds its day: about once for monthly dates, so raw events go straight in; with dense
+    # (e.g. daily) dates up to 30 times, so they are made distinct first.
+    user_days = f"""SELECT {"DISTINCT" if dense_dates else ""} k.ck, CAST(e."timestamp" AS DATE) AS day, e.user_id
+        FROM events e JOIN _keys k ON e.customer_id = k.customer_id
+        WHERE e.user_id IS NOT NULL AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
+          AND e."timestamp" < TIMESTAMP {last_t}"""
     frame = con.execute(
         f"""
         WITH users AS (
             SELECT r._ri, u.users
             FROM (SELECT ck, t, count(DISTINCT user_id) AS users
-                  FROM (SELECT k.ck, m.t, e.user_id
-                        FROM events e
-                        JOIN _keys k ON e.customer_id = k.customer_id
-                        JOIN (SELECT t, day FROM _daymap WHERE age <= 30) m ON CAST(e."timestamp" AS DATE) = m.day
-                        WHERE e.user_id IS NOT NULL
-                          AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
-                          AND e."timestamp" < TIMESTAMP {last_t})
+                  FROM (SELECT u.ck, m.t, u.user_id
+                        FROM ({user_days}) u
+                        JOIN (SELECT t, day FROM _daymap WHERE age <= 30) m ON u.day = m.day)
                   GROUP BY ALL) u
             JOIN _rows r ON r.ck = u.ck AND r.t = u.t),
         subs AS (SELECT customer_id, "start", mrr, plan, seats FROM subscriptions),
