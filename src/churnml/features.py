@@ -253,9 +253,15 @@ def build_features(
     for col in ("n", "nv"):  # running totals: a count over a run is a difference of two
         buckets[f"cum_{col}"] = np.concatenate([[0], np.cumsum(buckets[col])])
     t_rel = t_days - origin
-    # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas
+    # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas; left
+    # uninitialised (touching 1 GB twice costs seconds), so every column is filled through `put`
     matrix = np.empty((n, len(fs.columns)), order="F")
     col_index = {c: i for i, c in enumerate(fs.columns)}
+    filled: set[str] = set()
+
+    def put(col: str, values: np.ndarray) -> None:
+        matrix[:, col_index[col]] = values
+        filled.add(col)
 
     # 2.-3. window, trend and whole-history aggregates per (row, event type); rows sorted by customer
     #       and date make each type's searches ascend
@@ -270,7 +276,7 @@ def build_features(
         for name, v in values.items():
             col = name.format(s=slug(t))
             if col in col_index:
-                matrix[:, col_index[col]] = v[inverse]
+                put(col, v[inverse])
     account_days = _account_days(buckets["key"][:-1], n_keys, span)
     del buckets  # the largest arrays here; the account query below needs the memory
 
@@ -284,20 +290,18 @@ def build_features(
         no_since, (t_rel - first_rel).astype(np.float64), account["tenure_days"]
     )
     account["active_days_30d"] = active.astype(np.float64)
-    for col in fs.account_columns:
+    for col in [*fs.account_columns, *fs.numeric_attribute_columns]:
         if col in account:
-            matrix[:, col_index[col]] = account[col].to_numpy(dtype=np.float64, na_value=np.nan)
-    for col in fs.numeric_attribute_columns:
-        matrix[:, col_index[col]] = account[col].to_numpy(dtype=np.float64, na_value=np.nan)
+            put(col, account[col].to_numpy(dtype=np.float64, na_value=np.nan))
     if "nps_detractor" in col_index:
         last_nps = (
             matrix[:, col_index["nps_response_last_value"]]
             if "nps_response_last_value" in col_index
             else np.full(n, np.nan)
         )
-        matrix[:, col_index["nps_detractor"]] = np.where(
-            np.isnan(last_nps), np.nan, (last_nps <= 6).astype(float)
-        )
+        put("nps_detractor", np.where(np.isnan(last_nps), np.nan, (last_nps <= 6).astype(float)))
+    for col in set(fs.columns) - filled - set(fs.categorical_columns):  # none today; unknown, not garbage
+        put(col, np.full(n, np.nan))
 
     # categorical columns come last in fs.columns, so the numeric block is a leading slice (no copy)
     n_numeric = len(fs.columns) - len(fs.categorical_columns)
