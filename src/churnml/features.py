@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import duckdb
@@ -270,13 +271,18 @@ def build_features(
     inverse[order] = np.arange(n)
     ck_sorted, rel_sorted = ck[order], t_rel[order]
     t_us = frame["t"].to_numpy().astype("datetime64[us]").astype(np.int64)[order]
-    for ti, t in enumerate(types):
+
+    def type_features(ti: int, buckets: dict[str, np.ndarray] = buckets) -> None:
         base = (ti * n_keys + ck_sorted) * span
         values = _event_features(buckets, base, rel_sorted, t_us, fs.windows)
         for name, v in values.items():
-            col = name.format(s=slug(t))
+            col = name.format(s=slug(types[ti]))
             if col in col_index:
                 put(col, v[inverse])
+
+    # one type per thread: NumPy releases the GIL in searches and gathers, and each type has its columns
+    with ThreadPoolExecutor(max_workers=max(1, min(len(types), _engine_threads(con)))) as pool:
+        list(pool.map(type_features, range(len(types))))
     account_days = _account_days(buckets["key"][:-1], n_keys, span)
     del buckets  # the largest arrays here; the account query below needs the memory
 
@@ -318,6 +324,11 @@ def build_features(
 # The last event of a bucket: latest timestamp, ties (same microsecond) broken by a hash of the value,
 # so every path picks the same one whatever the row order (a (timestamp, value) struct costs 2x here).
 _LAST_ORDER = """epoch_us(e."timestamp")::HUGEINT * 4294967296 + (hash(e.value) >> 32)"""
+
+
+def _engine_threads(con: duckdb.DuckDBPyConnection) -> int:
+    """The threads this connection may use (1 on the online path), for the NumPy steps too."""
+    return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
 
 
 def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
