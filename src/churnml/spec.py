@@ -50,18 +50,15 @@ class Source(_Strict):
     path: str = Field(description="Folder of files, or a .duckdb database; relative to the spec file.")
 
 
-class TableSpec(_Strict):
+class _Located(_Strict):
+    """Where a table is: a file in the source folder or a table in a DuckDB source."""
+
     file: str | None = Field(None, description="File name (Parquet or CSV) inside the source folder.")
     table: str | None = Field(None, description="Table name inside a DuckDB source.")
-    columns: dict[str, str] = Field(default_factory=dict, description="contract column -> source column")
-    timestamp_format: str | None = Field(
-        None, description="strptime format for text timestamps, e.g. '%d/%m/%Y %H:%M'."
-    )
-    timezone: str = Field("UTC", description="Zone of naive timestamps; all are converted to UTC.")
     csv_delimiter: str = ","
 
     @model_validator(mode="after")
-    def _one_location(self) -> TableSpec:
+    def _one_location(self) -> _Located:
         if bool(self.file) == bool(self.table):
             raise ValueError("give exactly one of 'file' (files source) or 'table' (duckdb source)")
         return self
@@ -69,6 +66,14 @@ class TableSpec(_Strict):
     @property
     def location(self) -> str:
         return self.file or self.table or ""
+
+
+class TableSpec(_Located):
+    columns: dict[str, str] = Field(default_factory=dict, description="contract column -> source column")
+    timestamp_format: str | None = Field(
+        None, description="strptime format for text timestamps, e.g. '%d/%m/%Y %H:%M'."
+    )
+    timezone: str = Field("UTC", description="Zone of naive timestamps; all are converted to UTC.")
 
 
 class CustomersSpec(TableSpec):
@@ -82,26 +87,13 @@ class CustomersSpec(TableSpec):
     )
 
 
-class LookupSpec(_Strict):
+class LookupSpec(_Located):
     """A second table joined to an event source by key, for event columns kept elsewhere: campaign
     membership rows whose dates live in a campaigns table, tickets whose customer is on the case."""
 
-    file: str | None = Field(None, description="File name (Parquet or CSV) inside the source folder.")
-    table: str | None = Field(None, description="Table name inside a DuckDB source.")
     keys: list[str] = Field(
         min_length=1, description="Key column(s), named alike in both tables; unique here."
     )
-    csv_delimiter: str = ","
-
-    @model_validator(mode="after")
-    def _one_location(self) -> LookupSpec:
-        if bool(self.file) == bool(self.table):
-            raise ValueError("lookup: give exactly one of 'file' (files source) or 'table' (duckdb source)")
-        return self
-
-    @property
-    def location(self) -> str:
-        return self.file or self.table or ""
 
 
 class EventSourceSpec(TableSpec):
