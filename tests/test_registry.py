@@ -32,6 +32,10 @@ def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_roc_auc"] == pytest.approx(result.test_metrics["roc_auc"])
+    # the test set's resolution travels with the figures
+    low, high = run.data.metrics["test_pr_auc_ci95_low"], run.data.metrics["test_pr_auc_ci95_high"]
+    assert (low, high) == pytest.approx(result.test_intervals["pr_auc"])
+    assert low < result.test_metrics["pr_auc"] < high
     assert "baseline_logistic_regression_pr_auc" in run.data.metrics and run.data.params["calibration"]
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for folder in ("plots", "tuning", "evaluation") for a in client.list_artifacts(run_id, folder)
@@ -59,6 +63,8 @@ def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
     kept = promote_challenger(client, "pr_auc", 0.005)
     assert not kept.promoted and kept.champion_after == version and kept.challenger == second
     assert kept.challenger_score == pytest.approx(kept.champion_score)
+    # identical predictions are never strictly better on a paired resample
+    assert "better in 0% of paired bootstrap resamples" in kept.reason, kept.reason
     # with no margin required and a lower-is-better metric the tie still does not promote
     assert not promote_challenger(client, "log_loss", 0.0).promoted
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version

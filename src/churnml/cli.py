@@ -342,6 +342,11 @@ def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation:
         metrics.add_column(header, justify="right", no_wrap=True)
     for name, values in {"churnml": result.test_metrics, **result.baselines}.items():
         metrics.add_row(name, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
+        if name == "churnml" and result.test_intervals:  # how far the test set can resolve the figures
+            ci = result.test_intervals
+            metrics.add_row(
+                "  95% interval", *(f"{ci[k][0]:.3f}-{ci[k][1]:.3f}" if k in ci else "" for k in keys)
+            )
     console.print(metrics)
     console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
 

@@ -35,7 +35,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from churnml.catalogue import catalogue_frame  # noqa: E402
 from churnml.config import Settings  # noqa: E402
-from churnml.evaluate import churn_metrics, reliability_table  # noqa: E402
+from churnml.evaluate import churn_metrics, paired_win_share, reliability_table  # noqa: E402
 from churnml.model import ChurnModel  # noqa: E402
 from churnml.train import TrainConfig, TrainResult  # noqa: E402
 
@@ -256,6 +256,8 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
             "rows": len(table),
         })  # fmt: skip
         mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
+        for k, (low, high) in result.test_intervals.items():
+            mlflow.log_metrics({f"test_{k}_ci95_low": low, f"test_{k}_ci95_high": high})
         for name, metrics in result.baselines.items():
             mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_input(
@@ -280,7 +282,14 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         test_features.to_parquet(folder / "test_features.parquet", index=False)
         mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
         (folder / "metrics.json").write_text(
-            json.dumps({"test": result.test_metrics, "baselines": result.baselines}, indent=1)
+            json.dumps(
+                {
+                    "test": result.test_metrics,
+                    "test_ci95": result.test_intervals,
+                    "baselines": result.baselines,
+                },
+                indent=1,
+            )  # fmt: skip
         )
         mlflow.log_artifact(str(folder / "metrics.json"), artifact_path="evaluation")
 
@@ -412,7 +421,7 @@ def promote_challenger(
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "evaluation/test_features.parquet", tmp)
         test = pd.read_parquet(path)
-    scores = {}
+    scores, probabilities = {}, {}
     for alias, version in (("challenger", challenger), ("champion", champion)):
         model = load_model(f"models:/{MODEL_NAME}/{version}", client)
         missing = [c for c in model.feature_names if c not in test.columns]
@@ -420,16 +429,23 @@ def promote_challenger(
             return PromotionResult(False, challenger, champion, champion, metric,
                                    reason=f"{alias} v{version} needs features the test table lacks: {missing[:5]}")  # fmt: skip
         mrr = test["mrr"].to_numpy(float) if "mrr" in test else None
-        scores[alias] = churn_metrics(test["churned"].to_numpy(int), model.predict_proba(test), mrr)[metric]
+        probabilities[alias] = model.predict_proba(test)
+        scores[alias] = churn_metrics(test["churned"].to_numpy(int), probabilities[alias], mrr)[metric]
     lower_is_better = metric in {"log_loss", "brier", "ece"}
     gain = (
         (scores["champion"] - scores["challenger"])
         if lower_is_better
         else (scores["challenger"] - scores["champion"])
     )
+    # how often the challenger wins on paired resamples of the test rows: the margin decides, this tells
+    # whether the gap is larger than the test set's noise
+    wins = paired_win_share(
+        test["churned"].to_numpy(int), probabilities["challenger"], probabilities["champion"], metric
+    )
+    odds = f" (better in {wins:.0%} of paired bootstrap resamples)" if np.isfinite(wins) else ""
     if gain > margin:
         client.set_registered_model_alias(MODEL_NAME, "champion", challenger)
         return PromotionResult(True, challenger, champion, challenger, metric, scores["challenger"], scores["champion"],
-                               f"challenger better by {gain:.4f} > margin {margin}")  # fmt: skip
+                               f"challenger better by {gain:.4f} > margin {margin}{odds}")  # fmt: skip
     return PromotionResult(False, challenger, champion, champion, metric, scores["challenger"], scores["champion"],
-                           f"challenger better by {gain:.4f}, needs > {margin}")  # fmt: skip
+                           f"challenger better by {gain:.4f}, needs > {margin}{odds}")  # fmt: skip

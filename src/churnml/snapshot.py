@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from churnml.catalogue import FeatureInfo
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
-from churnml.evaluate import churn_metrics
+from churnml.evaluate import bootstrap_intervals, churn_metrics
 from churnml.features import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.train import (
@@ -157,4 +157,5 @@ def train_snapshot(
         baselines={"base_rate": churn_metrics(y, base_p, capacity=config.capacity),
                    "logistic_regression": churn_metrics(y, p_lr, capacity=config.capacity)},
         study=study, test_frame=frame[["customer_id", "churned"]].assign(probability=calibrated), oof=oof,
+        test_intervals=bootstrap_intervals(y, calibrated, seed=config.seed),
     )  # fmt: skip

@@ -34,7 +34,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churnml.catalogue import FeatureInfo
-from churnml.evaluate import churn_metrics
+from churnml.evaluate import bootstrap_intervals, churn_metrics
 from churnml.features import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 
@@ -129,6 +129,8 @@ class TrainResult:
     test_frame: pd.DataFrame  # test rows with label, MRR and calibrated probability
     oof: pd.DataFrame  # out-of-fold raw predictions used for calibration
     splits: list[Split] = field(default_factory=list)
+    # 95% bootstrap intervals of the headline test metrics: how far the test set can resolve them
+    test_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _categories(frame: pd.DataFrame, fs: FeatureSet) -> dict[str, list[str]]:
@@ -340,5 +342,5 @@ def train_model(
     return TrainResult(
         model=model, params={**params, "num_boost_round": rounds}, test_metrics=test_metrics,
         baselines=_baselines(dev, test, fs, categories, config), study=study, test_frame=test_frame, oof=oof,
-        splits=splits,
+        splits=splits, test_intervals=bootstrap_intervals(y_all[test_mask], p_test, seed=config.seed),
     )  # fmt: skip
