@@ -324,14 +324,24 @@ def test_completejourney_training_table_matches_source_counts(shared_data: Path,
 _EDGE_SET = FeatureSet(("login", "nps_response"), ("nps_response",))
 
 
-def test_last_value_on_a_tied_timestamp_does_not_depend_on_row_order() -> None:
+def test_last_value_on_a_tied_timestamp_is_the_largest_whatever_the_row_order() -> None:
     tied = T("2024-04-20 10:00")
-    for values in ([3.0, 9.0], [7.0, 1.0], [2.0, 8.0, 5.0]):
+    for values in (
+        [3.0, 9.0],
+        [7.0, 1.0],
+        [2.0, 8.0, 5.0],
+        [-3.0, -0.5, -7.0],
+        [0.0, -1e-9],
+        [1e12, 1e12 + 1],
+    ):
         rows = [("a", tied, "nps_response", v, None) for v in values]
         rows.append(("a", T("2024-04-01"), "nps_response", 4.0, None))
+        rows.append(
+            ("a", tied, "nps_response", None, None)
+        )  # an event without a value never is the last value
         last = {features_from_frames(_EDGE_SET, T("2024-05-01"), _events(order)).loc[0, "nps_response_last_value"]
                 for order in (rows, rows[::-1], rows[1:] + rows[:1])}  # fmt: skip
-        assert len(last) == 1 and last <= set(values), (values, last)
+        assert last == {max(values)}, (values, last)
 
 
 def test_an_ancient_timestamp_of_another_customer_breaks_nothing() -> None:

@@ -5,8 +5,9 @@ before the observation date (a midnight), so nothing that happens on or after it
 
 The computation stays long and narrow:
 
-1. DuckDB buckets events per (event type, customer, day): count, value sum, last value, last time,
-   returned sorted by one integer key (a GROUP BY any SQL engine can run, partitioned by customer);
+1. events are bucketed per (event type, customer, day): count, value sum, last value, last time,
+   sorted by one integer key. The bucket query is an Ibis expression (`churnml.buckets`): DuckDB runs
+   it here, and the same definition runs on PySpark (tested) when the events outgrow one machine;
 2. for each row and event type, the customer's days before the date are one contiguous run of that
    sorted array, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
    counts are prefix-sum differences, value sums are summed over the run itself, and the run's last
@@ -29,6 +30,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from churnml.buckets import DUCKDB_MACROS, duckdb_bucket_sql
 from churnml.config import Settings
 from churnml.engine import connect, quote_ident, quote_literal
 from churnml.labels import build_labels, data_window
@@ -236,23 +238,12 @@ def build_features(
     origin = int(first_day) if first_day is not None else int(t_days.min())
     span = int(max(t_days.max() - origin, 0)) + 1
     n_keys = len(ids)
-    buckets = con.execute(
-        f"""SELECT (CAST(ty.ti AS BIGINT) * {n_keys} + k.ck) * {span} + ({day_sql} - {origin}) AS key,
-               count(*) AS n, sum(e.value) AS s, count(e.value) AS nv,
-               arg_max(e.value, {_LAST_ORDER}) AS last_value, epoch_us(max(e."timestamp")) AS last_us
-        FROM events e
-        JOIN _keys k ON e.customer_id = k.customer_id
-        JOIN _types ty ON e.event_type = ty.event_type
-        WHERE e."timestamp" < TIMESTAMP {last_t}
-        GROUP BY 1 ORDER BY 1"""
-    ).fetchnumpy()
-    # a sentinel bucket past every search keeps "the bucket before" a valid index when there is none
-    buckets = {k: np.append(_floats(v, np.nan) if k in ("s", "last_value") else np.asarray(v, np.int64), 0)
-               for k, v in buckets.items()}  # fmt: skip
-    buckets["key"][-1] = np.iinfo(np.int64).max
-    buckets["s"] = np.where(buckets["nv"] > 0, buckets["s"], 0.0)  # NULL sum (no values) adds nothing
-    for col in ("n", "nv"):  # running totals: a count over a run is a difference of two
-        buckets[f"cum_{col}"] = np.concatenate([[0], np.cumsum(buckets[col])])
+    con.execute(DUCKDB_MACROS)
+    con.execute(
+        'CREATE OR REPLACE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value '
+        f'FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
+    )
+    buckets = _prepare_buckets(con.execute(duckdb_bucket_sql(n_keys, span, origin)).fetchnumpy())
     t_rel = t_days - origin
     # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas; left
     # uninitialised (touching 1 GB twice costs seconds), so every column is filled through `put`
@@ -321,14 +312,29 @@ def build_features(
     return result
 
 
-# The last event of a bucket: latest timestamp, ties (same microsecond) broken by a hash of the value,
-# so every path picks the same one whatever the row order (a (timestamp, value) struct costs 2x here).
-_LAST_ORDER = """epoch_us(e."timestamp")::HUGEINT * 4294967296 + (hash(e.value) >> 32)"""
-
-
 def _engine_threads(con: duckdb.DuckDBPyConnection) -> int:
     """The threads this connection may use (1 on the online path), for the NumPy steps too."""
     return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+
+
+def _prepare_buckets(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fetched buckets (`churnml.buckets.bucket_table`, sorted by key) as NumPy arrays for the run search.
+
+    A sentinel bucket past every key keeps "the bucket before" a valid index when there is none, and
+    running totals of the counts make a count over a run the difference of two.
+    """
+    out = {
+        "key": np.asarray(raw["key"], np.int64), "n": np.asarray(raw["n"], np.int64),
+        "nv": np.asarray(raw["nv"], np.int64), "s": _floats(raw["s"], np.nan),
+        "last_value": _floats(raw["last_value"], np.nan),
+        "last_us": np.asarray(raw["last_ts"]).astype("datetime64[us]").astype(np.int64),
+    }  # fmt: skip
+    out = {k: np.append(v, 0) for k, v in out.items()}
+    out["key"][-1] = np.iinfo(np.int64).max
+    out["s"] = np.where(out["nv"] > 0, out["s"], 0.0)  # NULL sum (no values) adds nothing
+    for col in ("n", "nv"):
+        out[f"cum_{col}"] = np.concatenate([[0], np.cumsum(out[col])])
+    return out
 
 
 def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""The bucket definition (churnml.buckets) runs unchanged on a distributed engine: PySpark, locally.
+
+The same Ibis expression is compiled for DuckDB (the embedded default) and executed by Spark on the
+same events; the buckets, and the event features computed from them, must be the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml.buckets import DUCKDB_MACROS, EVENTS, KEYS, TYPES, bucket_table, duckdb_bucket_sql
+from churnml.engine import connect, quote_literal
+from churnml.features import _event_features, _prepare_buckets, build_features, infer_feature_set, slug
+from churnml.spec import load_spec
+from churnml.validate import prepare_dataset
+
+pytestmark = [
+    pytest.mark.slow,
+    # py4j leaves its gateway sockets to the garbage collector when the session stops
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+TIED = pd.Timestamp("2024-06-03 09:30:00.123456")
+TIED_VALUES = (3.0, 9.5, -2.0, None)  # same microsecond: the largest value is the last value
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    if shutil.which("java") is None:
+        pytest.skip("PySpark needs a Java runtime and `java` is not on PATH (.ci/run installs one)")
+    from pyspark.sql import SparkSession
+
+    folder = tmp_path_factory.mktemp("spark")
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("churnml-portability")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.local.dir", str(folder))
+        .config("spark.sql.warehouse.dir", str(folder / "warehouse"))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_buckets_and_event_features_agree_on_duckdb_and_spark(
+    sim_dir: Path, spark, settings, tmp_path
+) -> None:  # noqa: ANN001
+    import ibis
+
+    ibis.pyspark  # noqa: B018 - loading the backend registers its SQL compiler's options
+
+    con = connect(settings)
+    prepare_dataset(con, load_spec(sim_dir / "spec.yaml"))
+    fs = infer_feature_set(con, load_spec(sim_dir / "spec.yaml"))
+    valued = fs.valued_types[0]
+    customer = con.execute("SELECT min(customer_id) FROM events").fetchall()[0][0]
+    for v in TIED_VALUES:
+        con.execute(
+            'INSERT INTO events (customer_id, "timestamp", event_type, value) VALUES (?, ?, ?, ?)',
+            [customer, TIED.to_pydatetime(), valued, v],
+        )
+
+    ids = [r[0] for r in con.execute("SELECT DISTINCT customer_id FROM events ORDER BY 1").fetchall()]
+    keys = pd.DataFrame({"customer_id": ids, "ck": np.arange(len(ids), dtype=np.int64)})
+    types = pd.DataFrame({"event_type": list(fs.event_types), "ti": np.arange(len(fs.event_types))})
+    dates = pd.to_datetime(["2024-05-01", "2024-06-04", "2024-09-01"])
+    before = dates.max()
+    t_days = dates.to_numpy().astype("datetime64[D]").astype(np.int64)
+    origin = con.execute(
+        f"""SELECT min(CAST("timestamp" AS DATE) - DATE '1970-01-01') FROM events
+            WHERE "timestamp" < TIMESTAMP {quote_literal(str(before))}"""
+    ).fetchall()[0][0]
+    span = int(t_days.max() - origin) + 1
+    shape = {"n_keys": len(ids), "span": span, "origin_day": int(origin)}
+
+    # DuckDB: the compiled definition, as build_features runs it
+    con.register("keys_df", keys)
+    con.register("types_df", types)
+    con.execute("CREATE TEMP TABLE _keys AS SELECT * FROM keys_df")
+    con.execute("CREATE TEMP TABLE _types AS SELECT * FROM types_df")
+    con.execute(DUCKDB_MACROS)
+    con.execute(
+        'CREATE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value FROM events '
+        f'WHERE "timestamp" < TIMESTAMP {quote_literal(str(before))}'
+    )
+    duck = _prepare_buckets(con.execute(duckdb_bucket_sql(**shape)).fetchnumpy())
+
+    # Spark: the same expression on the same events (through Parquet, as a cluster would read them)
+    path = tmp_path / "events.parquet"
+    con.execute(
+        f"""COPY (SELECT customer_id, "timestamp", event_type, value FROM events)
+            TO {quote_literal(str(path))} (FORMAT parquet)"""
+    )
+    spark.read.parquet(str(path)).createOrReplaceTempView("events")
+    spark.createDataFrame(keys).createOrReplaceTempView("_keys")
+    spark.createDataFrame(types).createOrReplaceTempView("_types")
+    events = ibis.table(EVENTS, name="events")
+    expr = bucket_table(
+        events.filter(events.timestamp < before), ibis.table(KEYS, name="_keys"),
+        ibis.table(TYPES, name="_types"), dialect="pyspark", **shape,
+    )  # fmt: skip
+    table = spark.sql(ibis.to_sql(expr, dialect="pyspark")).toArrow()
+    spk = _prepare_buckets({c: table.column(c).to_numpy() for c in table.column_names})
+
+    assert len(duck["key"]) > 1000 and set(spk) == set(duck)
+    for name in duck:
+        if name == "s":  # float sums may add in another order
+            np.testing.assert_allclose(spk[name], duck[name], rtol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_array_equal(spk[name], duck[name], err_msg=name)
+    tied_key = (list(fs.event_types).index(valued) * len(ids) + ids.index(customer)) * span + (
+        TIED.to_datetime64().astype("datetime64[D]").astype(np.int64) - origin
+    )
+    assert duck["last_value"][np.searchsorted(duck["key"], tied_key)] == 9.5
+
+    # the event features computed from Spark's buckets are build_features' own
+    rows = pd.DataFrame(
+        {"customer_id": np.repeat(ids, len(dates)), "observation_date": np.tile(dates, len(ids))}
+    )
+    expected = build_features(con, rows, fs)
+    ck = np.repeat(np.arange(len(ids)), len(dates))
+    rel = np.tile(t_days - origin, len(ids))
+    t_us = rows["observation_date"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    checked = 0
+    for ti, event_type in enumerate(fs.event_types):
+        base = (ti * len(ids) + ck) * span
+        for pattern, values in _event_features(spk, base, rel, t_us, fs.windows).items():
+            column = pattern.format(s=slug(event_type))
+            if column in expected:
+                np.testing.assert_allclose(
+                    values, expected[column].to_numpy(float), rtol=1e-12, err_msg=column
+                )
+                checked += 1
+    assert checked >= 10 * len(fs.event_types)
+    assert expected.loc[(rows["customer_id"] == customer) & (rows["observation_date"] == dates[1]),
+                        f"{slug(valued)}_last_value"].item() == 9.5  # fmt: skip
