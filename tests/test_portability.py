@@ -1,7 +1,7 @@
-"""The bucket definition (churnml.buckets) runs unchanged on a distributed engine: PySpark, locally.
+"""The events-scale definitions (churnml.buckets) run unchanged on a distributed engine: PySpark, locally.
 
-The same Ibis expression is compiled for DuckDB (the embedded default) and executed by Spark on the
-same events; the buckets, and the event features computed from them, must be the same.
+The same Ibis expressions are compiled for DuckDB (the embedded default) and executed by Spark on the
+same events; the buckets, the distinct users, and the features built from them must be the same.
 """
 
 from __future__ import annotations
@@ -14,11 +14,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml.buckets import DUCKDB_MACROS, EVENTS, KEYS, TYPES, bucket_table, duckdb_bucket_sql
+from churnml.buckets import (
+    DAYS,
+    DUCKDB_MACROS,
+    EVENTS,
+    KEYS,
+    TYPES,
+    USER_EVENTS,
+    bucket_table,
+    duckdb_bucket_sql,
+    duckdb_user_sql,
+    user_table,
+)
 from churnml.engine import connect, quote_literal
 from churnml.features import _event_features, _prepare_buckets, build_features, infer_feature_set, slug
 from churnml.spec import load_spec
 from churnml.validate import prepare_dataset
+
+
+def _naive_us(values: pd.Series) -> np.ndarray:
+    """Timestamps as naive UTC microseconds (Spark hands them back zone-aware)."""
+    values = pd.to_datetime(values)
+    if values.dt.tz is not None:
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return values.to_numpy().astype("datetime64[us]")
+
 
 pytestmark = [
     pytest.mark.slow,
@@ -126,6 +146,40 @@ def test_buckets_and_event_features_agree_on_duckdb_and_spark(
     )
     assert duck["last_value"][np.searchsorted(duck["key"], tied_key)] == 9.5
 
+    # distinct users in the 30 days before each date, both ways (monthly-like dates: raw events joined)
+    days = pd.DataFrame(
+        [(t, (t - pd.Timedelta(days=k)).date(), k) for t in dates for k in range(1, 91)],
+        columns=["t", "day", "age"],
+    )
+    first = dates.min() - pd.Timedelta(days=30)
+    con.register("days_df", days)
+    con.execute("CREATE TEMP TABLE _daymap AS SELECT t::TIMESTAMP AS t, day::DATE AS day, age FROM days_df")
+    con.execute(
+        'CREATE TEMP VIEW _user_events AS SELECT customer_id, "timestamp", user_id FROM events WHERE '
+        f'"timestamp" >= TIMESTAMP {quote_literal(str(first))} AND "timestamp" < TIMESTAMP {quote_literal(str(before))}'
+    )
+    order = ["ck", "t"]
+    duck_users = con.execute(duckdb_user_sql(30, False)).df().sort_values(order, ignore_index=True)
+    assert (
+        con.execute(duckdb_user_sql(30, True)).df().sort_values(order, ignore_index=True).equals(duck_users)
+    )
+    con.execute(
+        f"""COPY (SELECT customer_id, "timestamp", user_id FROM _user_events) TO {quote_literal(str(tmp_path / "u.parquet"))}
+            (FORMAT parquet)"""
+    )
+    spark.read.parquet(str(tmp_path / "u.parquet")).createOrReplaceTempView("_user_events")
+    spark.createDataFrame(days).createOrReplaceTempView("_daymap")
+    users_expr = user_table(
+        ibis.table(USER_EVENTS, name="_user_events"), ibis.table(KEYS, name="_keys"),
+        ibis.table(DAYS, name="_daymap"), window=30, distinct_first=False,
+    )  # fmt: skip
+    spark_users = spark.sql(ibis.to_sql(users_expr, dialect="pyspark")).toArrow().to_pandas()
+    spark_users = spark_users.sort_values(order, ignore_index=True)
+    assert len(duck_users) > 100
+    np.testing.assert_array_equal(spark_users["ck"].to_numpy(), duck_users["ck"].to_numpy())
+    np.testing.assert_array_equal(_naive_us(spark_users["t"]), _naive_us(duck_users["t"]))
+    np.testing.assert_array_equal(spark_users["users"].to_numpy(), duck_users["users"].to_numpy())
+
     # the event features computed from Spark's buckets are build_features' own
     rows = pd.DataFrame(
         {"customer_id": np.repeat(ids, len(dates)), "observation_date": np.tile(dates, len(ids))}
@@ -145,5 +199,18 @@ def test_buckets_and_event_features_agree_on_duckdb_and_spark(
                 )
                 checked += 1
     assert checked >= 10 * len(fs.event_types)
+    users = dict(
+        zip(
+            zip(spark_users["ck"], _naive_us(spark_users["t"]), strict=True),
+            spark_users["users"],
+            strict=True,
+        )
+    )
+    expected_users = [
+        users.get((c, t), np.nan) for c, t in zip(ck, _naive_us(rows["observation_date"]), strict=True)
+    ]
+    np.testing.assert_array_equal(
+        expected["active_users_30d"].to_numpy(float), np.asarray(expected_users, float)
+    )
     assert expected.loc[(rows["customer_id"] == customer) & (rows["observation_date"] == dates[1]),
                         f"{slug(valued)}_last_value"].item() == 9.5  # fmt: skip

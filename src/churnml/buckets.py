@@ -19,13 +19,26 @@ import functools
 import ibis
 import ibis.expr.datatypes as dt
 
-__all__ = ["EVENTS", "KEYS", "TYPES", "DUCKDB_MACROS", "bucket_table", "duckdb_bucket_sql"]
+__all__ = [
+    "EVENTS",
+    "KEYS",
+    "TYPES",
+    "USER_EVENTS",
+    "DAYS",
+    "DUCKDB_MACROS",
+    "bucket_table",
+    "duckdb_bucket_sql",
+    "user_table",
+    "duckdb_user_sql",
+]
 
 EVENTS = ibis.schema(
     {"customer_id": "string", "timestamp": "timestamp", "event_type": "string", "value": "float64"}
 )
 KEYS = ibis.schema({"customer_id": "string", "ck": "int64"})  # customer -> dense integer key
 TYPES = ibis.schema({"event_type": "string", "ti": "int64"})  # event type -> dense integer key
+USER_EVENTS = ibis.schema({"customer_id": "string", "timestamp": "timestamp", "user_id": "string"})
+DAYS = ibis.schema({"t": "timestamp", "day": "date", "age": "int64"})  # each date's days, `age` days back
 
 # DuckDB: (timestamp, value) packed into one HUGEINT, so DuckDB's arg_max orders by the timestamp and,
 # on a tie, by the value. The value part is a monotone map of the double into [0, 2^64): its sign
@@ -111,3 +124,30 @@ def duckdb_bucket_sql(n_keys: int, span: int, origin_day: int) -> str:
     for name, value in {"n_keys": n_keys, "span": span, "origin_day": origin_day}.items():
         sql = sql.replace(str(_PLACEHOLDERS[name]), str(int(value)))
     return sql
+
+
+def user_table(
+    events: ibis.Table, keys: ibis.Table, days: ibis.Table, *, window: int, distinct_first: bool
+) -> ibis.Table:
+    """Distinct users per (customer key ``ck``, date ``t``) over the ``window`` days before the date.
+
+    ``events`` holds the events in the days some date's window covers. Each (customer, day, user) meets
+    the dates whose window holds its day: about once for monthly dates, so raw events go straight in;
+    with dense (e.g. daily) dates up to ``window`` times, so ``distinct_first`` makes them distinct.
+    """
+    e = events.filter(events.user_id.notnull()).join(keys, "customer_id")
+    u = e.select(ck=e.ck, day=e.timestamp.date(), user_id=e.user_id)
+    u = u.distinct() if distinct_first else u.view()  # a projection of a join joins again as a view
+    d = days.filter(days.age <= window).select("t", "day")
+    j = u.join(d, "day")
+    return j.group_by(["ck", "t"]).aggregate(users=j.user_id.nunique())
+
+
+@functools.cache
+def duckdb_user_sql(window: int, distinct_first: bool) -> str:
+    """DuckDB SQL for `user_table` over the relations ``_user_events``, ``_keys`` and ``_daymap``."""
+    expr = user_table(
+        ibis.table(USER_EVENTS, name="_user_events"), ibis.table(KEYS, name="_keys"),
+        ibis.table(DAYS, name="_daymap"), window=window, distinct_first=distinct_first,
+    )  # fmt: skip
+    return ibis.to_sql(expr, dialect="duckdb")

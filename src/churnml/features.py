@@ -12,7 +12,8 @@ The computation stays long and narrow:
    sorted array, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
    counts are prefix-sum differences, value sums are summed over the run itself, and the run's last
    bucket gives recency, the last value and the mean gap;
-3. DuckDB gives the account state as of each date (users, plan, MRR, seats, renewal);
+3. distinct users in the last 30 days (an Ibis definition too), and DuckDB SQL for the account state
+   as of each date (plan, MRR, seats, renewal: one row per customer and date, no events);
 4. the results are written column by column into one NumPy matrix (no pivot in SQL, which is costly).
 
 Which event types, value columns and attributes exist is fixed at training time in a
@@ -30,7 +31,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.buckets import DUCKDB_MACROS, duckdb_bucket_sql
+from churnml.buckets import DUCKDB_MACROS, duckdb_bucket_sql, duckdb_user_sql
 from churnml.config import Settings
 from churnml.engine import connect, quote_ident, quote_literal
 from churnml.labels import build_labels, data_window
@@ -432,22 +433,18 @@ def _account_frame(
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
     attrs = (", " + attrs) if attrs else ""
     term = int(fs.term_months)
-    # (customer, day, user) of events in the 30 days before any date. Each is joined to the dates whose
-    # window holds its day: about once for monthly dates, so raw events go straight in; with dense
-    # (e.g. daily) dates up to 30 times, so they are made distinct first.
-    user_days = f"""SELECT {"DISTINCT" if dense_dates else ""} k.ck, CAST(e."timestamp" AS DATE) AS day, e.user_id
-        FROM events e JOIN _keys k ON e.customer_id = k.customer_id
-        WHERE e.user_id IS NOT NULL AND e."timestamp" >= TIMESTAMP {first_t} - INTERVAL 30 DAY
-          AND e."timestamp" < TIMESTAMP {last_t}"""
+    # distinct users in the 30 days before each date: an events-scale query, so an Ibis definition
+    # (churnml.buckets) like the buckets, over the events in the days some window covers
+    con.execute(
+        'CREATE OR REPLACE TEMP VIEW _user_events AS SELECT customer_id, "timestamp", user_id FROM events '
+        f'WHERE user_id IS NOT NULL AND "timestamp" >= TIMESTAMP {first_t} - INTERVAL {TREND} DAY '
+        f'AND "timestamp" < TIMESTAMP {last_t}'
+    )
     frame = con.execute(
         f"""
         WITH users AS (
             SELECT r._ri, u.users
-            FROM (SELECT ck, t, count(DISTINCT user_id) AS users
-                  FROM (SELECT u.ck, m.t, u.user_id
-                        FROM ({user_days}) u
-                        JOIN (SELECT t, day FROM _daymap WHERE age <= 30) m ON u.day = m.day)
-                  GROUP BY ALL) u
+            FROM ({duckdb_user_sql(TREND, dense_dates)}) u
             JOIN _rows r ON r.ck = u.ck AND r.t = u.t),
         subs AS (SELECT customer_id, "start", mrr, plan, seats FROM subscriptions),
         sub_now AS (
