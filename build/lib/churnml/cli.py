@@ -1,0 +1,551 @@
+"""The ``churnml`` command line: thin wrappers that read files, call the library and report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from churnml.catalogue import build_catalogue, catalogue_frame
+from churnml.config import Settings
+from churnml.data import DataError
+from churnml.engine import connect
+from churnml.features import build_features, infer_feature_set, latest_date, scoring_rows, training_table
+from churnml.labels import build_labels
+from churnml.simulate import SimulationConfig, simulate
+from churnml.spec import DatasetSpec, SpecError, load_spec
+from churnml.validate import ValidationReport, validate_dataset
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="churnml: churn prediction from customer behaviour.", no_args_is_help=True, add_completion=False
+)
+# messages stay on one line (greppable, copyable); tables get room even when output is piped to a log
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+log = logging.getLogger("churnml")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # a tracking server that goes away should fail the command in seconds, not minutes of backoff
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    """Settings from the environment; a malformed CHURNML_* variable is a usage error, not a traceback."""
+    try:
+        return Settings.from_env()
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+
+def _load_spec(spec: Path, data: Path | None) -> DatasetSpec:
+    try:
+        loaded = load_spec(spec)
+    except SpecError as err:
+        raise _fail(str(err)) from None
+    return loaded.with_source_path(data) if data else loaded
+
+
+def _print_report(report: ValidationReport) -> None:
+    table = Table(title="Validation", show_lines=False)
+    for col in ("table", "rows read", "clean", "quarantined"):
+        table.add_column(col, justify="right" if col != "table" else "left")
+    for t in report.tables.values():
+        table.add_row(t.table, f"{t.rows:,}", f"{t.clean:,}", f"{t.quarantined:,}")
+    console.print(table)
+    for issue in report.errors:
+        console.print(f"[bold red]ERROR[/] {issue.message()}", highlight=False)
+    for issue in report.quarantined:
+        console.print(f"[yellow]QUARANTINED[/] {issue.message()}", highlight=False)
+    for issue in report.warnings:
+        console.print(f"[yellow]WARNING[/] {issue.message()}", highlight=False)
+    for role, path in report.quarantine_files.items():
+        console.print(f"quarantined {role} rows: {path}", highlight=False)
+
+
+def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings):  # noqa: ANN202
+    con = connect(settings)
+    try:
+        with err_console.status(f"validating {spec.name} against the data contract"):
+            report = validate_dataset(con, spec, quarantine_dir=quarantine)
+    except DataError as err:
+        con.close()
+        raise _fail(str(err)) from None
+    _print_report(report)
+    if not report.ok:
+        con.close()
+        raise _fail(f"{len(report.errors)} error(s) in the data; nothing was run", code=1)
+    return con, report
+
+
+@contextmanager
+def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Validated contract tables in a DuckDB connection; library ValueErrors become clean CLI errors."""
+    con, _ = _validate(spec, settings.data_dir / "quarantine" / spec.name, settings)
+    try:
+        yield con
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    finally:
+        con.close()
+
+
+SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
+]
+
+
+@app.command("simulate")
+def simulate_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/simulated"),
+    customers: Annotated[int, typer.Option(min=1, help="Number of accounts.")] = 2_000,
+    months: Annotated[int, typer.Option(min=3, max=120, help="Months of history.")] = 18,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    start: Annotated[
+        str, typer.Option(help="First day of the simulated history (YYYY-MM-DD).")
+    ] = "2024-01-01",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+) -> None:
+    """Simulate a SaaS business with planted churn drivers (Parquet + spec.yaml + ground truth)."""
+    try:
+        start_date = dt.date.fromisoformat(start)
+    except ValueError:
+        raise _fail(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
+    config = SimulationConfig(customers=customers, months=months, seed=seed, start=start_date)
+    began = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("simulating", total=None)
+        summary = simulate(config, out, workers=workers,
+                           on_block=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+    console.print(
+        f"simulated {summary.customers:,} customers, {summary.events:,} events, "
+        f"{summary.subscriptions:,} subscription rows, {summary.churners:,} churners "
+        f"in {time.perf_counter() - began:.1f}s -> {out}",
+        highlight=False,
+    )
+
+
+@app.command("validate")
+def validate_command(
+    spec: SpecOpt,
+    data: DataOpt = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Folder for quarantined rows (default: <data>/quarantine).")
+    ] = None,
+) -> None:
+    """Check a dataset against the contract; exit 1 on errors, quarantine (and count) bad rows."""
+    loaded = _load_spec(spec, data)
+    quarantine = quarantine or _settings().data_dir / "quarantine" / loaded.name
+    con, _ = _validate(loaded, quarantine, _settings())
+    con.close()
+    console.print("[green]valid[/]")
+
+
+@app.command("labels")
+def labels_command(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option(help="Output Parquet file.")],
+    data: DataOpt = None,
+) -> None:
+    """Write point-in-time churn labels (customer_id, observation_date, churned) for the spec's schedule."""
+    loaded = _load_spec(spec, data)
+    with _validated_data(loaded, _settings()) as con:
+        labels = build_labels(con, loaded)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(out, index=False)
+    summary = labels.groupby("observation_date")["churned"].agg(["size", "mean"])
+    table = Table(
+        title=f"Labels ({loaded.churn.definition} churn, {loaded.observation.horizon_days}-day horizon)"
+    )
+    for col in ("observation date", "active customers", "churn rate"):
+        table.add_column(col, justify="right")
+    for date, row in summary.iterrows():
+        rate = "unlabelled" if row["mean"] != row["mean"] else f"{row['mean']:.2%}"
+        table.add_row(str(date.date()), f"{int(row['size']):,}", rate)
+    console.print(table)
+    console.print(f"{len(labels):,} rows -> {out}", highlight=False)
+
+
+@app.command("features")
+def features_command(
+    spec: SpecOpt,
+    out: Annotated[Path, typer.Option(help="Output Parquet file.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Score-time table for customers active at DATE (YYYY-MM-DD or 'latest'). "
+            "Without it: the labelled training table at the spec's dates.",
+        ),
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Write point-in-time features (Parquet) and the feature catalogue (CSV beside it)."""
+    date: pd.Timestamp | None = None
+    if as_of not in (None, "latest"):
+        try:  # bad input is refused before any work
+            date = pd.Timestamp(dt.date.fromisoformat(as_of))
+        except ValueError:
+            raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
+    loaded = _load_spec(spec, data)
+    settings = _settings()
+    began = time.perf_counter()
+    with _validated_data(loaded, settings) as con, _progress() as progress:
+        task = progress.add_task("building features", total=None)
+        if as_of is None:
+            table, fs = training_table(con, loaded)
+        else:
+            fs = infer_feature_set(con, loaded)
+            table = build_features(con, scoring_rows(con, loaded, date or latest_date(con)), fs)
+        progress.update(task, total=1, completed=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    cat_path = out.with_name(out.stem + ".catalogue.csv")
+    catalogue_frame(build_catalogue(fs, loaded.event_labels)).to_csv(cat_path, index=False)
+    dates = table["observation_date"].nunique()
+    console.print(
+        f"{len(table):,} rows x {len(fs.columns)} features at {dates} date(s) in "
+        f"{time.perf_counter() - began:.1f}s -> {out} (catalogue: {cat_path})",
+        highlight=False,
+    )
+
+
+@app.command("train")
+def train_command(
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Dataset spec (YAML): behaviour data, out-of-time test.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config YAML (default: built-in defaults).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (overrides the config).")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Tuning time limit in seconds.")] = None,
+    data: DataOpt = None,
+    table_path: Annotated[
+        Path | None,
+        typer.Option("--table", help="A ready feature table (CSV/Parquet, one row per customer)."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="With --table: the customer id column.")
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+) -> None:
+    """Tune, calibrate and evaluate; log to MLflow; register as churn@challenger.
+
+    With --spec: features from behaviour and an out-of-time test. With --table/--target/--id: a ready
+    feature table, evaluated by stratified cross-validation.
+    """
+    from churnml.registry import check_tracking_server, close_unfinished_runs, log_training, tracking_uri
+    from churnml.snapshot import load_snapshot_table, train_snapshot
+    from churnml.train import load_train_config, train_model
+
+    if (spec is None) == (table_path is None):
+        raise _fail("give either --spec FILE or --table FILE --target COL --id COL")
+    if table_path is not None and not (target and id_column):
+        raise _fail("--table needs --target COL and --id COL")
+    settings = _settings()
+    try:
+        cfg = load_train_config(config)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    cfg = cfg.model_copy(
+        update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout}.items() if v}
+    )
+    uri = tracking_uri(settings)
+    try:  # before any expensive work
+        client = check_tracking_server(uri)
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
+    for run_id in close_unfinished_runs(client, settings):
+        console.print(f"marked MLflow run {run_id} FAILED (left open by an earlier failure)", highlight=False)
+    study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
+    if table_path is not None:
+        try:
+            table, fs = load_snapshot_table(table_path, target or "", id_column or "")
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        catalogue = build_catalogue(fs)
+        with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
+            result = train_snapshot(
+                table, fs, catalogue, cfg, folds, study_storage, f"{table_path.stem}-{int(time.time())}"
+            )
+        _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
+                         f"{folds}-fold cross-validation")  # fmt: skip
+        return
+    loaded = _load_spec(spec, data)  # type: ignore[arg-type]
+    with _validated_data(loaded, settings) as con, err_console.status("building the training table"):
+        table, fs = training_table(con, loaded)
+    catalogue = build_catalogue(fs, loaded.event_labels)
+    with _progress() as progress:
+        task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
+        try:
+            result = train_model(
+                table, fs, catalogue, loaded.observation.horizon_days, cfg,
+                storage=study_storage, study_name=f"{loaded.name}-{int(time.time())}",
+                on_trial=lambda done, total: progress.update(task, completed=done),
+            )  # fmt: skip
+        except (ValueError, RuntimeError) as err:
+            raise _fail(str(err)) from None
+    _report_training(result, log_training(result, table, cfg, settings, loaded.name, client), cfg, uri,
+                     f"out-of-time test ({', '.join(result.model.metadata['test_dates'])})")  # fmt: skip
+
+
+def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation: str) -> None:  # noqa: ANN001
+    run_id, version = logged
+    metrics = Table(title=f"Evaluation: {evaluation}")
+    keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
+            "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip
+    metrics.add_column("model", no_wrap=True)
+    for header in keys.values():
+        metrics.add_column(header, justify="right", no_wrap=True)
+    for name, values in {"churnml": result.test_metrics, **result.baselines}.items():
+        metrics.add_row(name, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
+        if name == "churnml" and result.test_intervals:  # how far the test set can resolve the figures
+            ci = result.test_intervals
+            metrics.add_row(
+                "  95% interval", *(f"{ci[k][0]:.3f}-{ci[k][1]:.3f}" if k in ci else "" for k in keys)
+            )
+    console.print(metrics)
+    console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
+
+
+@app.command("promote")
+def promote_command(
+    metric: Annotated[str | None, typer.Option(help="Metric to compare (default: the config's).")] = None,
+    margin: Annotated[float | None, typer.Option(min=0, help="Required improvement.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Training config YAML.")] = None,
+) -> None:
+    """Make the challenger champion if it beats the champion on the same out-of-time rows."""
+    from churnml.registry import (
+        check_tracking_server,
+        close_unfinished_runs,
+        promote_challenger,
+        promotion_lock,
+        tracking_uri,
+    )
+    from churnml.train import load_train_config
+
+    cfg = load_train_config(config)
+    settings = _settings()
+    try:
+        client = check_tracking_server(tracking_uri(settings))
+        close_unfinished_runs(client, settings)
+        with promotion_lock(settings.home / ".churnml-promote.lock"):
+            result = promote_challenger(
+                client, metric or cfg.promotion_metric, cfg.promotion_margin if margin is None else margin
+            )
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
+    verb = "promoted" if result.promoted else "kept"
+    console.print(
+        f"{verb}: champion v{result.champion_after} (was v{result.champion_before}), challenger v{result.challenger}; "
+        f"{result.metric}: challenger {result.challenger_score}, champion {result.champion_score}; {result.reason}",
+        highlight=False,
+    )
+
+
+def _champion(settings: Settings, model_uri: str | None):  # noqa: ANN202
+    """The model to score with (native), and what it is, from the registry."""
+    from mlflow.exceptions import MlflowException
+
+    from churnml.registry import MODEL_NAME, check_tracking_server, load_model, tracking_uri
+
+    uri = tracking_uri(settings)
+    try:
+        client = check_tracking_server(uri)
+        info = {"tracking_uri": uri}
+        if model_uri is None:  # resolve the alias once: a promotion meanwhile must not mislabel the scores
+            version = str(client.get_model_version_by_alias(MODEL_NAME, settings.model_alias).version)
+            model_uri = f"models:/{MODEL_NAME}/{version}"
+            info |= {"model_version": version, "model_alias": settings.model_alias}
+        info["model_uri"] = model_uri
+        return load_model(model_uri, client), info
+    except MlflowException as err:
+        raise _fail(
+            f"no model {model_uri or settings.model_alias} in the registry at {uri}: {err.message}"
+        ) from None
+    except (RuntimeError, LookupError, ValueError) as err:
+        raise _fail(str(err)) from None
+
+
+@app.command("score")
+def score_command(
+    spec: SpecOpt,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: reports/ under CHURNML_HOME).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model URI (default: models:/churn@champion).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Date YYYY-MM-DD (default: the latest).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = 5,
+    history: Annotated[int, typer.Option(min=0, max=36, help="Past observation dates to score.")] = 6,
+    data: DataOpt = None,
+) -> None:
+    """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
+    from churnml.playbook import load_playbook
+    from churnml.retention import retention_tables
+    from churnml.score import RiskPolicy, score_customers, write_workspace
+
+    date: pd.Timestamp | None = None
+    if as_of is not None:
+        try:
+            date = pd.Timestamp(dt.date.fromisoformat(as_of))
+        except ValueError:
+            raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
+    settings = _settings()
+    try:
+        playbook = load_playbook(settings.playbook)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    loaded = _load_spec(spec, data)
+    churn_model, info = _champion(settings, model)
+    out = out or settings.reports_dir
+    began = time.perf_counter()
+    with _validated_data(loaded, settings) as con:
+        with err_console.status("scoring active customers"):
+            result = score_customers(con, loaded, churn_model, date or latest_date(con), info, top_k, history,
+                                     policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
+            extra = retention_tables(con, loaded, result)
+    out.mkdir(parents=True, exist_ok=True)
+    result.scores.to_parquet(out / "scores.parquet", index=False)
+    result.reasons.to_parquet(out / "reasons.parquet", index=False)
+    result.history.to_parquet(out / "score_history.parquet", index=False)
+    workspace = write_workspace(result, out / "workspace.duckdb", extra)
+    s = result.scores
+    console.print(
+        f"scored {len(s):,} customers at {result.as_of.date()} in {time.perf_counter() - began:.1f}s: "
+        f"{(s['risk_tier'] == 'high').sum():,} high risk, revenue at risk {s['revenue_at_risk'].sum():,.0f} "
+        f"over {churn_model.horizon_days} days -> {out / 'scores.parquet'}, workspace {workspace}",
+        highlight=False,
+    )
+
+
+@app.command("serve")
+def serve_command(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
+    model_tag: Annotated[
+        str | None,
+        typer.Option("--model-tag", help="Serve this BentoML model tag instead of the registry alias."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Import models:/churn@champion into the BentoML store and start the prediction service."""
+    settings = _settings()
+    env = _serving_env(settings)
+    os.environ.update(env)
+    from churnml.serve import import_registered_model
+
+    try:
+        tag = model_tag or import_registered_model(settings)
+    except (RuntimeError, LookupError, ValueError) as err:
+        raise _fail(str(err)) from None
+    env |= {"CHURNML_BENTO_MODEL": tag, "CHURNML_SERVE_WORKERS": str(workers)}
+    console.print(f"serving {tag} on http://{host}:{port} (pages: http://{host}:{port}/ui/)", highlight=False)
+    sys.stdout.flush()
+    argv = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService", "--host", host,
+            "--port", str(port), "--working-dir", str(_repo_root())]  # fmt: skip
+    os.execve(sys.executable, argv, {**os.environ, **env})
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _serving_env(settings: Settings) -> dict[str, str]:
+    """Environment of the service process: the BentoML store and the workspace under CHURNML_HOME."""
+    return {
+        "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(settings.bentoml_home)),
+        "CHURNML_HOME": str(settings.home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(_repo_root()), os.environ.get("PYTHONPATH", "")) if p),
+    }
+
+
+@app.command("run")
+def run_command(
+    customers: Annotated[int, typer.Option(min=1)] = 2_000,
+    months: Annotated[int, typer.Option(min=3, max=120)] = 18,
+    seed: Annotated[int, typer.Option()] = 0,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Optuna trials (default: training/config.yaml).")
+    ] = None,
+    serve: Annotated[bool, typer.Option(help="Start the prediction service and pages at the end.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+) -> None:
+    """The main job on embedded defaults: simulate -> validate -> labels -> features -> train -> promote ->
+    batch score -> serve (BentoML, with the CSM pages) until Ctrl-C."""
+    settings = _settings()
+    data_dir = settings.data_dir / "simulated"
+    spec = data_dir / "spec.yaml"
+    simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
+    labels_command(spec=spec, out=settings.data_dir / "labels" / "simulated.parquet")
+    features_command(spec=spec, out=settings.data_dir / "features" / "simulated.parquet")
+    train_command(spec=spec, config=repo_config(), trials=trials, timeout=None, data=None,
+                  table_path=None, target=None, id_column=None, folds=5)  # fmt: skip
+    promote_command(metric=None, margin=None, config=repo_config())
+    score_command(spec=spec, out=None, model=None, as_of=None, top_k=5, history=6, data=None)
+    if serve:
+        console.print(
+            f"try: curl -s -X POST http://127.0.0.1:{port}/explain -H 'Content-Type: application/json' "
+            """-d '{"customers": [{"customer_id": "demo", "events": [{"timestamp": "2025-06-01T10:00:00", """
+            """"event_type": "login"}], "profile": {"plan": "starter", "segment": "SMB", "mrr": 99}}]}'""",
+            highlight=False,
+        )
+        serve_command(port=port, host="127.0.0.1", model_tag=None, workers=1)
+
+
+def repo_config() -> Path | None:
+    """training/config.yaml of the checkout, when running from one."""
+    path = Path(__file__).resolve().parents[2] / "training" / "config.yaml"
+    return path if path.is_file() else None
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

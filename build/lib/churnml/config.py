@@ -1,0 +1,104 @@
+"""Runtime settings: paths and engine limits, read from the environment when asked (never at import)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings", "repo_root", "shared_data_dir"]
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (src/churnml/config.py -> repo)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shared_data_dir() -> Path:
+    """Where the public churn datasets live: $CHURNML_SHARED_DATA or ../shared/data beside the repo."""
+    env = os.environ.get("CHURNML_SHARED_DATA")
+    return Path(env) if env else repo_root().parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything environment-dependent in one place; build with :meth:`from_env`."""
+
+    home: Path = field(default_factory=lambda: Path.cwd())
+    duckdb_memory_limit: str = "6GB"
+    duckdb_threads: int = max(1, os.cpu_count() or 1)
+    api_token: str | None = field(default=None, repr=False)  # CHURNML_API_TOKEN: bearer token for the service
+    model_alias: str = "champion"  # registry alias the service loads
+    bento_model: str | None = None  # CHURNML_BENTO_MODEL: a BentoML model tag to serve instead of the alias
+    model_source: str = (
+        "registry"  # CHURNML_MODEL_SOURCE: "registry" (import the alias) or "bento" (packaged)
+    )
+    playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.playbook)
+    max_inflight: int = 64  # requests in progress per worker before the service sheds load with 503
+    # risk tiers: the calibrated churn probability (within the model's horizon) from which an account
+    # is "high" / "medium" risk. Set them for the business: with a 5% base rate few accounts reach 0.5.
+    risk_high: float = 0.5  # CHURNML_RISK_HIGH
+    risk_medium: float = 0.2  # CHURNML_RISK_MEDIUM
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.home / "data" / ".duckdb_tmp"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def workspace_path(self) -> Path:
+        """The DuckDB file batch scoring writes and the CSM pages read."""
+        return self.reports_dir / "workspace.duckdb"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from ``CHURNML_*`` variables; a malformed value is a ValueError naming the variable."""
+        env = os.environ
+        risk_high = _env_number("CHURNML_RISK_HIGH", 0.5, float)
+        risk_medium = _env_number("CHURNML_RISK_MEDIUM", 0.2, float)
+        if not 0 < risk_medium < risk_high < 1:
+            raise ValueError(
+                "CHURNML_RISK_MEDIUM / CHURNML_RISK_HIGH: expected 0 < medium < high < 1, "
+                f"got medium={risk_medium}, high={risk_high}"
+            )
+        return cls(
+            home=Path(env.get("CHURNML_HOME", Path.cwd())).resolve(),
+            duckdb_memory_limit=env.get("CHURNML_DUCKDB_MEMORY_LIMIT", "6GB"),
+            duckdb_threads=_env_number("CHURNML_DUCKDB_THREADS", max(1, os.cpu_count() or 1), int, 1),
+            api_token=env.get("CHURNML_API_TOKEN") or None,
+            model_alias=env.get("CHURNML_MODEL_ALIAS", "champion"),
+            bento_model=env.get("CHURNML_BENTO_MODEL") or None,
+            model_source=env.get("CHURNML_MODEL_SOURCE", "registry"),
+            playbook=Path(env["CHURNML_PLAYBOOK"]) if env.get("CHURNML_PLAYBOOK") else None,
+            max_inflight=_env_number("CHURNML_MAX_INFLIGHT", 64, int, 1),
+            risk_high=risk_high,
+            risk_medium=risk_medium,
+        )
+
+
+def _env_number(name: str, default: float, kind: type, minimum: float | None = None):  # noqa: ANN202
+    """``$name`` as ``kind`` (int or float), ``default`` when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    what = "an integer" if kind is int else "a number"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected {what}, got {raw!r}") from None
+    if value != value or (minimum is not None and value < minimum):  # NaN, or below the minimum
+        raise ValueError(
+            f"{name}: expected {what}" + (f" >= {minimum}" if minimum is not None else "") + f", got {raw!r}"
+        )
+    return value

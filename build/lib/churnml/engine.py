@@ -1,0 +1,39 @@
+"""The embedded DuckDB engine: one place that sets memory, threads, spill folder and time zone."""
+
+from __future__ import annotations
+
+import duckdb
+
+from churnml.config import Settings
+
+__all__ = ["connect", "quote_ident", "quote_literal"]
+
+
+def connect(
+    settings: Settings | None = None, database: str = ":memory:", spill: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection bounded in memory, working in UTC.
+
+    With ``spill`` (batch work) it spills to ``settings.temp_dir`` beyond the limit; without (small
+    online requests) it touches no disk.
+    """
+    settings = settings or Settings.from_env()
+    con = duckdb.connect(database)
+    con.execute(f"SET memory_limit = {quote_literal(settings.duckdb_memory_limit)}")
+    con.execute(f"SET threads = {int(settings.duckdb_threads)}")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # the CLI draws its own; DuckDB's would garble logs
+    if spill:
+        settings.temp_dir.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = {quote_literal(str(settings.temp_dir))}")
+    else:
+        con.execute("SET temp_directory = ''")
+    return con
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

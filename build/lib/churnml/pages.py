@@ -1,0 +1,676 @@
+"""The CSM workspace pages: risk list, account page and retention overview, served under ``/ui``.
+
+A small Starlette app the prediction service mounts (``@bentoml.asgi_app(app, path="/ui")``). It
+reads the DuckDB workspace that ``churnml score`` writes (``Settings.workspace_path``), opened
+read-only per request: a re-score replaces the file atomically, so the next request sees the new
+scores and a request in flight keeps the file it opened. Pages are rendered on the server (Jinja2,
+autoescaped) with matplotlib SVG charts and need no JavaScript or external network.
+
+Auth: the service middleware checks ``Authorization: Bearer <token>``. Browsers cannot send that
+header on navigation, so ``/login`` exchanges the token for an HttpOnly, SameSite=Strict cookie
+(:data:`TOKEN_COOKIE`). The app checks the same token itself too, so it is never served
+unprotected wherever it is mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hmac
+import io
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import duckdb
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from churnml import charts
+from churnml.config import Settings
+from churnml.engine import connect, quote_literal
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "PAGE_SIZE",
+    "PUBLIC_PATHS",
+    "TOKEN_COOKIE",
+    "RiskFilters",
+    "WorkspaceMissing",
+    "account",
+    "create_pages_app",
+    "LoginThrottle",
+    "export_rows",
+    "has_valid_token",
+    "open_workspace",
+    "overview",
+    "parse_list_params",
+    "risk_list",
+]
+
+log = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "churnml_token"
+PUBLIC_PATHS = ("/ui/login",)  # full paths in the service: the middleware lets these through without a token
+PAGE_SIZE = 100  # rows per page of the risk list: 200k accounts must not render at once
+DEFAULT_CAPACITY = 20  # accounts a CSM team can call in a week, until they say otherwise
+MAX_CAPACITY = 1_000_000
+COOKIE_MAX_AGE = 12 * 3600  # a working day: a forgotten browser does not stay signed in for ever
+TIERS = ("high", "medium", "low")
+
+# Pages hold customer data and run no scripts: forbid scripts outright, keep them out of frames and caches.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+# CSV cells a spreadsheet would run as a formula (OWASP "CSV injection"); text cells starting so get a quote.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class WorkspaceMissing(LookupError):
+    """No workspace file yet: scoring has not run (the pages answer 503, not 500)."""
+
+
+class BadRequest(ValueError):
+    """A query parameter the pages cannot use; the message names it."""
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@contextlib.contextmanager
+def open_workspace(path: Path, settings: Settings | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the workspace file, closed after use.
+
+    The file is ATTACHed to a fresh in-memory database rather than opened with ``duckdb.connect(path)``:
+    DuckDB shares one instance per path within a process, so while any request still held the old file
+    open, a plain connect would keep serving the scores a re-score has already replaced.
+    """
+    if not path.is_file():
+        raise WorkspaceMissing(str(path))
+    con = connect(settings, spill=False)
+    try:
+        con.execute(f"ATTACH {quote_literal(str(path))} AS workspace (READ_ONLY)")
+        con.execute("USE workspace")
+        yield con
+    finally:
+        con.close()
+
+
+def _records(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    sql = "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'workspace'"
+    return {r[0] for r in con.execute(sql).fetchall()}
+
+
+def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    if "meta" not in _tables(con):
+        return {}
+    rows = _records(con, "SELECT * FROM meta LIMIT 1")
+    return rows[0] if rows else {}
+
+
+@dataclass(frozen=True)
+class RiskFilters:
+    """The risk list's filters: exact tier/segment/owner, and a customer id substring (any case)."""
+
+    tier: str = ""
+    segment: str = ""
+    owner: str = ""
+    search: str = ""
+
+    def where(self) -> tuple[str, list[Any]]:
+        """SQL condition and parameters (values are always bound, never spliced into the SQL)."""
+        clauses, params = ["TRUE"], []
+        for column, value in (("risk_tier", self.tier), ("segment", self.segment), ("csm_owner", self.owner)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.search:
+            clauses.append("contains(lower(customer_id), lower(?))")
+            params.append(self.search)
+        return " AND ".join(clauses), params
+
+    def query(self) -> dict[str, str]:
+        return {k: v for k, v in (("tier", self.tier), ("segment", self.segment), ("owner", self.owner),
+                                  ("q", self.search)) if v}  # fmt: skip
+
+
+def _int_param(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a whole number, got '{raw[:40]}'") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_list_params(params: QueryParams) -> tuple[RiskFilters, int, int]:
+    """(filters, capacity, page) from the risk list's query string; raises BadRequest naming the parameter."""
+    filters = RiskFilters(
+        tier=params.get("tier", "").strip(), segment=params.get("segment", "").strip(),
+        owner=params.get("owner", "").strip(), search=params.get("q", "").strip()[:200],
+    )  # fmt: skip
+    capacity = _int_param(params, "capacity", DEFAULT_CAPACITY, 0, MAX_CAPACITY)
+    page = _int_param(params, "page", 1, 1, 10_000_000)
+    return filters, capacity, page
+
+
+_RANKED = """
+WITH filtered AS (
+    SELECT *, row_number() OVER (ORDER BY revenue_at_risk DESC NULLS LAST, customer_id) AS position
+    FROM scores WHERE {where}
+)
+"""
+
+
+def risk_list(
+    con: duckdb.DuckDBPyConnection, filters: RiskFilters, capacity: int, page: int, page_size: int = PAGE_SIZE
+) -> dict[str, Any]:
+    """One page of accounts by revenue at risk, the totals of the filtered set and the call list's share.
+
+    The call list is the best-value set for the team's capacity: the ``capacity`` filtered accounts
+    with the most revenue at risk (``position`` = rank within the filtered rows).
+    """
+    where, params = filters.where()
+    ranked = _RANKED.format(where=where)
+    count, total, covered, called = con.execute(
+        ranked + "SELECT count(*), coalesce(sum(revenue_at_risk), 0), "
+        "coalesce(sum(revenue_at_risk) FILTER (WHERE position <= ?), 0), count(*) FILTER (WHERE position <= ?) "
+        "FROM filtered",
+        [*params, capacity, capacity],
+    ).fetchone()  # fmt: skip
+    pages = max(1, math.ceil(count / page_size))
+    page = min(page, pages)
+    rows = _records(con, ranked + "SELECT * FROM filtered ORDER BY position LIMIT ? OFFSET ?",
+                    [*params, page_size, (page - 1) * page_size])  # fmt: skip
+    return {
+        "rows": rows, "count": count, "total_revenue_at_risk": total, "covered_revenue_at_risk": covered,
+        "called": called, "covered_share": covered / total if total else 0.0, "page": page, "pages": pages,
+        "first": (page - 1) * page_size + 1 if count else 0, "last": min(count, page * page_size),
+    }  # fmt: skip
+
+
+def filter_options(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """The values the filter menus offer (tiers in risk order, then anything unexpected)."""
+
+    def distinct(column: str) -> list[str]:
+        sql = f"SELECT DISTINCT {column} FROM scores WHERE {column} IS NOT NULL ORDER BY 1"
+        return [str(r[0]) for r in con.execute(sql).fetchall()]
+
+    found = distinct("risk_tier")
+    tiers = [t for t in TIERS if t in found] + [t for t in found if t not in TIERS]
+    return {"tiers": tiers, "segments": distinct("segment"), "owners": distinct("csm_owner")}
+
+
+EXPORT_COLUMNS = ["position", "customer_id", "revenue_at_risk", "probability", "risk_tier", "health_score", "mrr",
+                  "csm_owner", "segment", "plan", "top_reason", "top_play", "as_of"]  # fmt: skip
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return "" if value is None else value
+
+
+def export_rows(con: duckdb.DuckDBPyConnection, filters: RiskFilters, capacity: int) -> Iterator[str]:
+    """The filtered risk list as CSV text chunks (all rows, in list order, with the call-list flag)."""
+    where, params = filters.where()
+    columns = ", ".join(EXPORT_COLUMNS)
+    cursor = con.execute(
+        _RANKED.format(where=where) + f"SELECT {columns}, position <= ? AS in_call_list FROM filtered ORDER BY position",
+        [*params, capacity],
+    )  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*EXPORT_COLUMNS, "in_call_list"])
+    while True:
+        batch = cursor.fetchmany(5000)
+        if not batch:
+            break
+        writer.writerows([_csv_cell(v) for v in row] for row in batch)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def _feature_list(text: Any) -> list[str]:
+    """score_history.reasons: a JSON list of feature names (anything else reads as no reasons)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else []
+    except json.JSONDecodeError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _feature_labels(con: duckdb.DuckDBPyConnection, features: list[str]) -> dict[str, str]:
+    """Plain labels for feature names, from any account's reasons (a gone reason may be nobody's now)."""
+    if not features:
+        return {}
+    rows = con.execute(
+        "SELECT feature, min(label) FROM reasons WHERE list_contains(?, feature) GROUP BY feature", [features]
+    ).fetchall()
+    found = {str(f): str(label) for f, label in rows if label}
+    return {f: found.get(f, f.replace("_", " ")) for f in features}
+
+
+def account(con: duckdb.DuckDBPyConnection, customer_id: str) -> dict[str, Any] | None:
+    """Score, reasons with plays, score history and what changed since the previous score; None if unknown."""
+    found = _records(con, "SELECT * FROM scores WHERE customer_id = ?", [customer_id])
+    if not found:
+        return None
+    reasons = _records(con, "SELECT * FROM reasons WHERE customer_id = ? ORDER BY rank", [customer_id])
+    history = _records(
+        con, "SELECT * FROM score_history WHERE customer_id = ? ORDER BY observation_date", [customer_id]
+    )
+    change = None
+    if len(history) >= 2:
+        before, now = history[-2], history[-1]
+        then_features, now_features = _feature_list(before["reasons"]), _feature_list(now["reasons"])
+        new = [f for f in now_features if f not in then_features]
+        gone = [f for f in then_features if f not in now_features]
+        labels = _feature_labels(con, new + gone)
+        change = {
+            "before": before, "now": now, "delta": now["probability"] - before["probability"],
+            "new": [labels[f] for f in new], "gone": [labels[f] for f in gone],
+        }  # fmt: skip
+    return {"score": found[0], "reasons": reasons, "history": history, "change": change}
+
+
+def overview(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The retention tables (None where the workspace predates them)."""
+    tables = _tables(con)
+
+    def table(name: str, order: str) -> list[dict[str, Any]] | None:
+        return _records(con, f"SELECT * FROM {name} ORDER BY {order}") if name in tables else None
+
+    return {
+        "monthly": table("retention_monthly", "month"),
+        "cohorts": table("cohort_retention", "cohort, months_since"),
+        "segments": table("segment_summary", "revenue_at_risk DESC NULLS LAST, segment"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def _month(value: Any) -> str:
+    return value.strftime("%Y-%m") if hasattr(value, "strftime") else str(value)
+
+
+def _day(value: Any) -> str:
+    return value.strftime("%Y-%m-%d") if hasattr(value, "strftime") else str(value)
+
+
+def account_charts(data: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    history = data["history"]
+    if history:
+        out["history"] = charts.line_chart(
+            [_day(h["observation_date"]) for h in history], [h["probability"] for h in history],
+            "Churn probability at each score",
+        )  # fmt: skip
+    if data["reasons"]:
+        out["reasons"] = charts.contributions_chart(
+            [r["label"] or r["feature"] for r in data["reasons"]], [r["contribution"] for r in data["reasons"]],
+            "What drives this account's risk",
+        )  # fmt: skip
+    return out
+
+
+def overview_charts(data: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    monthly = data["monthly"]
+    if monthly:
+        months = [_month(m["month"]) for m in monthly]
+        out["churn"] = charts.line_chart(months, [m["churn_rate"] for m in monthly], "Monthly churn rate",
+                                         colour=charts.RISK_COLOUR)  # fmt: skip
+        out["retention"] = charts.line_chart(
+            months, [m["retention_rate"] for m in monthly], "Monthly retention rate"
+        )
+        out["nrr"] = charts.line_chart(
+            months, [m["nrr"] for m in monthly], "Net revenue retention (MRR a month later)"
+        )
+        out["nps"] = charts.line_chart(months, [m.get("nps") for m in monthly], "NPS (-100 to 100)",
+                                       value_format=lambda v: f"{v:.0f}")  # fmt: skip
+    cohorts = data["cohorts"]
+    if cohorts:
+        curves: dict[str, tuple[list[int], list[float]]] = {}
+        for c in cohorts:
+            months_since, retention = curves.setdefault(_month(c["cohort"]), ([], []))
+            months_since.append(int(c["months_since"]))
+            retention.append(c["retention"])
+        out["cohorts"] = charts.cohort_curves([(k, m, r) for k, (m, r) in curves.items()], "Cohort retention")
+    segments = data["segments"]
+    if segments:
+        names = [str(s["segment"]) for s in segments]
+        out["cltv"] = charts.bar_chart(
+            names, [s["cltv"] for s in segments], "Customer lifetime value by segment"
+        )
+        out["segment_risk"] = charts.bar_chart(names, [s["revenue_at_risk"] for s in segments],
+                                               "Revenue at risk by segment", colour=charts.RISK_COLOUR)  # fmt: skip
+    return out
+
+
+def cohort_table(cohorts: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
+    """Cohorts as rows (newest first) and months since start as columns, for the overview's table."""
+    months = sorted({int(c["months_since"]) for c in cohorts})
+    rows: dict[str, dict[str, Any]] = {}
+    for c in cohorts:
+        row = rows.setdefault(
+            _month(c["cohort"]), {"cohort": _month(c["cohort"]), "size": c["size"], "cells": {}}
+        )
+        row["cells"][int(c["months_since"])] = c["retention"]
+    return months, sorted(rows.values(), key=lambda r: r["cohort"], reverse=True)
+
+
+# ------------------------------------------------------------------------------------------ auth
+
+
+def has_valid_token(scope: Scope, token: str) -> bool:
+    """True if the request carries ``token`` as ``Authorization: Bearer`` or in the :data:`TOKEN_COOKIE` cookie."""
+    connection = HTTPConnection(scope)
+    scheme, _, credential = connection.headers.get("authorization", "").partition(" ")
+    expected = token.encode()
+    if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), expected):
+        return True
+    cookie = connection.cookies.get(TOKEN_COOKIE, "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), expected)
+
+
+def _relative_path(scope: Scope) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
+class _RequireToken:
+    """Token check inside the pages app (the service checks too): login is open, the rest is not."""
+
+    def __init__(self, app: ASGIApp, settings: Settings | None) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        token = _settings(self.settings).api_token
+        if token is None or _relative_path(scope) == "/login" or has_valid_token(scope, token):
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if "text/html" in request.headers.get("accept", ""):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            login = f"{_base(request)}/login?{urlencode({'next': target})}"
+            response: Response = RedirectResponse(login, status_code=303)
+        else:
+            response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"}, 401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="churnml"'})  # fmt: skip
+        await response(scope, receive, send)
+
+
+def _safe_next(request: Request, target: str) -> str:
+    """Where to go after login: only a path inside these pages (never another site)."""
+    base = _base(request)
+    inside = target.startswith(f"{base}/") and not target.startswith("//") and "\\" not in target
+    return target if inside else f"{base}/"
+
+
+# ------------------------------------------------------------------------------------------ app
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else Settings.from_env()
+
+
+def _base(request: Request) -> str:
+    """The mount prefix ('/ui' in the service, '' when served alone): every link is built on it."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def _environment():  # noqa: ANN202 - jinja2 stays an implementation detail
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("churnml", "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )  # fmt: skip
+    env.filters.update(
+        money=charts.format_money, percent=charts.format_percent, day=_day, month=_month,
+        amount=lambda v: "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:,.0f}",
+        path_segment=lambda v: quote(str(v), safe=""), query=lambda d: urlencode(d),
+    )  # fmt: skip
+    return env
+
+
+class LoginThrottle:
+    """At most ``attempts`` wrong tokens per client address in ``window`` seconds; then 429 until the
+    window passes (right token or not), so the login form cannot be used to guess the token."""
+
+    def __init__(self, attempts: int = 5, window: float = 60.0) -> None:
+        self.attempts, self.window = attempts, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < self.window]
+        if kept:
+            self._failures[client] = kept
+        else:
+            self._failures.pop(client, None)
+        return kept
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 if it may now."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent(client, now)
+            if len(recent) < self.attempts:
+                return 0
+            return max(1, math.ceil(self.window - (now - recent[0])))
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures[client] = [*self._recent(client, now), now]
+            if len(self._failures) > 10_000:  # many addresses: forget the oldest, keep memory bounded
+                oldest = min(self._failures, key=lambda c: self._failures[c][-1])
+                del self._failures[oldest]
+
+
+class _Pages:
+    """The route handlers; holds the template environment and, if given, fixed settings."""
+
+    def __init__(self, settings: Settings | None, throttle: LoginThrottle | None = None) -> None:
+        self.fixed_settings = settings
+        self.env = _environment()
+        self.throttle = throttle or LoginThrottle()
+        # the overview's charts take most of a second to draw: drawn once per workspace file
+        self._overview: tuple[tuple, dict[str, Any]] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return _settings(self.fixed_settings)
+
+    def workspace(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        settings = self.settings
+        return open_workspace(settings.workspace_path, settings)
+
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context = {
+            "base": _base(request),
+            "signed_in": self.settings.api_token is not None,
+            "meta": {},
+            **context,
+        }
+        html = self.env.get_template(template).render(context)
+        return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
+
+    def message(
+        self, request: Request, status: int, title: str, text: str, command: str | None = None
+    ) -> Response:
+        return self.render(request, "message.html", status, title=title, text=text, command=command)
+
+    # ---------------------------------------------------------------------- pages
+
+    def risk_page(self, request: Request) -> Response:
+        filters, capacity, page = parse_list_params(request.query_params)
+        with self.workspace() as con:
+            data = risk_list(con, filters, capacity, page)
+            options, meta = filter_options(con), _meta(con)
+        query = {**filters.query(), "capacity": str(capacity)}
+        return self.render(request, "risk_list.html", filters=filters, capacity=capacity, options=options,
+                           meta=meta, query=query, **data)  # fmt: skip
+
+    def export_csv(self, request: Request) -> Response:
+        filters, capacity, _ = parse_list_params(request.query_params)
+        with self.workspace() as con:  # fails before the response starts if there is no workspace
+            as_of = _meta(con).get("as_of")
+        workspace = self.workspace()
+
+        def chunks() -> Iterator[str]:
+            with workspace as con:
+                yield from export_rows(con, filters, capacity)
+
+        name = f"churn-risk-{_day(as_of) if as_of else 'latest'}.csv"
+        headers = {**_SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+        return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8", headers=headers)
+
+    def account_page(self, request: Request) -> Response:
+        customer_id = request.path_params["customer_id"]
+        with self.workspace() as con:
+            data, meta = account(con, customer_id), _meta(con)
+        if data is None:
+            text = (f"No account '{customer_id}' in the latest scores (as of {_day(meta.get('as_of'))}). It may "
+                    "have churned, be new since the last score, or the id may be mistyped.")  # fmt: skip
+            return self.render(request, "message.html", 404, title="Unknown account", text=text, command=None)
+        return self.render(request, "account.html", meta=meta, charts=account_charts(data), **data)
+
+    def overview_page(self, request: Request) -> Response:
+        path = self.settings.workspace_path
+        try:
+            stat = path.stat()
+            key: tuple = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            key = ()
+        cached = self._overview
+        if key and cached is not None and cached[0] == key:
+            context = cached[1]
+        else:
+            with self.workspace() as con:
+                data, meta = overview(con), _meta(con)
+            months, cohort_rows = cohort_table(data["cohorts"]) if data["cohorts"] else ([], [])
+            context = dict(meta=meta, charts=overview_charts(data), cohort_months=months, cohort_rows=cohort_rows,
+                           **data)  # fmt: skip
+            if key:
+                self._overview = (key, context)
+        return self.render(request, "overview.html", **context)
+
+    # ---------------------------------------------------------------------- sign in and out
+
+    async def login(self, request: Request) -> Response:
+        token = self.settings.api_token
+        fields = request.query_params if request.method == "GET" else await request.form()
+        target = _safe_next(request, str(fields.get("next", "")))
+        if token is None:  # no token configured: nothing to sign in to
+            return RedirectResponse(target, status_code=303)
+        if request.method == "GET":
+            return self.render(request, "login.html", next=target, error=None, signed_in=False)
+        client = request.client.host if request.client else "?"
+        wait = self.throttle.retry_after(client)
+        if wait:
+            log.warning("pages: login from %s refused for %d s after repeated wrong tokens", client, wait)
+            response = self.render(request, "login.html", 429, next=target, signed_in=False,
+                                   error=f"Too many wrong tokens. Try again in {wait} seconds.")  # fmt: skip
+            response.headers["Retry-After"] = str(wait)
+            return response
+        if not hmac.compare_digest(str(fields.get("token", "")).encode(), token.encode()):
+            self.throttle.failed(client)
+            log.warning("pages: wrong token at login from %s", client)
+            return self.render(request, "login.html", 401, next=target, error="That token is not right.",
+                               signed_in=False)  # fmt: skip
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE, path=_base(request) or "/", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+        return response
+
+    def logout(self, request: Request) -> Response:
+        response = RedirectResponse(f"{_base(request)}/login", status_code=303)
+        response.delete_cookie(TOKEN_COOKIE, path=_base(request) or "/", httponly=True, samesite="strict")
+        return response
+
+    # ---------------------------------------------------------------------- errors as pages
+
+    async def no_workspace(self, request: Request, exc: Exception) -> Response:
+        return self.message(request, 503, "No scores yet", f"There is no workspace at {exc} yet.",
+                            command="churnml score --spec <your spec.yaml>")  # fmt: skip
+
+    async def unreadable(self, request: Request, exc: Exception) -> Response:
+        path = self.settings.workspace_path
+        log.error("pages: workspace %s could not be read: %s", path, exc)
+        return self.message(request, 503, "Scores unreadable",
+                            f"The workspace at {path} could not be read ({type(exc).__name__}); re-run scoring "
+                            "to rebuild it.", command="churnml score --spec <your spec.yaml>")  # fmt: skip
+
+    async def bad_request(self, request: Request, exc: Exception) -> Response:
+        return self.message(request, 400, "Bad request", str(exc))
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code != 404:
+            return self.message(request, exc.status_code, "Error", str(exc.detail))
+        return self.message(request, 404, "Not found", f"There is no page at {request.url.path}.")
+
+
+def create_pages_app(settings: Settings | None = None, throttle: LoginThrottle | None = None) -> Starlette:
+    """The pages as an ASGI app, to mount at ``/ui``.
+
+    Args:
+        settings: fixed settings (tests, embedding); by default ``Settings.from_env()`` is read per
+            request, so the workspace path and token follow the service's environment.
+        throttle: the login limit (default: 5 wrong tokens per address per minute, per worker).
+    """
+    pages = _Pages(settings, throttle)
+    routes = [
+        Route("/", pages.risk_page, name="risk_list"),
+        Route("/export.csv", pages.export_csv, name="export_csv"),
+        Route("/accounts/{customer_id:path}", pages.account_page, name="account"),
+        Route("/overview", pages.overview_page, name="overview"),
+        Route("/login", pages.login, methods=["GET", "POST"], name="login"),
+        Route("/logout", pages.logout, methods=["POST"], name="logout"),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_RequireToken, settings=settings)],
+        exception_handlers={
+            WorkspaceMissing: pages.no_workspace, duckdb.Error: pages.unreadable, BadRequest: pages.bad_request,
+            HTTPException: pages.http_error,
+        },
+    )  # fmt: skip

@@ -1,0 +1,665 @@
+"""Validate a dataset against the contract and load the clean tables into DuckDB.
+
+Problems are sorted into two kinds:
+
+* **errors** stop the run before any work: a missing file or column, a column of the wrong type,
+  duplicate customer ids, or more bad rows than the spec tolerates;
+* **quarantined rows** (an unparseable or future timestamp, an event for an unknown customer, a
+  negative MRR, ...) are written to ``<quarantine_dir>/<table>.parquet`` with the reason and counted in
+  the report. Nothing is dropped silently.
+
+After a clean run the connection holds tables ``customers``, ``events`` and (if mapped)
+``subscriptions`` in contract form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from churnml.data import DataError, RawTable, register_raw_tables
+from churnml.engine import quote_ident, quote_literal
+from churnml.schema import CONTRACT, KIND_LABELS
+from churnml.spec import CustomersSpec, DatasetSpec, EventSourceSpec, TableSpec
+
+__all__ = [
+    "Issue",
+    "TableSummary",
+    "ValidationReport",
+    "DataValidationError",
+    "validate_dataset",
+    "prepare_dataset",
+]
+
+Severity = Literal["error", "quarantine", "warning"]
+_SQL_TYPES = {"id": "VARCHAR", "string": "VARCHAR", "number": "DOUBLE", "timestamp": "TIMESTAMP"}
+EXAMPLES = 3
+WRONG_TYPE_SHARE = 0.5  # a column where most values fail to parse is the wrong type, not a few bad rows
+
+# check code -> what was expected (used in messages)
+ROW_CHECKS: dict[str, str] = {
+    "missing_value": "a value in every row",
+    "unparseable": "a value of the contract type",
+    "not_finite": "a finite number",
+    "future_timestamp": "a timestamp not after the data's as-of time",
+    "negative_mrr": "MRR >= 0",
+    "end_before_start": "end on or after start",
+    "customer_quarantined": "rows of customers whose profile row is valid (its row was quarantined)",
+    "unknown_customer": "a customer_id present in the customers table",
+    "before_signup": "an event on or after the customer's signup_date",
+    "duplicate_event": "each event once (exact duplicates are quarantined)",
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    table: str
+    column: str | None
+    check: str
+    severity: Severity
+    count: int
+    expected: str
+    detail: str = ""
+    examples: tuple[dict[str, object], ...] = ()
+
+    def message(self) -> str:
+        where = f"{self.table}.{self.column}" if self.column else self.table
+        what = self.detail or f"{self.count:,} row(s) fail '{self.check}'"
+        text = f"{where}: {what}; expected {self.expected}"
+        if self.examples:
+            text += "; e.g. " + "; ".join(_format_example(e) for e in self.examples)
+        return text
+
+
+def _format_example(example: dict[str, object]) -> str:
+    parts = [f"{k}={v!r}" for k, v in example.items() if k not in ("row", "source")]
+    return f"row {example.get('row')} [{', '.join(parts)}]"
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    table: str
+    rows: int
+    clean: int
+    quarantined: int
+    dropped_event_types: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ValidationReport:
+    issues: list[Issue] = field(default_factory=list)
+    tables: dict[str, TableSummary] = field(default_factory=dict)
+    quarantine_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def quarantined(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "quarantine"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        lines = []
+        for t in self.tables.values():
+            line = f"{t.table}: {t.rows:,} rows read, {t.clean:,} clean, {t.quarantined:,} quarantined"
+            if t.dropped_event_types:
+                dropped = ", ".join(f"{k}={v:,}" for k, v in sorted(t.dropped_event_types.items()))
+                line += f", ignored by spec: {dropped}"
+            lines.append(line)
+        for issue in self.errors:
+            lines.append(f"ERROR {issue.message()}")
+        for issue in self.quarantined:
+            lines.append(f"QUARANTINED {issue.message()}")
+        for issue in self.warnings:
+            lines.append(f"WARNING {issue.message()}")
+        for table, path in self.quarantine_files.items():
+            lines.append(f"quarantined {table} rows written to {path}")
+        return "\n".join(lines)
+
+
+class DataValidationError(ValueError):
+    """Hard validation errors: the run stops before any work."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__("dataset failed validation:\n" + "\n".join(i.message() for i in report.errors))
+
+
+# --------------------------------------------------------------------------------------------- typing
+
+
+def _is_temporal(dtype: str) -> bool:
+    return dtype.startswith("TIMESTAMP") or dtype == "DATE"
+
+
+def _is_numeric(dtype: str) -> bool:
+    return dtype in {
+        "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+        "UBIGINT", "FLOAT", "DOUBLE", "REAL",
+    } or dtype.startswith("DECIMAL")  # fmt: skip
+
+
+def _to_utc(expr: str, timezone: str) -> str:
+    return expr if timezone == "UTC" else f"timezone('UTC', timezone({quote_literal(timezone)}, {expr}))"
+
+
+def _typed_expr(kind: str, src: str, dtype: str, table: TableSpec) -> tuple[str, str | None] | str:
+    """SQL parsing a source column into its contract type, and the condition marking a bad value.
+
+    Returns an error string if the source type can never hold the contract type.
+    """
+    col = quote_ident(src)
+    if dtype.strip('"') == "NULL":  # an all-empty column (e.g. Parquet null type) fits any contract type
+        return ("NULL", None)
+    if kind in ("id", "string"):
+        if kind == "id" and not (dtype == "VARCHAR" or _is_numeric(dtype)):
+            return f"found {dtype}"
+        text = f"CAST({col} AS VARCHAR)"
+        return (f"NULLIF(TRIM({text}), '')", None)
+    if kind == "number":
+        if _is_numeric(dtype):
+            typed = f"CAST({col} AS DOUBLE)"
+        elif dtype == "VARCHAR":
+            typed = f"TRY_CAST(NULLIF(TRIM({col}), '') AS DOUBLE)"
+        else:
+            return f"found {dtype}"
+        return (typed, f"{col} IS NOT NULL AND {typed} IS NULL")
+    # timestamp
+    if dtype.startswith("TIMESTAMP WITH TIME ZONE"):
+        typed = f"timezone('UTC', {col})"
+    elif _is_temporal(dtype):
+        typed = _to_utc(f"CAST({col} AS TIMESTAMP)", table.timezone)
+    elif dtype == "VARCHAR":
+        text = f"NULLIF(TRIM({col}), '')"
+        if table.timestamp_format:
+            fmt = quote_literal(table.timestamp_format)
+            if "%z" in table.timestamp_format or "%Z" in table.timestamp_format:
+                typed = f"timezone('UTC', try_strptime({text}, {fmt}))"
+            else:
+                typed = _to_utc(f"CAST(try_strptime({text}, {fmt}) AS TIMESTAMP)", table.timezone)
+        elif table.timezone == "UTC":  # the session zone is UTC: naive text stays, offsets convert
+            typed = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
+        else:
+            # An explicit offset wins; naive text is in the table's zone.
+            typed = (
+                f"CASE WHEN regexp_matches({text}, '(Z|[+-][0-9]{{2}}:?[0-9]{{2}})$') "
+                f"THEN timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ)) "
+                f"ELSE {_to_utc(f'TRY_CAST({text} AS TIMESTAMP)', table.timezone)} END"
+            )
+    else:
+        return f"found {dtype}"
+    return (typed, f"{col} IS NOT NULL AND ({typed}) IS NULL")
+
+
+@dataclass
+class _Mapped:
+    """One raw table mapped onto contract columns: SQL pieces for the typed view."""
+
+    raw: RawTable
+    selects: dict[str, str] = field(default_factory=dict)  # contract column -> typed SQL
+    bad: dict[str, str] = field(default_factory=dict)  # contract column -> bad-value condition
+    sources: dict[str, str] = field(default_factory=dict)  # contract column -> source column
+    attributes: list[str] = field(default_factory=list)
+
+
+def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
+    contract = CONTRACT[raw.role]
+    mapped = _Mapped(raw=raw)
+    available = sorted(raw.columns)
+    for contract_col, src in raw.spec.columns.items():
+        column = contract.column(contract_col)
+        if src not in raw.columns:
+            issues.append(
+                Issue(
+                    raw.label,
+                    src,
+                    "missing_column",
+                    "error",
+                    1,
+                    f"a column {src!r} (mapped to contract column {contract_col!r})",
+                    detail=f"column {src!r} is not in the source; it has {available}",
+                )  # fmt: skip
+            )
+            continue
+        typed = _typed_expr(column.kind, src, raw.columns[src], raw.spec)
+        if isinstance(typed, str):
+            issues.append(
+                Issue(
+                    raw.label,
+                    src,
+                    "wrong_type",
+                    "error",
+                    1,
+                    KIND_LABELS[column.kind],
+                    detail=f"column type is {typed.removeprefix('found ')} (contract column {contract_col!r})",
+                )  # fmt: skip
+            )
+            continue
+        mapped.selects[contract_col], cond = typed
+        mapped.sources[contract_col] = src
+        if cond:
+            mapped.bad[contract_col] = cond
+    if isinstance(raw.spec, CustomersSpec):
+        for attr in raw.spec.attributes:
+            if attr not in raw.columns:
+                issues.append(
+                    Issue(
+                        raw.label,
+                        attr,
+                        "missing_column",
+                        "error",
+                        1,
+                        f"a column {attr!r} (attribute)",
+                        detail=f"column {attr!r} is not in the source; it has {available}",
+                    )  # fmt: skip
+                )
+            elif attr in contract.column_names:
+                issues.append(
+                    Issue(
+                        raw.label,
+                        attr,
+                        "attribute_clash",
+                        "error",
+                        1,
+                        "attributes named unlike contract columns",
+                        detail=f"attribute {attr!r} clashes with the contract column of that name",
+                    )  # fmt: skip
+                )
+            else:
+                mapped.attributes.append(attr)
+    return mapped
+
+
+def _event_type_sql(spec: EventSourceSpec, mapped: _Mapped) -> str:
+    if spec.event_type:
+        return quote_literal(spec.event_type)
+    base = mapped.selects["event_type"]
+    if not spec.event_types:
+        return base
+    cases = " ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in spec.event_types.items())
+    return f"CASE {base} {cases} ELSE {base} END"
+
+
+def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped]) -> str:
+    """Create ``typed_<role>``: contract columns, raw text of each mapped column, row and source."""
+    contract = CONTRACT[role]
+    selects = []
+    for part in parts:
+        # identical in every source column = a duplicated row (same contract values alone may be legit,
+        # e.g. two basket lines at the same price and second)
+        row_hash = "hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ")"
+        cols = ["_row", f"{quote_literal(part.raw.label)} AS _source", f"{row_hash} AS _row_hash"]
+        for c in contract.column_names:
+            if role == "events" and c == "event_type":
+                expr = _event_type_sql(part.raw.spec, part)  # type: ignore[arg-type]
+            else:
+                expr = part.selects.get(c, "NULL")
+            cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
+            cols.append(f"CAST({expr} AS {cast}) AS {quote_ident(c)}")
+            src = part.sources.get(c)
+            # One source keeps the raw column as it is: it is cast to text only for the few bad rows
+            # (casting 50M values took a third of a validation). Several sources need one type to union.
+            raw = (
+                (quote_ident(src) if len(parts) == 1 else f"CAST({quote_ident(src)} AS VARCHAR)")
+                if src
+                else "NULL::VARCHAR"
+            )
+            cols.append(f"{raw} AS {quote_ident('src_' + c)}")
+        for c in contract.column_names:
+            cols.append(
+                f"({part.bad[c]}) AS {quote_ident('bad_' + c)}"
+                if c in part.bad
+                else f"false AS {quote_ident('bad_' + c)}"
+            )
+        for attr in part.attributes:
+            cols.append(quote_ident(attr))
+        if role == "events" and isinstance(part.raw.spec, EventSourceSpec) and part.raw.spec.drop_event_types:
+            dropped = ", ".join(quote_literal(t) for t in part.raw.spec.drop_event_types)
+            cols.append(
+                f"(CAST({_event_type_sql(part.raw.spec, part)} AS VARCHAR) IN ({dropped})) AS _dropped"
+            )
+        else:
+            cols.append("false AS _dropped")
+        selects.append(f"SELECT {', '.join(cols)} FROM {part.raw.view}")
+    view = f"typed_{role}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS " + " UNION ALL BY NAME ".join(selects))
+    return view
+
+
+def _fetch_examples(
+    con: duckdb.DuckDBPyConnection, view: str, where: str, columns: Sequence[str]
+) -> tuple[dict[str, object], ...]:
+    cols = ", ".join(["_row", "_source"] + [f"CAST({quote_ident('src_' + c)} AS VARCHAR)" for c in columns])
+    rows = con.execute(f"SELECT {cols} FROM {view} WHERE {where} ORDER BY _row LIMIT {EXAMPLES}").fetchall()
+    return tuple(
+        {"row": r[0], "source": r[1], **{c: v for c, v in zip(columns, r[2:], strict=True)}} for r in rows
+    )
+
+
+def _scan(con: duckdb.DuckDBPyConnection, sql: str, label: str) -> list[tuple]:
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.ConversionException as err:  # pragma: no cover - defensive: typed view uses TRY_CAST
+        raise DataError(f"{label}: a value cannot be converted: {err}") from None
+    except duckdb.Error as err:
+        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------------------------ row checks
+
+
+def _row_check_cases(
+    role: str, contract_cols: Sequence[str], complete_customers: bool, as_of: str
+) -> list[tuple[str, str | None, str]]:
+    """(check, column, SQL condition) in priority order; the first that matches names the row's issue."""
+    contract = CONTRACT[role]
+    cases: list[tuple[str, str | None, str]] = []
+    for c in contract.columns:
+        if c.required:
+            cases.append(("missing_value", c.name, f"{quote_ident(c.name)} IS NULL AND NOT bad_{c.name}"))
+    for c in contract.columns:
+        cases.append(("unparseable", c.name, f"bad_{c.name}"))
+        if c.kind == "number":
+            cases.append(("not_finite", c.name, f"NOT isfinite({quote_ident(c.name)})"))
+        if c.kind == "timestamp" and c.name != "end":  # a scheduled cancellation may lie ahead
+            cases.append(("future_timestamp", c.name, f"{quote_ident(c.name)} > TIMESTAMP {as_of}"))
+    if "mrr" in contract_cols:
+        cases.append(("negative_mrr", "mrr", "mrr < 0"))
+    if role == "subscriptions":
+        cases.append(("end_before_start", "end", '"end" < "start"'))
+    if role in ("events", "subscriptions"):
+        cases.append(("customer_quarantined", "customer_id", "_known IS NULL AND _bad_customer IS NOT NULL"))
+        if complete_customers:
+            cases.append(("unknown_customer", "customer_id", "_known IS NULL"))
+    if role == "events":
+        cases.append(("before_signup", "timestamp", '"timestamp" < _signup'))
+        cases.append(("duplicate_event", None, "_dup > 1"))
+    return cases
+
+
+def _check_table(
+    con: duckdb.DuckDBPyConnection,
+    role: str,
+    parts: Sequence[_Mapped],
+    spec: DatasetSpec,
+    as_of: dt.datetime,
+    quarantine_dir: Path | None,
+    report: ValidationReport,
+) -> None:
+    """Type-check, row-check, quarantine and materialise one contract table."""
+    label = role if len(parts) > 1 else parts[0].raw.label
+    contract = CONTRACT[role]
+    typed = _typed_view(con, role, parts)
+    mapped_cols = sorted({c for p in parts for c in p.selects})
+
+    # 1. column-level: most values unparseable -> the column has the wrong type (hard error)
+    bad_cols = [c for c in contract.column_names if any(c in p.bad for p in parts)]
+    aggs = ["count(*)", "count(*) FILTER (WHERE _dropped)"]
+    for c in bad_cols:
+        aggs += [f"count(*) FILTER (WHERE bad_{c})", f"count(src_{c})"]
+    if role == "events":  # as many distinct row hashes as rows: no exact duplicate, skip the search below
+        aggs.append("count(DISTINCT hash(_source, _row_hash))")
+    totals = _scan(con, f"SELECT {', '.join(aggs)} FROM {typed}", label)[0]
+    rows, dropped = totals[0], totals[1]
+    maybe_duplicates = role == "events" and totals[-1] < rows
+    dropped_types: dict[str, int] = {}
+    if dropped:
+        dropped_types = dict(
+            _scan(con, f"SELECT event_type, count(*) FROM {typed} WHERE _dropped GROUP BY 1", label)
+        )
+    hard = False
+    for i, c in enumerate(bad_cols):
+        n_bad, n_present = totals[2 + 2 * i], totals[3 + 2 * i]
+        if n_bad and n_bad >= WRONG_TYPE_SHARE * n_present:
+            hard = True
+            kind = contract.column(c).kind
+            fmt = next((p.raw.spec.timestamp_format for p in parts if p.raw.spec.timestamp_format), None)
+            expected = KIND_LABELS[kind] + (f" in format {fmt!r}" if kind == "timestamp" and fmt else "")
+            report.issues.append(
+                Issue(
+                    label,
+                    next(p.sources[c] for p in parts if c in p.sources),
+                    "wrong_type",
+                    "error",
+                    n_bad,
+                    expected,
+                    detail=f"{n_bad:,} of {n_present:,} values cannot be read (contract column {c!r})",
+                    examples=_fetch_examples(con, typed, f"bad_{c}", [c]),
+                )  # fmt: skip
+            )
+    if hard:
+        return
+
+    # 2. duplicate customer ids are ambiguous profiles: stop.
+    if role == "customers":
+        dupes = _scan(
+            con,
+            f"SELECT count(*), sum(n), list(customer_id ORDER BY customer_id)[1:{EXAMPLES}] FROM "
+            f"(SELECT customer_id, count(*) AS n FROM {typed} WHERE customer_id IS NOT NULL "
+            f"GROUP BY 1 HAVING count(*) > 1)",
+            label,
+        )[0]
+        if dupes[0]:
+            ids = ", ".join(repr(i) for i in dupes[2])
+            report.issues.append(
+                Issue(
+                    label,
+                    parts[0].sources["customer_id"],
+                    "duplicate_id",
+                    "error",
+                    int(dupes[1]),
+                    "each customer_id once",
+                    detail=f"{dupes[0]:,} customer_id value(s) appear more than once ({int(dupes[1]):,} rows), e.g. {ids}",
+                )  # fmt: skip
+            )
+            return
+
+    # 3. row checks -> the first failing check names the row's issue. Bad rows are few (bounded by
+    # max_quarantine_fraction), so they are collected once into a small table; counts, examples, the
+    # quarantine file and the clean table's anti-join all read that instead of rescanning the source.
+    complete = spec.customers is not None and spec.customers.complete
+    joins, extra = "", []
+    if role in ("events", "subscriptions") and spec.customers is not None:
+        joins = (
+            "LEFT JOIN (SELECT customer_id AS _cid, signup_date AS _signup FROM customers) k ON t.customer_id = k._cid "
+            "LEFT JOIN (SELECT DISTINCT customer_id AS _qid FROM bad_customers) q ON t.customer_id = q._qid"
+        )
+        extra = ["k._cid AS _known", "k._signup AS _signup", "q._qid AS _bad_customer"]
+    else:
+        extra = ["NULL::VARCHAR AS _known", "NULL::TIMESTAMP AS _signup", "NULL::VARCHAR AS _bad_customer"]
+    if role == "events":
+        # exact duplicates: a hash aggregate finds the (rare) repeated rows; all but the first are flagged
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE dup_events AS SELECT _source AS _dsource, _row_hash AS _dhash, "
+            f"min(_row) AS _first FROM {typed} {'' if maybe_duplicates else 'WHERE false'} "
+            "GROUP BY 1, 2 HAVING count(*) > 1"
+        )
+        joins += " LEFT JOIN dup_events dp ON t._source = dp._dsource AND t._row_hash = dp._dhash"
+        extra.append("CASE WHEN dp._first IS NOT NULL AND t._row > dp._first THEN 2 ELSE 1 END AS _dup")
+    cases = _row_check_cases(role, mapped_cols, complete, quote_literal(as_of.isoformat(sep=" ")))
+    case_sql = " ".join(
+        f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases
+    )
+    bad = f"bad_{role}"
+    src_cols = ", ".join(
+        f"CAST({quote_ident('src_' + c)} AS VARCHAR) AS {quote_ident('src_' + c)}" for c in mapped_cols
+    )
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {bad} AS SELECT _row, _source, customer_id, _issue, {src_cols} FROM "
+            f"(SELECT *, CASE {case_sql} END AS _issue FROM "
+            f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped)) WHERE _issue IS NOT NULL"
+        )
+    except duckdb.Error as err:
+        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+    # per source and check, so a message names the file and column the bad rows came from
+    counts = _scan(con, f"SELECT _source, _issue, count(*) FROM {bad} GROUP BY 1, 2 ORDER BY 1, 2", label)
+    quarantined = sum(n for *_, n in counts)
+    for source, issue_code, n in counts:
+        check, col = issue_code.split(":", 1)
+        column = col or None
+        part = next(p for p in parts if p.raw.label == source)
+        src_col = part.sources.get(column, column) if column else None
+        where = f"_issue = {quote_literal(issue_code)} AND _source = {quote_literal(source)}"
+        report.issues.append(
+            Issue(
+                source,
+                src_col,
+                check,
+                "quarantine",
+                n,
+                ROW_CHECKS[check],
+                detail=f"{n:,} row(s) quarantined ({check.replace('_', ' ')})",
+                examples=_fetch_examples(con, bad, where, mapped_cols),
+            )  # fmt: skip
+        )
+    kept = rows - dropped
+    limit = spec.validation.max_quarantine_fraction
+    if kept and quarantined / kept > limit:
+        report.issues.append(
+            Issue(
+                label,
+                None,
+                "too_many_bad_rows",
+                "error",
+                quarantined,
+                f"at most {limit:.1%} bad rows (validation.max_quarantine_fraction)",
+                detail=f"{quarantined:,} of {kept:,} rows ({quarantined / kept:.1%}) are bad",
+            )  # fmt: skip
+        )
+        return
+
+    if quarantined and quarantine_dir is not None:
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        path = quarantine_dir / f"{role}.parquet"
+        raw_cols = ", ".join(f"{quote_ident('src_' + c)} AS {quote_ident(c)}" for c in mapped_cols)
+        con.execute(
+            f"COPY (SELECT _row AS source_row, _source AS source, split_part(_issue, ':', 1) AS issue, "
+            f"NULLIF(split_part(_issue, ':', 2), '') AS issue_column, {raw_cols} FROM {bad} "
+            f"ORDER BY _source, _row) TO {quote_literal(str(path))} (FORMAT parquet)"
+        )
+        report.quarantine_files[role] = path
+
+    keep = [f"t.{quote_ident(c)}" for c in contract.column_names]
+    keep += [f"t.{quote_ident(a)}" for p in parts for a in p.attributes]
+    anti = f" ANTI JOIN {bad} b ON t._source = b._source AND t._row = b._row" if quarantined else ""
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {typed} t{anti} WHERE NOT t._dropped"
+        )
+    except duckdb.Error as err:
+        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+    report.tables[role] = TableSummary(role, rows, rows - dropped - quarantined, quarantined, dropped_types)
+
+
+def _complete_customers(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+    """Customers = profile rows plus every id seen in events/subscriptions (for partial or absent profiles)."""
+    ids = "SELECT DISTINCT customer_id FROM events"
+    if spec.subscriptions:
+        ids += " UNION SELECT DISTINCT customer_id FROM subscriptions"
+    if spec.customers is None:
+        cols = ", ".join(
+            "customer_id"
+            if c.name == "customer_id"
+            else f"NULL::{_SQL_TYPES[c.kind]} AS {quote_ident(c.name)}"
+            for c in CONTRACT["customers"].columns
+        )
+        con.execute(f"CREATE OR REPLACE TABLE customers AS SELECT {cols} FROM ({ids}) ORDER BY customer_id")
+    else:
+        con.execute(
+            f"INSERT INTO customers BY NAME SELECT customer_id FROM ({ids}) "
+            f"WHERE customer_id NOT IN (SELECT customer_id FROM customers)"
+        )
+
+
+def validate_dataset(
+    con: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    quarantine_dir: Path | None = None,
+    as_of: dt.datetime | None = None,
+) -> ValidationReport:
+    """Check every mapped table; on success leave clean contract tables in ``con``.
+
+    Never raises for bad data (only for unreadable sources, as DataError): the report says what is wrong.
+    """
+    report = ValidationReport()
+    as_of = as_of or spec.validation.as_of or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    raw_tables = register_raw_tables(con, spec)
+    mapped: dict[str, list[_Mapped]] = {}
+    for raw in raw_tables:
+        mapped.setdefault(raw.role, []).append(_map_table(raw, report.issues))
+    if report.errors:  # missing columns or impossible types: nothing else can be trusted
+        return report
+    for role in ("customers", "subscriptions", "events"):
+        if role in mapped:
+            _check_table(con, role, mapped[role], spec, as_of, quarantine_dir, report)
+            if report.errors:
+                return report
+    if spec.customers is None or not spec.customers.complete:
+        _complete_customers(con, spec)
+    if spec.customers is None:
+        n = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]  # type: ignore[index]
+        report.tables["customers"] = TableSummary("customers", 0, n, 0)
+    if not spec.subscriptions:
+        cols = ", ".join(
+            f"{quote_ident(c.name)} {_SQL_TYPES[c.kind]}" for c in CONTRACT["subscriptions"].columns
+        )
+        con.execute(f"CREATE OR REPLACE TABLE subscriptions ({cols})")
+    report.issues.extend(_volume_spikes(con))
+    return report
+
+
+SPIKE_RATIO = 10.0  # a day with this many times the typical daily volume is flagged
+SPIKE_MIN_EVENTS = 100  # ...if it has at least this many events (tiny data is always spiky)
+
+
+def _volume_spikes(con: duckdb.DuckDBPyConnection) -> list[Issue]:
+    """Days whose event volume is far above the typical day: kept (they may be real) but reported.
+
+    A 10x day is usually a duplicated export or a replayed pipeline; the CSM would otherwise see a
+    usage surge that never happened.
+    """
+    rows = con.execute(
+        f"""
+        WITH days AS (SELECT "timestamp"::DATE AS day, event_type, count(*) AS n FROM events GROUP BY ALL),
+        typical AS (SELECT event_type, median(n) AS med FROM days GROUP BY ALL)
+        SELECT d.day, d.event_type, d.n, t.med FROM days d JOIN typical t USING (event_type)
+        WHERE d.n >= {SPIKE_MIN_EVENTS} AND d.n > {SPIKE_RATIO} * t.med
+        ORDER BY d.n / t.med DESC
+        """
+    ).fetchall()
+    if not rows:
+        return []
+    examples = tuple({"row": str(day), "event_type": t, "events": int(n), "typical": float(med)}
+                     for day, t, n, med in rows[:3])  # fmt: skip
+    return [Issue("events", "timestamp", "volume_spike", "warning", len(rows),
+                  f"daily volume within {SPIKE_RATIO:.0f}x the typical day of its event type",
+                  f"{len(rows)} day(s) with more than {SPIKE_RATIO:.0f}x the typical daily events (kept, check the source "
+                  "for duplicated exports)", examples)]  # fmt: skip
+
+
+def prepare_dataset(
+    con: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    quarantine_dir: Path | None = None,
+    as_of: dt.datetime | None = None,
+) -> ValidationReport:
+    """Validate and load; raise DataValidationError on hard errors (the run stops before any work)."""
+    report = validate_dataset(con, spec, quarantine_dir=quarantine_dir, as_of=as_of)
+    if not report.ok:
+        raise DataValidationError(report)
+    return report
