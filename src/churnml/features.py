@@ -165,13 +165,6 @@ _NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT"
                   "USMALLINT", "UINTEGER", "UBIGINT"}  # fmt: skip
 
 
-def _floats(values: np.ndarray, fill: float) -> np.ndarray:
-    """A fetched column as float64, NULLs (masked entries) replaced by ``fill``."""
-    if isinstance(values, np.ma.MaskedArray):
-        return values.astype(np.float64).filled(fill)
-    return np.asarray(values, dtype=np.float64)
-
-
 def _check_rows(rows: pd.DataFrame) -> pd.DataFrame:
     missing = {"customer_id", "observation_date"} - set(rows.columns)
     if missing:
@@ -275,7 +268,8 @@ def build_features(
     # one type per thread: NumPy releases the GIL in searches and gathers, and each type has its columns
     with ThreadPoolExecutor(max_workers=max(1, min(len(types), _engine_threads(con)))) as pool:
         list(pool.map(type_features, range(len(types))))
-    account_days = _account_days(buckets["key"][:-1], n_keys, span)
+    keys = buckets["key"]
+    account_days = _account_days(keys[:-1] if keys[-1] == _NO_KEY else keys, n_keys, span)
     del buckets  # the largest arrays here; the account query below needs the memory
 
     # 4. account state as of the date
@@ -318,23 +312,34 @@ def _engine_threads(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
 
 
+_NO_KEY = np.iinfo(np.int64).max  # the key of the placeholder bucket when there are none
+
+
 def _prepare_buckets(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fetched buckets (`churnml.buckets.bucket_table`, sorted by key) as NumPy arrays for the run search.
 
-    A sentinel bucket past every key keeps "the bucket before" a valid index when there is none, and
-    running totals of the counts make a count over a run the difference of two.
+    Counts become running totals in place, so a count over a run is the difference of two. The value
+    sums get a sentinel bucket past the end, so every run's end is a valid start for `_ranged_sum`.
+    The other columns are used as fetched: a fresh copy of a 27M-bucket column costs ~0.5 s here
+    (first-touch page faults), which is why nothing else is copied.
     """
+    if not len(raw["key"]):  # no events: one empty bucket past every key keeps the indexing valid
+        raw = {"key": np.array([_NO_KEY]), "n": np.zeros(1, np.int64),
+               "nv": np.zeros(1, np.int64), "s": np.zeros(1), "last_value": np.full(1, np.nan),
+               "last_ts": np.zeros(1, "datetime64[us]")}  # fmt: skip
+    sums = np.empty(len(raw["key"]) + 1, np.float64)
+    sums[:-1], sums[-1] = np.ma.getdata(raw["s"]), 0.0
+    sums[:-1][np.asarray(raw["nv"]) == 0] = 0.0  # NULL sum (no values) adds nothing
+    last_value = np.ma.getdata(raw["last_value"])  # NULLs may come masked (DuckDB) or as NaN (Arrow)
+    if isinstance(raw["last_value"], np.ma.MaskedArray):
+        last_value[np.ma.getmaskarray(raw["last_value"])] = np.nan
     out = {
-        "key": np.asarray(raw["key"], np.int64), "n": np.asarray(raw["n"], np.int64),
-        "nv": np.asarray(raw["nv"], np.int64), "s": _floats(raw["s"], np.nan),
-        "last_value": _floats(raw["last_value"], np.nan),
-        "last_us": np.asarray(raw["last_ts"]).astype("datetime64[us]").astype(np.int64),
+        "key": np.asarray(raw["key"], np.int64), "s": sums, "last_value": last_value,
+        "last_us": np.asarray(raw["last_ts"]).astype("datetime64[us]", copy=False).view(np.int64),
     }  # fmt: skip
-    out = {k: np.append(v, 0) for k, v in out.items()}
-    out["key"][-1] = np.iinfo(np.int64).max
-    out["s"] = np.where(out["nv"] > 0, out["s"], 0.0)  # NULL sum (no values) adds nothing
-    for col in ("n", "nv"):
-        out[f"cum_{col}"] = np.concatenate([[0], np.cumsum(out[col])])
+    for col in ("n", "nv"):  # inclusive running totals, in the fetched array itself
+        counts = np.asarray(raw[col], np.int64)
+        out[f"cum_{col}"] = np.cumsum(counts, out=counts)
     return out
 
 
@@ -377,7 +382,8 @@ def _event_features(
     cum_n, cum_nv, s = buckets["cum_n"], buckets["cum_nv"], buckets["s"]
 
     def count(lo_: np.ndarray, hi_: np.ndarray, cum: np.ndarray = cum_n) -> np.ndarray:
-        return (cum[hi_] - cum[lo_]).astype(np.float64)
+        """Events in buckets [lo_, hi_): inclusive running totals before hi_ and before lo_."""
+        return (np.where(hi_ > 0, cum[hi_ - 1], 0) - np.where(lo_ > 0, cum[lo_ - 1], 0)).astype(np.float64)
 
     n_trend, n_prev = count(lo[TREND], hi), count(lo[2 * TREND], lo[TREND])
     nv_trend, nv_all = count(lo[TREND], hi, cum_nv), count(lo[LOOKBACK], hi, cum_nv)
@@ -385,10 +391,11 @@ def _event_features(
     total = count(first, hi)
     seen = hi > first
     last = np.where(seen, hi - 1, 0)
+    first_seen = np.where(seen, first, 0)  # a valid index (key has no sentinel)
     days_since = np.where(seen, (t_us - buckets["last_us"][last]) / 86_400e6, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(
-            total > 1, (key[last] - key[first]) / (total - 1), np.nan
+            total > 1, (key[last] - key[first_seen]) / (total - 1), np.nan
         )  # same group: day difference
         return {f"{{s}}_count_{w}d": count(lo[w], hi) for w in windows} | {
             "{s}_count_trend_ratio": np.where(n_prev > 0, n_trend / n_prev, np.nan),
@@ -407,22 +414,40 @@ def _event_features(
         }
 
 
+DAY_FLAGS_MAX = 1 << 28  # customers x days up to which active days are flagged in a byte array
+
+
 def _account_days(key: np.ndarray, n_keys: int, span: int) -> np.ndarray:
-    """Sorted distinct (customer * span + day) with an event of any known type."""
-    days = np.sort(key // span % n_keys * span + key % span)  # a sort: np.unique hashes, 5x slower here
+    """Sorted distinct (customer * span + day) with an event of any known type.
+
+    One flag per customer-day when that array is small enough (O(n), no sort), else a sort.
+    """
+    days = key % (n_keys * span)  # key = type * n_keys * span + customer * span + day
+    if n_keys * span <= DAY_FLAGS_MAX:
+        flags = np.zeros(n_keys * span, dtype=bool)
+        flags[days] = True
+        return np.flatnonzero(flags).astype(np.int64, copy=False)
+    days.sort()  # np.unique hashes, 5x slower here
     return days[np.concatenate([[True], days[1:] != days[:-1]])] if len(days) else days
 
 
 def _first_and_active_days(
     account_days: np.ndarray, ck: np.ndarray, t_rel: np.ndarray, span: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the customer's first active day (relative to day 0; ``span`` if none) and active days in 30."""
-    base = ck * span
-    first = np.append(account_days, np.iinfo(np.int64).max)[np.searchsorted(account_days, base)] - base
-    first_rel = np.where(first < span, first, span)
-    hi = np.searchsorted(account_days, base + np.clip(t_rel, 0, None))
-    lo = np.searchsorted(account_days, base + np.clip(t_rel - TREND, 0, None))
-    return first_rel, hi - lo
+    """Per row: the customer's first active day (relative to day 0; ``span`` if none) and active days in 30.
+
+    Searched in customer order (rows are not), so the binary searches stay in cache.
+    """
+    order = np.argsort(ck, kind="stable")
+    base, rel = ck[order] * span, t_rel[order]
+    padded = np.empty(len(account_days) + 1, np.int64)
+    padded[:-1], padded[-1] = account_days, np.iinfo(np.int64).max
+    first = padded[np.searchsorted(account_days, base)] - base
+    hi = np.searchsorted(account_days, base + np.clip(rel, 0, None))
+    lo = np.searchsorted(account_days, base + np.clip(rel - TREND, 0, None))
+    first_rel, active = np.empty_like(first), np.empty_like(hi)
+    first_rel[order], active[order] = np.where(first < span, first, span), hi - lo
+    return first_rel, active
 
 
 def _account_frame(
