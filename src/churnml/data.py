@@ -1,7 +1,10 @@
 """Open a dataset's sources in DuckDB as raw views, without reading the data yet.
 
 Each role a spec maps (customers, each events source, subscriptions) becomes a view ``raw_<role>``
-over the file or table, with a ``_row`` number so problems can be reported by row.
+over the file or table, with a ``_row`` number so problems can be reported by row, and a view
+``raw_<role>_rows`` of the same rows in the same order without the number: numbering is a window
+over the whole source, which doubles the cost of loading it, so the bulk load reads that view and
+row numbers are only computed when a row must be reported.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class DataError(ValueError):
 class RawTable:
     role: str  # customers | events | subscriptions
     label: str  # how messages name it: "events[0] (transactions.parquet)"
-    view: str
+    view: str  # numbered (a ``_row`` column, 1-based, in source order)
+    rows_view: str  # the same rows in the same order, unnumbered
     spec: TableSpec
     columns: dict[str, str]  # source column -> DuckDB type
 
@@ -142,15 +146,20 @@ def register_raw_tables(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> li
         if isinstance(table, EventSourceSpec) and table.group_by:
             reader = _grouped_reader(reader, table)
         numbered = f"SELECT *, row_number() OVER () AS _row FROM ({reader})"
+        rows = reader
         if isinstance(table, EventSourceSpec) and table.lookup:
             numbered = _joined_reader(con, spec, reader, table.lookup, label)
+            rows = f"SELECT * EXCLUDE (_row) FROM {view} ORDER BY _row"  # a join need not keep the order
         try:
             con.execute(f"CREATE OR REPLACE VIEW {view} AS {numbered}")
+            con.execute(f"CREATE OR REPLACE VIEW {view}_rows AS {rows}")
             described = con.execute(f"DESCRIBE {view}").fetchall()
         except duckdb.Error as err:
             raise DataError(f"{label}: cannot be read: {_first_line(err)}") from None
         columns = {name: dtype for name, dtype, *_ in described if name != "_row"}
-        tables.append(RawTable(role=role, label=label, view=view, spec=table, columns=columns))
+        tables.append(
+            RawTable(role=role, label=label, view=view, rows_view=f"{view}_rows", spec=table, columns=columns)
+        )
     return tables
 
 

@@ -457,6 +457,7 @@ def _account_frame(
     signup or the first subscription (the first-event fallback and active days come from the buckets)."""
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
     attrs = (", " + attrs) if attrs else ""
+    attr_cols = "".join(f", b.{quote_ident('attr_' + slug(a))}" for a in fs.attributes)  # only what is used
     term = int(fs.term_months)
     # distinct users in the 30 days before each date: an events-scale query, so an Ibis definition
     # (churnml.buckets) like the buckets, over the events in the days some window covers
@@ -492,7 +493,7 @@ def _account_frame(
             SELECT _ri, anchor + to_months(({term} * (date_diff('month', anchor, t) // {term}))::INTEGER) AS cand,
                    anchor, t
             FROM base WHERE anchor IS NOT NULL AND anchor < t)
-        SELECT b.*, epoch(b.t - b.since) / 86400.0 AS tenure_days,
+        SELECT b.segment {attr_cols}, epoch(b.t - b.since) / 86400.0 AS tenure_days,
                u.users AS active_users_30d,
                coalesce(sn.mrr, b.profile_mrr) AS mrr,
                sn.mrr - sb.mrr AS mrr_change_90d,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import numpy as np
 
 from churnml.data import DataError, RawTable, register_raw_tables
 from churnml.engine import quote_ident, quote_literal
@@ -340,6 +341,107 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
     return view
 
 
+@dataclass
+class _Staged:
+    """A contract table loaded once, unnumbered: row k of part i is rowid ``offsets[i] + k - 1``."""
+
+    table: str
+    offsets: list[int]
+    flags: list[str]  # contract columns with a bad-value flag column ``bad_<c>``
+    dropped: bool  # has a ``_dropped`` column (some part drops event types)
+
+    def row_sql(self, parts: Sequence[_Mapped]) -> str:
+        """SQL for ``(_source, _row)`` -> this table's rowid, over a relation holding those two columns."""
+        if len(parts) == 1:
+            return "_row - 1"
+        cases = " ".join(
+            f"WHEN {quote_literal(p.raw.label)} THEN {off} + _row - 1"
+            for p, off in zip(parts, self.offsets, strict=True)
+        )
+        return f"CASE _source {cases} END"
+
+
+def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], flags: list[str]) -> _Staged:
+    """Load every part's rows, typed, into one table in source order (parts one after another).
+
+    The table holds the contract columns and attributes first (so it can become the clean table by
+    dropping the helper columns), then the part index, the row hash (events) and the bad-value and
+    dropped flags the checks need. Reading the unnumbered view keeps the load at one pass.
+    """
+    contract = CONTRACT[role]
+    table = f"_staged_{role}"
+    dropped = role == "events" and any(
+        isinstance(p.raw.spec, EventSourceSpec) and p.raw.spec.drop_event_types for p in parts
+    )
+    offsets, total = [], 0
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+    for i, part in enumerate(parts):
+        cols = []
+        for c in contract.column_names:
+            if role == "events" and c == "event_type":
+                expr = _event_type_sql(part.raw.spec, part)  # type: ignore[arg-type]
+            else:
+                expr = part.selects.get(c, "NULL")
+            cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
+            cols.append(f"CAST({expr} AS {cast}) AS {quote_ident(c)}")
+        cols += [quote_ident(a) for a in part.attributes]
+        cols.append(f"CAST({i} AS USMALLINT) AS _part")
+        if role == "events":
+            cols.append("hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ") AS _row_hash")
+        cols += [f"({part.bad[c]}) AS bad_{c}" if c in part.bad else f"false AS bad_{c}" for c in flags]
+        if dropped:
+            types = part.raw.spec.drop_event_types if isinstance(part.raw.spec, EventSourceSpec) else []
+            listed = ", ".join(quote_literal(t) for t in types)
+            cols.append(
+                f"(CAST({_event_type_sql(part.raw.spec, part)} AS VARCHAR) IN ({listed})) AS _dropped"  # type: ignore[arg-type]
+                if types
+                else "false AS _dropped"
+            )
+        select = f"SELECT {', '.join(cols)} FROM {part.raw.rows_view}"
+        verb = f"CREATE TABLE {table} AS" if i == 0 else f"INSERT INTO {table} BY NAME"
+        try:
+            n = con.execute(f"{verb} {select}").fetchall()[0][0]
+        except duckdb.Error as err:
+            raise DataError(f"{part.raw.label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+        offsets.append(total)
+        total += int(n)
+    return _Staged(table, offsets, flags, dropped)
+
+
+def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, staged: _Staged, parts: Sequence[_Mapped]) -> bool:
+    """Whether two rows of one source are identical: their row hashes, sorted in NumPy, repeat.
+
+    A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
+    A repeat is confirmed (or not, on a hash collision) by the exact search that follows.
+    """
+    expr = "_row_hash" if len(parts) == 1 else "hash(_part, _row_hash)"
+    hashes = con.execute(f"SELECT {expr} AS h FROM {staged.table}").fetchnumpy()["h"]
+    hashes = np.asarray(hashes)
+    hashes.sort()
+    return bool(len(hashes) > 1 and (hashes[1:] == hashes[:-1]).any())
+
+
+def _customer_problems(con: duckdb.DuckDBPyConnection, role: str, staged: _Staged, complete: bool) -> int:
+    """Customers whose rows some join check would quarantine (unknown, quarantined profile, events
+    before signup), found on one row per customer instead of a join of every row."""
+    first = ', min("timestamp") AS _first' if role == "events" else ""
+    where = ["s.customer_id IN (SELECT customer_id FROM bad_customers)"]
+    if complete:
+        where.append("k.customer_id IS NULL")
+    if role == "events":
+        where.append("s._first < k.signup_date")
+    live = "WHERE NOT _dropped" if staged.dropped else ""
+    return int(
+        con.execute(
+            f"SELECT count(*) FROM (SELECT customer_id{first} FROM {staged.table} {live} GROUP BY 1) s "
+            f"LEFT JOIN customers k ON k.customer_id = s.customer_id WHERE {' OR '.join(where)}"
+        ).fetchall()[0][0]
+    )
+
+
+JOIN_CHECKS = {"customer_quarantined", "unknown_customer", "before_signup", "duplicate_event"}
+
+
 def _fetch_examples(
     con: duckdb.DuckDBPyConnection, view: str, where: str, columns: Sequence[str]
 ) -> tuple[dict[str, object], ...]:
@@ -400,26 +502,66 @@ def _check_table(
     quarantine_dir: Path | None,
     report: ValidationReport,
 ) -> None:
-    """Type-check, row-check, quarantine and materialise one contract table."""
+    """Type-check, row-check, quarantine and materialise one contract table.
+
+    The rows are loaded once (`_stage`) and checked in memory. Only when some check can fail (a bad
+    value, a problem customer, a repeated row hash) are rows numbered and searched one by one; a clean
+    source becomes the contract table by dropping the helper columns.
+    """
     label = role if len(parts) > 1 else parts[0].raw.label
     contract = CONTRACT[role]
-    typed = _typed_view(con, role, parts)
+    typed = _typed_view(con, role, parts)  # numbered: read only to report rows
     mapped_cols = sorted({c for p in parts for c in p.selects})
+    bad_cols = [c for c in contract.column_names if any(c in p.bad for p in parts)]
+    staged = _stage(con, role, parts, bad_cols)
+    try:
+        _check_staged(
+            con, role, parts, spec, as_of, quarantine_dir, report, label, typed, mapped_cols, staged
+        )
+    finally:
+        con.execute(f"DROP VIEW IF EXISTS {staged.table}_v")
+        con.execute(f"DROP TABLE IF EXISTS {staged.table}")
+
+
+def _check_staged(
+    con: duckdb.DuckDBPyConnection,
+    role: str,
+    parts: Sequence[_Mapped],
+    spec: DatasetSpec,
+    as_of: dt.datetime,
+    quarantine_dir: Path | None,
+    report: ValidationReport,
+    label: str,
+    typed: str,
+    mapped_cols: list[str],
+    staged: _Staged,
+) -> None:
+    contract = CONTRACT[role]
+    bad_cols = staged.flags
+    complete = spec.customers is not None and spec.customers.complete
+    cases = _row_check_cases(role, mapped_cols, complete, quote_literal(as_of.isoformat(sep=" ")))
+    # checks that need only the row itself, over the staged columns (flags of clean columns are false)
+    flags = ", ".join(f"false AS bad_{c}" for c in contract.column_names if c not in bad_cols)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {staged.table}_v AS SELECT *{', ' + flags if flags else ''}"
+        f"{'' if staged.dropped else ', false AS _dropped'} FROM {staged.table}"
+    )
+    local = " OR ".join(f"({cond})" for check, _, cond in cases if check not in JOIN_CHECKS) or "false"
 
     # 1. column-level: most values unparseable -> the column has the wrong type (hard error)
-    bad_cols = [c for c in contract.column_names if any(c in p.bad for p in parts)]
     aggs = ["count(*)", "count(*) FILTER (WHERE _dropped)"]
-    for c in bad_cols:
-        aggs += [f"count(*) FILTER (WHERE bad_{c})", f"count(src_{c})"]
-    if role == "events":  # as many distinct row hashes as rows: no exact duplicate, skip the search below
-        aggs.append("count(DISTINCT hash(_source, _row_hash))")
-    totals = _scan(con, f"SELECT {', '.join(aggs)} FROM {typed}", label)[0]
-    rows, dropped = totals[0], totals[1]
-    maybe_duplicates = role == "events" and totals[-1] < rows
+    for c in bad_cols:  # a present value either parses or is flagged
+        aggs += [
+            f"count(*) FILTER (WHERE bad_{c})",
+            f"count({quote_ident(c)}) + count(*) FILTER (WHERE bad_{c})",
+        ]
+    aggs.append(f"count(*) FILTER (WHERE NOT _dropped AND ({local}))")
+    totals = _scan(con, f"SELECT {', '.join(aggs)} FROM {staged.table}_v", label)[0]
+    rows, dropped, local_bad = totals[0], totals[1], totals[-1]
     dropped_types: dict[str, int] = {}
     if dropped:
         dropped_types = dict(
-            _scan(con, f"SELECT event_type, count(*) FROM {typed} WHERE _dropped GROUP BY 1", label)
+            _scan(con, f"SELECT event_type, count(*) FROM {staged.table} WHERE _dropped GROUP BY 1", label)
         )
     hard = False
     for i, c in enumerate(bad_cols):
@@ -449,7 +591,7 @@ def _check_table(
         dupes = _scan(
             con,
             f"SELECT count(*), sum(n), list(customer_id ORDER BY customer_id)[1:{EXAMPLES}] FROM "
-            f"(SELECT customer_id, count(*) AS n FROM {typed} WHERE customer_id IS NOT NULL "
+            f"(SELECT customer_id, count(*) AS n FROM {staged.table} WHERE customer_id IS NOT NULL "
             f"GROUP BY 1 HAVING count(*) > 1)",
             label,
         )[0]
@@ -468,12 +610,19 @@ def _check_table(
             )
             return
 
-    # 3. row checks -> the first failing check names the row's issue. Bad rows are few (bounded by
-    # max_quarantine_fraction), so they are collected once into a small table; counts, examples, the
-    # quarantine file and the clean table's anti-join all read that instead of rescanning the source.
-    complete = spec.customers is not None and spec.customers.complete
+    # 3. row checks -> the first failing check names the row's issue. They run row by row (numbered,
+    # joined) only if some row can fail one; bad rows are few (bounded by max_quarantine_fraction), so
+    # they are collected once into a small table that counts, examples, the quarantine file and the
+    # clean table's anti-join all read.
+    joined_checks = role in ("events", "subscriptions") and spec.customers is not None
+    duplicates = role == "events" and _has_duplicate_rows(con, staged, parts)
+    search = (
+        bool(local_bad)
+        or duplicates
+        or (joined_checks and _customer_problems(con, role, staged, complete) > 0)
+    )
     joins, extra = "", []
-    if role in ("events", "subscriptions") and spec.customers is not None:
+    if joined_checks:
         joins = (
             "LEFT JOIN (SELECT customer_id AS _cid, signup_date AS _signup FROM customers) k ON t.customer_id = k._cid "
             "LEFT JOIN (SELECT DISTINCT customer_id AS _qid FROM bad_customers) q ON t.customer_id = q._qid"
@@ -485,12 +634,11 @@ def _check_table(
         # exact duplicates: a hash aggregate finds the (rare) repeated rows; all but the first are flagged
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE dup_events AS SELECT _source AS _dsource, _row_hash AS _dhash, "
-            f"min(_row) AS _first FROM {typed} {'' if maybe_duplicates else 'WHERE false'} "
+            f"min(_row) AS _first FROM {typed} {'' if duplicates else 'WHERE false'} "
             "GROUP BY 1, 2 HAVING count(*) > 1"
         )
         joins += " LEFT JOIN dup_events dp ON t._source = dp._dsource AND t._row_hash = dp._dhash"
         extra.append("CASE WHEN dp._first IS NOT NULL AND t._row > dp._first THEN 2 ELSE 1 END AS _dup")
-    cases = _row_check_cases(role, mapped_cols, complete, quote_literal(as_of.isoformat(sep=" ")))
     case_sql = " ".join(
         f"WHEN {cond} THEN {quote_literal(check + ':' + (col or ''))}" for check, col, cond in cases
     )
@@ -502,7 +650,8 @@ def _check_table(
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {bad} AS SELECT _row, _source, customer_id, _issue, {src_cols} FROM "
             f"(SELECT *, CASE {case_sql} END AS _issue FROM "
-            f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped)) WHERE _issue IS NOT NULL"
+            f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped{'' if search else ' AND false'})) "
+            "WHERE _issue IS NOT NULL"
         )
     except duckdb.Error as err:
         raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
@@ -554,13 +703,27 @@ def _check_table(
         )
         report.quarantine_files[role] = path
 
-    keep = [f"t.{quote_ident(c)}" for c in contract.column_names]
-    keep += [f"t.{quote_ident(a)}" for p in parts for a in p.attributes]
-    anti = f" ANTI JOIN {bad} b ON t._source = b._source AND t._row = b._row" if quarantined else ""
+    helpers = ["_part", *(["_row_hash"] if role == "events" else []), *(f"bad_{c}" for c in bad_cols)]
+    if staged.dropped:
+        helpers.append("_dropped")
     try:
-        con.execute(
-            f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {typed} t{anti} WHERE NOT t._dropped"
-        )
+        if quarantined or dropped:
+            keep = [f"t.{quote_ident(c)}" for c in contract.column_names]
+            keep += [f"t.{quote_ident(a)}" for p in parts for a in p.attributes]
+            anti = (
+                f" ANTI JOIN (SELECT {staged.row_sql(parts)} AS _rid FROM {bad}) b ON t.rowid = b._rid"
+                if quarantined
+                else ""
+            )
+            live = " WHERE NOT t._dropped" if staged.dropped else ""
+            con.execute(
+                f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {staged.table} t{anti}{live}"
+            )
+        else:  # every row is clean: the staged table becomes the contract table, no copy
+            for col in helpers:
+                con.execute(f"ALTER TABLE {staged.table} DROP COLUMN {quote_ident(col)}")
+            con.execute(f"DROP TABLE IF EXISTS {role}")
+            con.execute(f"ALTER TABLE {staged.table} RENAME TO {role}")
     except duckdb.Error as err:
         raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
     report.tables[role] = TableSummary(role, rows, rows - dropped - quarantined, quarantined, dropped_types)
