@@ -410,3 +410,61 @@ def test_lookup_and_group_by_cannot_be_combined() -> None:
     spec["events"][0] |= {"group_by": ["basket"], "lookup": {"file": "x.parquet", "keys": ["k"]}}
     with pytest.raises(ValueError, match="'group_by' and 'lookup' cannot be combined"):
         parse_spec(spec, base_dir=Path("."))
+
+
+@pytest.mark.parametrize("bad_in_second", [False, True])
+def test_several_event_sources_load_in_order_and_quarantine_by_source_row(
+    write_tiny, con, tmp_path: Path, bad_in_second: bool
+) -> None:
+    """Two sources (Parquet, then CSV text): rows keep their own numbering, and the clean table drops
+    exactly the quarantined rows of the right source, whichever source they are in."""
+    second = pd.DataFrame(
+        {
+            "customer": ["b", "c", "a", "b"],
+            "when": ["2024-03-01 08:00", "2024-03-02 09:00", "2024-03-03 10:00", "2024-03-04 11:00"],
+            "what": ["login", "feature_use", "login", "feature_use"],
+            "amount": ["", "2.5", "", "7"],
+        }
+    )
+    first = tiny_events()
+    if bad_in_second:
+        second.loc[2, "when"] = "not a time"  # row 3 of the CSV
+    else:
+        first.loc[1, "ts"] = pd.Timestamp("2030-01-01")  # row 2 of the Parquet: in the future
+    second.to_csv(tmp_path / "more.csv", index=False)
+
+    def add_source(spec: dict) -> None:
+        spec["events"].append(
+            {
+                "file": "more.csv",
+                "columns": {
+                    "customer_id": "customer",
+                    "timestamp": "when",
+                    "event_type": "what",
+                    "value": "amount",
+                },
+            }
+        )
+
+    report = prepare_dataset(
+        con, write_tiny(events=first, spec_changes=add_source), quarantine_dir=tmp_path / "q"
+    )
+    (issue,) = report.quarantined
+    source, row = ("events[1] (more.csv)", 3) if bad_in_second else ("events[0] (events.parquet)", 2)
+    assert issue.table == source and issue.examples[0]["row"] == row
+    quarantined = pd.read_parquet(tmp_path / "q" / "events.parquet")
+    assert quarantined[["source", "source_row"]].values.tolist() == [[source, row]]
+    loaded = con.execute(
+        "SELECT customer_id, strftime(\"timestamp\", '%Y-%m-%d %H:%M'), event_type FROM events"
+    ).fetchall()
+    expected = [
+        (c, t.strftime("%Y-%m-%d %H:%M"), {"ticket": "support_ticket", "nps": "nps_response"}.get(k, k))
+        for i, (c, t, k) in enumerate(first[["cust", "ts", "kind"]].itertuples(index=False))
+        if bad_in_second or i != 1
+    ] + [
+        (c, w, k)
+        for i, (c, w, k) in enumerate(second[["customer", "when", "what"]].itertuples(index=False))
+        if not bad_in_second or i != 2
+    ]
+    assert loaded == expected  # both sources, in source order, minus the one bad row
+    assert report.tables["events"].clean == len(first) + len(second) - 1
