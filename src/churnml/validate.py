@@ -295,22 +295,34 @@ def _event_type_sql(spec: EventSourceSpec, mapped: _Mapped) -> str:
     return f"CASE {base} {cases} ELSE {base} END"
 
 
+def _contract_exprs(role: str, part: _Mapped) -> dict[str, str]:
+    """Contract column -> SQL typing it from one source (NULL where the source does not map it)."""
+    contract = CONTRACT[role]
+    out = {}
+    for c in contract.column_names:
+        if role == "events" and c == "event_type":
+            expr = _event_type_sql(part.raw.spec, part)  # type: ignore[arg-type]
+        else:
+            expr = part.selects.get(c, "NULL")
+        cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
+        out[c] = f"CAST({expr} AS {cast})"
+    return out
+
+
+def _row_hash(part: _Mapped) -> str:
+    """Identical in every source column = a duplicated row (same contract values alone may be legit,
+    e.g. two basket lines at the same price and second)."""
+    return "hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ")"
+
+
 def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped]) -> str:
     """Create ``typed_<role>``: contract columns, raw text of each mapped column, row and source."""
     contract = CONTRACT[role]
     selects = []
     for part in parts:
-        # identical in every source column = a duplicated row (same contract values alone may be legit,
-        # e.g. two basket lines at the same price and second)
-        row_hash = "hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ")"
-        cols = ["_row", f"{quote_literal(part.raw.label)} AS _source", f"{row_hash} AS _row_hash"]
-        for c in contract.column_names:
-            if role == "events" and c == "event_type":
-                expr = _event_type_sql(part.raw.spec, part)  # type: ignore[arg-type]
-            else:
-                expr = part.selects.get(c, "NULL")
-            cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
-            cols.append(f"CAST({expr} AS {cast}) AS {quote_ident(c)}")
+        cols = ["_row", f"{quote_literal(part.raw.label)} AS _source", f"{_row_hash(part)} AS _row_hash"]
+        for c, expr in _contract_exprs(role, part).items():
+            cols.append(f"{expr} AS {quote_ident(c)}")
             src = part.sources.get(c)
             # One source keeps the raw column as it is: it is cast to text only for the few bad rows
             # (casting 50M values took a third of a validation). Several sources need one type to union.
@@ -368,7 +380,6 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
     dropping the helper columns), then the part index, the row hash (events) and the bad-value and
     dropped flags the checks need. Reading the unnumbered view keeps the load at one pass.
     """
-    contract = CONTRACT[role]
     table = f"_staged_{role}"
     dropped = role == "events" and any(
         isinstance(p.raw.spec, EventSourceSpec) and p.raw.spec.drop_event_types for p in parts
@@ -376,18 +387,11 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
     offsets, total = [], 0
     con.execute(f"DROP TABLE IF EXISTS {table}")
     for i, part in enumerate(parts):
-        cols = []
-        for c in contract.column_names:
-            if role == "events" and c == "event_type":
-                expr = _event_type_sql(part.raw.spec, part)  # type: ignore[arg-type]
-            else:
-                expr = part.selects.get(c, "NULL")
-            cast = {"number": "DOUBLE", "timestamp": "TIMESTAMP"}.get(contract.column(c).kind, "VARCHAR")
-            cols.append(f"CAST({expr} AS {cast}) AS {quote_ident(c)}")
+        cols = [f"{expr} AS {quote_ident(c)}" for c, expr in _contract_exprs(role, part).items()]
         cols += [quote_ident(a) for a in part.attributes]
         cols.append(f"CAST({i} AS USMALLINT) AS _part")
         if role == "events":
-            cols.append("hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ") AS _row_hash")
+            cols.append(f"{_row_hash(part)} AS _row_hash")
         cols += [f"({part.bad[c]}) AS bad_{c}" if c in part.bad else f"false AS bad_{c}" for c in flags]
         if dropped:
             types = part.raw.spec.drop_event_types if isinstance(part.raw.spec, EventSourceSpec) else []
