@@ -468,3 +468,87 @@ def test_several_event_sources_load_in_order_and_quarantine_by_source_row(
     ]
     assert loaded == expected  # both sources, in source order, minus the one bad row
     assert report.tables["events"].clean == len(first) + len(second) - 1
+
+
+def test_every_kind_of_bad_row_is_found_among_many_and_only_those_rows_leave(
+    write_tiny, con, tmp_path: Path
+) -> None:
+    """Bad rows are searched for among candidates found on the loaded table (a failing value, a problem
+    customer, a repeated row hash). Mixed defects in a multi-row-group file and a second source must all
+    be found at their exact source rows, and the clean table must be the rest, in order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 3000
+    events = pd.DataFrame(
+        {
+            "cust": np.array(["a", "b", "c"])[np.arange(n) % 3],
+            "ts": pd.Timestamp("2024-03-01") + pd.to_timedelta(np.arange(n), unit="min"),
+            "kind": np.where(np.arange(n) % 97 == 0, "nps", "login"),  # nps_response is dropped
+            "val": np.arange(n, dtype=float),
+        }
+    )
+    events.iloc[10] = events.iloc[20] = events.iloc[5]  # three identical rows: the 2nd and 3rd go
+    events.iloc[194] = events.iloc[97]  # identical dropped rows: dropped, not quarantined
+    events.loc[30, "cust"] = "zz"  # unknown customer
+    events.loc[40, "cust"] = "q"  # its profile is quarantined (negative MRR)
+    events.loc[51, ["cust", "ts"]] = ["a", pd.Timestamp("2023-06-01")]  # before a's signup
+    events.loc[60, "val"] = float("inf")
+    customers = pd.concat(
+        [
+            tiny_customers(),
+            pd.DataFrame(
+                {"id": ["q"], "signup": [pd.Timestamp("2024-01-01")], "plan": ["team"], "mrr": [-5.0]}
+            ),
+        ],
+        ignore_index=True,
+    )
+    more = pd.DataFrame(
+        {
+            "customer": ["b", "c", "c"],
+            "when": ["2024-06-01 08:00", "2024-06-02 09:00", "2024-06-02 09:00"],
+            "what": ["login"] * 3,
+            "amount": ["1", "2", "2"],
+        }  # fmt: skip
+    )
+    more.to_csv(tmp_path / "more.csv", index=False)
+
+    def change(spec: dict) -> None:
+        spec["events"][0]["drop_event_types"] = ["nps_response"]
+        spec["events"].append(
+            {
+                "file": "more.csv",
+                "columns": {
+                    "customer_id": "customer",
+                    "timestamp": "when",
+                    "event_type": "what",
+                    "value": "amount",
+                },
+            }
+        )
+
+    spec = write_tiny(customers=customers, events=events, spec_changes=change)
+    pq.write_table(
+        pa.Table.from_pandas(events, preserve_index=False), tmp_path / "events.parquet", row_group_size=400
+    )
+    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+
+    first, second = "events[0] (events.parquet)", "events[1] (more.csv)"
+    expected = {
+        (first, 11, "duplicate_event"),
+        (first, 21, "duplicate_event"),
+        (first, 31, "unknown_customer"),
+        (first, 41, "customer_quarantined"),
+        (first, 52, "before_signup"),
+        (first, 61, "not_finite"),
+        (second, 3, "duplicate_event"),
+    }
+    quarantined = pd.read_parquet(report.quarantine_files["events"])
+    assert set(quarantined[["source", "source_row", "issue"]].itertuples(index=False, name=None)) == expected
+    gone = {row - 1 for source, row, _ in expected if source == first}
+    dropped = set(np.flatnonzero(events["kind"].to_numpy() == "nps"))
+    kept = [float(v) for i, v in enumerate(events["val"]) if i not in gone | dropped] + [1.0, 2.0]
+    assert con.execute("SELECT value FROM events").df()["value"].tolist() == kept
+    summary = report.tables["events"]
+    assert (summary.quarantined, summary.dropped_event_types) == (7, {"nps_response": len(dropped)})

@@ -22,6 +22,7 @@ from typing import Literal
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from churnml.data import DataError, RawTable, register_raw_tables
 from churnml.engine import quote_ident, quote_literal
@@ -315,11 +316,17 @@ def _row_hash(part: _Mapped) -> str:
     return "hash(" + ", ".join(quote_ident(c) for c in part.raw.columns) + ")"
 
 
-def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped]) -> str:
-    """Create ``typed_<role>``: contract columns, raw text of each mapped column, row and source."""
+def _typed_view(
+    con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], rows: str | None = None
+) -> str:
+    """Create ``typed_<role>``: contract columns, raw text of each mapped column, row and source.
+
+    With ``rows`` (a table of ``_part``, ``_row``), a temporary table ``typed_<role>_rows`` holds only
+    those rows: the source is read once more, but typed and hashed for them alone.
+    """
     contract = CONTRACT[role]
     selects = []
-    for part in parts:
+    for i, part in enumerate(parts):
         cols = ["_row", f"{quote_literal(part.raw.label)} AS _source", f"{_row_hash(part)} AS _row_hash"]
         for c, expr in _contract_exprs(role, part).items():
             cols.append(f"{expr} AS {quote_ident(c)}")
@@ -347,9 +354,13 @@ def _typed_view(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapp
             )
         else:
             cols.append("false AS _dropped")
-        selects.append(f"SELECT {', '.join(cols)} FROM {part.raw.view}")
-    view = f"typed_{role}"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS " + " UNION ALL BY NAME ".join(selects))
+        source = part.raw.view
+        if rows is not None:
+            source = f"(SELECT * FROM {source} WHERE _row IN (SELECT _row FROM {rows} WHERE _part = {i}))"
+        selects.append(f"SELECT {', '.join(cols)} FROM {source}")
+    view = f"typed_{role}" if rows is None else f"typed_{role}_rows"
+    kind = "VIEW" if rows is None else "TABLE"
+    con.execute(f"CREATE OR REPLACE TEMP {kind} {view} AS " + " UNION ALL BY NAME ".join(selects))
     return view
 
 
@@ -371,6 +382,13 @@ class _Staged:
             for p, off in zip(parts, self.offsets, strict=True)
         )
         return f"CASE _source {cases} END"
+
+    def source_row_sql(self, rowid: str = "rowid") -> str:
+        """SQL for a staged row's 1-based row number in its own source (the inverse of `row_sql`)."""
+        if len(self.offsets) == 1:
+            return f"{rowid} + 1"
+        cases = " ".join(f"WHEN {i} THEN {rowid} - {off} + 1" for i, off in enumerate(self.offsets))
+        return f"CASE _part {cases} END"
 
 
 def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], flags: list[str]) -> _Staged:
@@ -412,22 +430,25 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
     return _Staged(table, offsets, flags, dropped)
 
 
-def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, staged: _Staged, parts: Sequence[_Mapped]) -> bool:
-    """Whether two rows of one source are identical: their row hashes, sorted in NumPy, repeat.
+def _repeated_row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
+    """Row hashes that occur more than once, found by sorting them in NumPy.
 
     A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
-    A repeat is confirmed (or not, on a hash collision) by the exact search that follows.
+    Rows with these hashes are duplicate candidates: the exact search that follows compares them per
+    source (a repeat across sources, or a hash collision, is not a duplicate).
     """
-    expr = "_row_hash" if len(parts) == 1 else "hash(_part, _row_hash)"
-    hashes = con.execute(f"SELECT {expr} AS h FROM {staged.table}").fetchnumpy()["h"]
-    hashes = np.asarray(hashes)
+    hashes = np.asarray(con.execute(f"SELECT _row_hash AS h FROM {staged.table}").fetchnumpy()["h"])
     hashes.sort()
-    return bool(len(hashes) > 1 and (hashes[1:] == hashes[:-1]).any())
+    repeats = hashes[1:][hashes[1:] == hashes[:-1]]
+    return np.unique(repeats) if len(repeats) else repeats
 
 
 def _customer_problems(con: duckdb.DuckDBPyConnection, role: str, staged: _Staged, complete: bool) -> int:
     """Customers whose rows some join check would quarantine (unknown, quarantined profile, events
-    before signup), found on one row per customer instead of a join of every row."""
+    before signup), found on one row per customer instead of a join of every row.
+
+    They are kept in ``_problem_customers``: only their rows need the joined, row-by-row check.
+    """
     first = ', min("timestamp") AS _first' if role == "events" else ""
     where = ["s.customer_id IN (SELECT customer_id FROM bad_customers)"]
     if complete:
@@ -435,13 +456,17 @@ def _customer_problems(con: duckdb.DuckDBPyConnection, role: str, staged: _Stage
     if role == "events":
         where.append("s._first < k.signup_date")
     live = "WHERE NOT _dropped" if staged.dropped else ""
-    return int(
-        con.execute(
-            f"SELECT count(*) FROM (SELECT customer_id{first} FROM {staged.table} {live} GROUP BY 1) s "
-            f"LEFT JOIN customers k ON k.customer_id = s.customer_id WHERE {' OR '.join(where)}"
-        ).fetchall()[0][0]
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _problem_customers AS SELECT s.customer_id FROM "
+        f"(SELECT customer_id{first} FROM {staged.table} {live} GROUP BY 1) s "
+        f"LEFT JOIN customers k ON k.customer_id = s.customer_id WHERE {' OR '.join(where)}"
     )
+    return int(con.execute("SELECT count(*) FROM _problem_customers").fetchall()[0][0])
 
+
+# Rows leave the loaded table by DELETE (no copy) unless more than 1/DELETE_SHARE of them go: deleted
+# rows stay in memory and every later scan steps over them.
+DELETE_SHARE = 10
 
 JOIN_CHECKS = {"customer_quarantined", "unknown_customer", "before_signup", "duplicate_event"}
 
@@ -524,7 +549,14 @@ def _check_table(
         )
     finally:
         con.execute(f"DROP VIEW IF EXISTS {staged.table}_v")
-        con.execute(f"DROP TABLE IF EXISTS {staged.table}")
+        for table in (
+            staged.table,
+            f"typed_{role}_rows",
+            "_candidate_rows",
+            "_problem_customers",
+            "_repeated_hashes",
+        ):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _check_staged(
@@ -547,7 +579,7 @@ def _check_staged(
     # checks that need only the row itself, over the staged columns (flags of clean columns are false)
     flags = ", ".join(f"false AS bad_{c}" for c in contract.column_names if c not in bad_cols)
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {staged.table}_v AS SELECT *{', ' + flags if flags else ''}"
+        f"CREATE OR REPLACE TEMP VIEW {staged.table}_v AS SELECT *, rowid AS _rid{', ' + flags if flags else ''}"
         f"{'' if staged.dropped else ', false AS _dropped'} FROM {staged.table}"
     )
     local = " OR ".join(f"({cond})" for check, _, cond in cases if check not in JOIN_CHECKS) or "false"
@@ -614,17 +646,31 @@ def _check_staged(
             )
             return
 
-    # 3. row checks -> the first failing check names the row's issue. They run row by row (numbered,
-    # joined) only if some row can fail one; bad rows are few (bounded by max_quarantine_fraction), so
-    # they are collected once into a small table that counts, examples, the quarantine file and the
-    # clean table's anti-join all read.
+    # 3. row checks -> the first failing check names the row's issue. Candidate rows (a local check
+    # fails, a problem customer, a repeated row hash) are found on the staged table; only they are
+    # numbered in their source and checked one by one with the joins. Bad rows are few (bounded by
+    # max_quarantine_fraction), so they are collected once into a small table that counts, examples,
+    # the quarantine file and the clean table all read.
     joined_checks = role in ("events", "subscriptions") and spec.customers is not None
-    duplicates = role == "events" and _has_duplicate_rows(con, staged, parts)
-    search = (
-        bool(local_bad)
-        or duplicates
-        or (joined_checks and _customer_problems(con, role, staged, complete) > 0)
-    )
+    repeated = _repeated_row_hashes(con, staged) if role == "events" else np.empty(0, np.uint64)
+    problems = joined_checks and _customer_problems(con, role, staged, complete) > 0
+    duplicates = len(repeated) > 0
+    search = bool(local_bad) or duplicates or problems
+    rows_view = typed
+    if search:
+        candidate = [f"({local})"]
+        if problems:
+            candidate.append("customer_id IN (SELECT customer_id FROM _problem_customers)")
+        if duplicates:
+            con.register("_repeated_df", pd.DataFrame({"h": repeated}))
+            con.execute("CREATE OR REPLACE TEMP TABLE _repeated_hashes AS SELECT h FROM _repeated_df")
+            con.unregister("_repeated_df")
+            candidate.append("_row_hash IN (SELECT h FROM _repeated_hashes)")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _candidate_rows AS SELECT _part, {staged.source_row_sql('_rid')} AS _row "
+            f"FROM {staged.table}_v WHERE NOT _dropped AND ({' OR '.join(candidate)})"
+        )
+        rows_view = _typed_view(con, role, parts, rows="_candidate_rows")
     joins, extra = "", []
     if joined_checks:
         joins = (
@@ -635,10 +681,11 @@ def _check_staged(
     else:
         extra = ["NULL::VARCHAR AS _known", "NULL::TIMESTAMP AS _signup", "NULL::VARCHAR AS _bad_customer"]
     if role == "events":
-        # exact duplicates: a hash aggregate finds the (rare) repeated rows; all but the first are flagged
+        # exact duplicates among the candidates (every row of a repeated hash is one): all but the
+        # first of a source's identical rows are flagged
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE dup_events AS SELECT _source AS _dsource, _row_hash AS _dhash, "
-            f"min(_row) AS _first FROM {typed} {'' if duplicates else 'WHERE false'} "
+            f"min(_row) AS _first FROM {rows_view} {'' if duplicates else 'WHERE false'} "
             "GROUP BY 1, 2 HAVING count(*) > 1"
         )
         joins += " LEFT JOIN dup_events dp ON t._source = dp._dsource AND t._row_hash = dp._dhash"
@@ -654,7 +701,7 @@ def _check_staged(
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {bad} AS SELECT _row, _source, customer_id, _issue, {src_cols} FROM "
             f"(SELECT *, CASE {case_sql} END AS _issue FROM "
-            f"(SELECT t.*, {', '.join(extra)} FROM {typed} t {joins} WHERE NOT t._dropped{'' if search else ' AND false'})) "
+            f"(SELECT t.*, {', '.join(extra)} FROM {rows_view} t {joins} WHERE NOT t._dropped{'' if search else ' AND false'})) "
             "WHERE _issue IS NOT NULL"
         )
     except duckdb.Error as err:
@@ -710,8 +757,9 @@ def _check_staged(
     helpers = ["_part", *(["_row_hash"] if role == "events" else []), *(f"bad_{c}" for c in bad_cols)]
     if staged.dropped:
         helpers.append("_dropped")
+    gone = quarantined + dropped
     try:
-        if quarantined or dropped:
+        if gone * DELETE_SHARE > rows:  # many rows go (dropped event types): copy the rest
             keep = [f"t.{quote_ident(c)}" for c in contract.column_names]
             keep += [f"t.{quote_ident(a)}" for p in parts for a in p.attributes]
             anti = (
@@ -723,7 +771,12 @@ def _check_staged(
             con.execute(
                 f"CREATE OR REPLACE TABLE {role} AS SELECT {', '.join(keep)} FROM {staged.table} t{anti}{live}"
             )
-        else:  # every row is clean: the staged table becomes the contract table, no copy
+        else:  # the staged table becomes the contract table, no copy: delete the few rows that go
+            if gone:
+                where = ["_dropped"] if dropped else []
+                if quarantined:
+                    where.append(f"rowid IN (SELECT {staged.row_sql(parts)} FROM {bad})")
+                con.execute(f"DELETE FROM {staged.table} WHERE {' OR '.join(where)}")
             for col in helpers:
                 con.execute(f"ALTER TABLE {staged.table} DROP COLUMN {quote_ident(col)}")
             con.execute(f"DROP TABLE IF EXISTS {role}")
