@@ -379,3 +379,20 @@ def test_daily_dates_count_users_like_one_date_at_a_time() -> None:
         con.close()
     assert daily["active_users_30d"].gt(2).any()
     pd.testing.assert_frame_equal(daily.reset_index(drop=True), one.reset_index(drop=True), check_exact=True)
+
+
+def test_active_days_are_the_same_whether_flagged_or_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_account_days` flags customer-days in a byte array, or sorts them when that array would be too big."""
+    import churnml.features as features
+
+    rng = np.random.default_rng(3)
+    n_keys, span, n_types = 7, 50, 4
+    key = np.unique(rng.integers(0, n_types * n_keys * span, 300))  # sorted bucket keys, some types empty
+    key = key[(key // (n_keys * span)) != 2]
+    expected = np.unique(key % (n_keys * span))
+    flagged = features._account_days(key, n_keys, span)
+    monkeypatch.setattr(features, "DAY_FLAGS_MAX", 0)
+    sorted_ = features._account_days(key.copy(), n_keys, span)
+    np.testing.assert_array_equal(flagged, expected)
+    np.testing.assert_array_equal(sorted_, expected)
+    assert features._account_days(np.empty(0, np.int64), n_keys, span).size == 0

@@ -23,6 +23,9 @@ def connect(
     con.execute(f"SET threads = {int(settings.duckdb_threads)}")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")  # the CLI draws its own; DuckDB's would garble logs
+    # DuckDB's default, set here because validation depends on it: a loaded row's position is its
+    # row number in the source, which quarantine reports and the clean table's deletions rely on
+    con.execute("SET preserve_insertion_order = true")
     if spill:
         settings.temp_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {quote_literal(str(settings.temp_dir))}")

@@ -305,10 +305,14 @@ def test_sustained_load_has_no_errors_and_overload_is_shed_with_503(
     try:
         import asyncio
 
+        # 200 customers a request: each takes long enough that the burst overlaps on the server (with
+        # one customer the server could finish each request before the client had sent the next)
+        heavy = {"customers": [{"customer_id": f"c{i}", "features": record} for i in range(200)]}
+
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=60) as client:
                 return await asyncio.gather(
-                    *(client.post(small.url + "/explain", json=body) for _ in range(64))
+                    *(client.post(small.url + "/explain", json=heavy) for _ in range(64))
                 )
 
         responses = asyncio.run(burst())
