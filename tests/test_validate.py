@@ -552,3 +552,30 @@ def test_every_kind_of_bad_row_is_found_among_many_and_only_those_rows_leave(
     assert con.execute("SELECT value FROM events").df()["value"].tolist() == kept
     summary = report.tables["events"]
     assert (summary.quarantined, summary.dropped_event_types) == (7, {"nps_response": len(dropped)})
+
+
+@pytest.mark.parametrize("name", ["_part", "ROWID", "src_plan"])
+def test_attributes_named_like_validation_helper_columns_are_an_error(write_tiny, con, name: str) -> None:
+    """Validation keeps helper columns (row numbers, flags, raw text) next to the source's own; an attribute
+    of the same name would be read in their place."""
+    customers = tiny_customers().assign(**{name: ["x", "y", "z"]})
+    spec = write_tiny(customers=customers, spec_changes=lambda s: s["customers"].update(attributes=[name]))
+    issue = _issue(validate_dataset(con, spec), "attribute_clash")
+    assert issue.severity == "error" and issue.column == name and "rename it" in issue.message()
+
+
+def test_identical_rows_in_two_sources_are_not_duplicates(write_tiny, con, tmp_path: Path) -> None:
+    """Exact duplicates are looked for within a source: the same row in two exports is two events."""
+    events = pd.concat([tiny_events(), tiny_events().iloc[[3]]], ignore_index=True)  # row 7 repeats row 4
+
+    def change(spec: dict) -> None:
+        spec["events"].append({**spec["events"][0], "file": "more.parquet"})
+
+    spec = write_tiny(events=events, spec_changes=change)
+    events.to_parquet(tmp_path / "more.parquet", index=False)
+    report = prepare_dataset(con, spec)
+    assert [(i.table, i.count, i.examples[0]["row"]) for i in report.quarantined] == [
+        ("events[0] (events.parquet)", 1, 7),
+        ("events[1] (more.parquet)", 1, 7),
+    ]
+    assert report.tables["events"].clean == 2 * (len(events) - 1)

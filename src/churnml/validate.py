@@ -281,9 +281,32 @@ def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
                         detail=f"attribute {attr!r} clashes with the contract column of that name",
                     )  # fmt: skip
                 )
+            elif _is_reserved(attr, contract.column_names):
+                issues.append(
+                    Issue(
+                        raw.label,
+                        attr,
+                        "attribute_clash",
+                        "error",
+                        1,
+                        "attribute names that do not start with '_' and are not 'rowid', 'bad_<column>' "
+                        "or 'src_<column>'",
+                        detail=f"attribute {attr!r} clashes with a column validation uses; rename it in the source",
+                    )  # fmt: skip
+                )
             else:
                 mapped.attributes.append(attr)
     return mapped
+
+
+def _is_reserved(name: str, contract_cols: Sequence[str]) -> bool:
+    """Names of the helper columns validation adds next to a source's own (DuckDB ignores case)."""
+    low = name.lower()
+    return (
+        low.startswith("_")
+        or low == "rowid"
+        or low in {f"{p}_{c}" for p in ("bad", "src") for c in contract_cols}
+    )
 
 
 def _event_type_sql(spec: EventSourceSpec, mapped: _Mapped) -> str:
@@ -383,6 +406,11 @@ class _Staged:
         )
         return f"CASE _source {cases} END"
 
+    @property
+    def hash_sql(self) -> str:
+        """A row's hash within its source: identical rows of two sources are not duplicates."""
+        return "_row_hash" if len(self.offsets) == 1 else "hash(_part, _row_hash)"
+
     def source_row_sql(self, rowid: str = "rowid") -> str:
         """SQL for a staged row's 1-based row number in its own source (the inverse of `row_sql`)."""
         if len(self.offsets) == 1:
@@ -434,10 +462,10 @@ def _repeated_row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.
     """Row hashes that occur more than once, found by sorting them in NumPy.
 
     A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
-    Rows with these hashes are duplicate candidates: the exact search that follows compares them per
-    source (a repeat across sources, or a hash collision, is not a duplicate).
+    Rows with these hashes (`_Staged.hash_sql`) are duplicate candidates, which the exact search that
+    follows confirms (or not, on a hash collision).
     """
-    hashes = np.asarray(con.execute(f"SELECT _row_hash AS h FROM {staged.table}").fetchnumpy()["h"])
+    hashes = np.asarray(con.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"])
     hashes.sort()
     repeats = hashes[1:][hashes[1:] == hashes[:-1]]
     return np.unique(repeats) if len(repeats) else repeats
@@ -665,12 +693,15 @@ def _check_staged(
             con.register("_repeated_df", pd.DataFrame({"h": repeated}))
             con.execute("CREATE OR REPLACE TEMP TABLE _repeated_hashes AS SELECT h FROM _repeated_df")
             con.unregister("_repeated_df")
-            candidate.append("_row_hash IN (SELECT h FROM _repeated_hashes)")
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _candidate_rows AS SELECT _part, {staged.source_row_sql('_rid')} AS _row "
-            f"FROM {staged.table}_v WHERE NOT _dropped AND ({' OR '.join(candidate)})"
-        )
-        rows_view = _typed_view(con, role, parts, rows="_candidate_rows")
+            candidate.append(f"{staged.hash_sql} IN (SELECT h FROM _repeated_hashes)")
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _candidate_rows AS SELECT _part, {staged.source_row_sql('_rid')} AS _row "
+                f"FROM {staged.table}_v WHERE NOT _dropped AND ({' OR '.join(candidate)})"
+            )
+            rows_view = _typed_view(con, role, parts, rows="_candidate_rows")
+        except duckdb.Error as err:  # the source is read again here: it may have changed or broken
+            raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
     joins, extra = "", []
     if joined_checks:
         joins = (
