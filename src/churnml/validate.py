@@ -475,7 +475,8 @@ def _customer_problems(con: duckdb.DuckDBPyConnection, role: str, staged: _Stage
     """Customers whose rows some join check would quarantine (unknown, quarantined profile, events
     before signup), found on one row per customer instead of a join of every row.
 
-    They are kept in ``_problem_customers``: only their rows need the joined, row-by-row check.
+    They are kept in ``_problem_customers`` with ``_all`` (no clean profile: every row of theirs fails)
+    and ``_signup`` (rows before it fail): only those rows need the joined, row-by-row check.
     """
     first = ', min("timestamp") AS _first' if role == "events" else ""
     where = ["s.customer_id IN (SELECT customer_id FROM bad_customers)"]
@@ -485,7 +486,8 @@ def _customer_problems(con: duckdb.DuckDBPyConnection, role: str, staged: _Stage
         where.append("s._first < k.signup_date")
     live = "WHERE NOT _dropped" if staged.dropped else ""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _problem_customers AS SELECT s.customer_id FROM "
+        "CREATE OR REPLACE TEMP TABLE _problem_customers AS "
+        "SELECT s.customer_id, k.customer_id IS NULL AS _all, k.signup_date AS _signup FROM "
         f"(SELECT customer_id{first} FROM {staged.table} {live} GROUP BY 1) s "
         f"LEFT JOIN customers k ON k.customer_id = s.customer_id WHERE {' OR '.join(where)}"
     )
@@ -686,9 +688,13 @@ def _check_staged(
     search = bool(local_bad) or duplicates or problems
     rows_view = typed
     if search:
-        candidate = [f"({local})"]
+        candidate, problem_join = [f"({local})"], ""
         if problems:
-            candidate.append("customer_id IN (SELECT customer_id FROM _problem_customers)")
+            problem_join = (
+                "LEFT JOIN (SELECT customer_id AS _pid, _all, _signup FROM _problem_customers) p "
+                "ON customer_id = p._pid"
+            )
+            candidate.append("p._all" + (' OR "timestamp" < p._signup' if role == "events" else ""))
         if duplicates:
             con.register("_repeated_df", pd.DataFrame({"h": repeated}))
             con.execute("CREATE OR REPLACE TEMP TABLE _repeated_hashes AS SELECT h FROM _repeated_df")
@@ -697,7 +703,7 @@ def _check_staged(
         try:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _candidate_rows AS SELECT _part, {staged.source_row_sql('_rid')} AS _row "
-                f"FROM {staged.table}_v WHERE NOT _dropped AND ({' OR '.join(candidate)})"
+                f"FROM {staged.table}_v {problem_join} WHERE NOT _dropped AND ({' OR '.join(candidate)})"
             )
             rows_view = _typed_view(con, role, parts, rows="_candidate_rows")
         except duckdb.Error as err:  # the source is read again here: it may have changed or broken
