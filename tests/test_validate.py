@@ -579,3 +579,26 @@ def test_identical_rows_in_two_sources_are_not_duplicates(write_tiny, con, tmp_p
         ("events[1] (more.parquet)", 1, 7),
     ]
     assert report.tables["events"].clean == 2 * (len(events) - 1)
+
+
+def test_group_by_takes_the_smallest_of_other_columns_on_every_read(write_tiny, con) -> None:
+    """Lines of one event that disagree on a column give its smallest value, so the loaded event and a
+    bad event's report (validation reads the source again for it) show the same thing."""
+    lines = pd.DataFrame(
+        {
+            "cust": ["a", "a", "b", "b"],
+            "ts": pd.to_datetime(
+                ["2024-01-05 10:00", "2024-01-05 10:01", "2030-01-01 00:00", "2030-01-01 00:00"]
+            ),
+            "kind": ["purchase", "browse", "purchase", "browse"],
+            "val": [2.5, 1.5, 4.0, 3.0],
+            "basket": [1, 1, 2, 2],
+        }
+    )
+    spec = write_tiny(events=lines, spec_changes=lambda s: s["events"][0].update(group_by=["basket"]))
+    report = prepare_dataset(con, spec)
+    assert con.execute("SELECT customer_id, event_type, value FROM events").fetchall() == [
+        ("a", "browse", 4.0)
+    ]
+    (issue,) = report.quarantined  # basket 2 is in the future
+    assert issue.check == "future_timestamp" and issue.examples[0]["event_type"] == "browse"

@@ -63,7 +63,9 @@ def _grouped_reader(reader: str, table: EventSourceSpec) -> str:
     for contract_col, src in table.columns.items():
         if src in keys:
             continue
-        fn = {"timestamp": "min", "value": "sum"}.get(contract_col, "any_value")
+        # other columns: the smallest, not any_value, so every read of the source gives the same event
+        # (validation reads it again to report bad rows, and a report must show what was loaded)
+        fn = {"timestamp": "min", "value": "sum"}.get(contract_col, "min")
         aggs.append(f"{fn}({quote_ident(src)}) AS {quote_ident(src)}")
     key_sql = ", ".join(quote_ident(k) for k in keys)
     return f"SELECT {key_sql}, {', '.join(aggs)} FROM ({reader}) GROUP BY {key_sql} ORDER BY {key_sql}"

@@ -110,7 +110,8 @@ class EventSourceSpec(TableSpec):
         default_factory=list,
         description=(
             "Source columns that identify one event when a source has several rows per event (e.g. "
-            "basket lines -> one purchase per basket_id): rows are combined, timestamp = first, value = sum."
+            "basket lines -> one purchase per basket_id): rows are combined, timestamp = first, value = sum, "
+            "other columns = their smallest value."
         ),
     )
 
