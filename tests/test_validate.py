@@ -412,6 +412,14 @@ def test_lookup_and_group_by_cannot_be_combined() -> None:
         parse_spec(spec, base_dir=Path("."))
 
 
+def _more_csv_source() -> dict:
+    """A second event source: ``more.csv`` with its own column names."""
+    return {
+        "file": "more.csv",
+        "columns": {"customer_id": "customer", "timestamp": "when", "event_type": "what", "value": "amount"},
+    }
+
+
 @pytest.mark.parametrize("bad_in_second", [False, True])
 def test_several_event_sources_load_in_order_and_quarantine_by_source_row(
     write_tiny, con, tmp_path: Path, bad_in_second: bool
@@ -434,17 +442,7 @@ def test_several_event_sources_load_in_order_and_quarantine_by_source_row(
     second.to_csv(tmp_path / "more.csv", index=False)
 
     def add_source(spec: dict) -> None:
-        spec["events"].append(
-            {
-                "file": "more.csv",
-                "columns": {
-                    "customer_id": "customer",
-                    "timestamp": "when",
-                    "event_type": "what",
-                    "value": "amount",
-                },
-            }
-        )
+        spec["events"].append(_more_csv_source())
 
     report = prepare_dataset(
         con, write_tiny(events=first, spec_changes=add_source), quarantine_dir=tmp_path / "q"
@@ -516,17 +514,7 @@ def test_every_kind_of_bad_row_is_found_among_many_and_only_those_rows_leave(
 
     def change(spec: dict) -> None:
         spec["events"][0]["drop_event_types"] = ["nps_response"]
-        spec["events"].append(
-            {
-                "file": "more.csv",
-                "columns": {
-                    "customer_id": "customer",
-                    "timestamp": "when",
-                    "event_type": "what",
-                    "value": "amount",
-                },
-            }
-        )
+        spec["events"].append(_more_csv_source())
 
     spec = write_tiny(customers=customers, events=events, spec_changes=change)
     pq.write_table(

@@ -452,7 +452,7 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
         try:
             n = con.execute(f"{verb} {select}").fetchall()[0][0]
         except duckdb.Error as err:
-            raise DataError(f"{part.raw.label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+            raise _unreadable(part.raw.label, err) from None
         offsets.append(total)
         total += int(n)
     return _Staged(table, offsets, flags, dropped)
@@ -511,13 +511,18 @@ def _fetch_examples(
     )
 
 
+def _unreadable(label: str, err: duckdb.Error) -> DataError:
+    """The error for a source DuckDB fails to read: its label and the first line of DuckDB's message."""
+    return DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}")
+
+
 def _scan(con: duckdb.DuckDBPyConnection, sql: str, label: str) -> list[tuple]:
     try:
         return con.execute(sql).fetchall()
     except duckdb.ConversionException as err:  # pragma: no cover - defensive: typed view uses TRY_CAST
         raise DataError(f"{label}: a value cannot be converted: {err}") from None
     except duckdb.Error as err:
-        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+        raise _unreadable(label, err) from None
 
 
 # ------------------------------------------------------------------------------------------ row checks
@@ -707,7 +712,7 @@ def _check_staged(
             )
             rows_view = _typed_view(con, role, parts, rows="_candidate_rows")
         except duckdb.Error as err:  # the source is read again here: it may have changed or broken
-            raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+            raise _unreadable(label, err) from None
     joins, extra = "", []
     if joined_checks:
         joins = (
@@ -742,7 +747,7 @@ def _check_staged(
             "WHERE _issue IS NOT NULL"
         )
     except duckdb.Error as err:
-        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+        raise _unreadable(label, err) from None
     # per source and check, so a message names the file and column the bad rows came from
     counts = _scan(con, f"SELECT _source, _issue, count(*) FROM {bad} GROUP BY 1, 2 ORDER BY 1, 2", label)
     quarantined = sum(n for *_, n in counts)
@@ -819,7 +824,7 @@ def _check_staged(
             con.execute(f"DROP TABLE IF EXISTS {role}")
             con.execute(f"ALTER TABLE {staged.table} RENAME TO {role}")
     except duckdb.Error as err:
-        raise DataError(f"{label}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+        raise _unreadable(label, err) from None
     report.tables[role] = TableSummary(role, rows, rows - dropped - quarantined, quarantined, dropped_types)
 
 
