@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from churnml.config import Settings, repo_root
 from churnml.engine import connect
 from churnml.features import (
     FeatureSet,
+    _side_session,
     build_features,
     features_from_frames,
     infer_feature_set,
@@ -229,6 +231,77 @@ def test_infer_feature_set_reads_types_and_attributes(sim) -> None:
     fs = infer_feature_set(con, spec)
     assert "login" in fs.event_types and "login" not in fs.valued_types and "nps_response" in fs.valued_types
     assert fs.attributes == ("industry", "country") and fs.categorical_attributes == ("industry", "country")
+
+
+def test_infer_feature_set_reads_validations_summary_or_the_events_alike(sim) -> None:
+    con, spec, _ = sim
+    total = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    summed = con.execute("SELECT sum(events) FROM event_volume").fetchall()[0][0]
+    assert summed == total  # validation's daily volumes cover every loaded event
+    from_summary = infer_feature_set(con, spec)
+    con.execute("ALTER TABLE event_volume RENAME TO _event_volume_aside")
+    try:
+        assert infer_feature_set(con, spec) == from_summary  # from the events themselves
+    finally:
+        con.execute("ALTER TABLE _event_volume_aside RENAME TO event_volume")
+
+
+def test_loading_other_events_drops_the_stale_volume_summary(con) -> None:
+    con.execute(
+        "CREATE TABLE event_volume AS SELECT DATE '2024-01-01' AS day, 'gone' AS event_type, 1 AS events, 1 AS valued"
+    )
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    fs = infer_feature_set(con, load_spec(repo_root() / "training" / "specs" / "simulated.yaml"))
+    assert fs.event_types == HAND_SET.event_types and fs.valued_types == HAND_SET.valued_types
+
+
+def _hand_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"customer_id": ["a", "a", "a"], "observation_date": [AS_OF, T("2024-04-01"), T("2024-03-01")]}
+    )
+
+
+def test_account_state_on_a_side_session_equals_one_session(settings: Settings) -> None:
+    """With threads to spare the account query runs on a second session: same features as on one."""
+    con = connect(settings)
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    con.execute("SET threads = 2")
+    side = _side_session(con)
+    assert side is not None  # the overlapped path is the one under test
+    side.close()
+    overlapped = build_features(con, _hand_rows(), HAND_SET)
+    con.execute("SET threads = 1")
+    assert _side_session(con) is None
+    pd.testing.assert_frame_equal(overlapped, build_features(con, _hand_rows(), HAND_SET), check_exact=True)
+    assert overlapped["mrr"].tolist() == [200.0, 200.0, 300.0] and overlapped["active_users_30d"].iloc[0] == 2
+    con.close()
+
+
+def test_temporary_contract_tables_stay_on_one_session(settings: Settings) -> None:
+    """A second session cannot see another session's temporary tables, so none is opened for them."""
+    con = connect(settings)
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    expected = build_features(con, _hand_rows(), HAND_SET)
+    for table in ("customers", "events", "subscriptions"):
+        con.execute(f"CREATE TEMP TABLE _{table} AS SELECT * FROM main.{table}")
+        con.execute(f"DROP TABLE main.{table}")
+        con.execute(f"ALTER TABLE _{table} RENAME TO {table}")
+    con.execute("SET threads = 2")
+    assert _side_session(con) is None
+    pd.testing.assert_frame_equal(build_features(con, _hand_rows(), HAND_SET), expected, check_exact=True)
+    con.close()
+
+
+def test_an_error_on_the_side_session_is_raised_and_leaves_the_connection_usable(settings: Settings) -> None:
+    con = connect(settings)
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    con.execute("SET threads = 2")
+    con.execute("ALTER TABLE subscriptions RENAME COLUMN seats TO licences")  # the account query needs seats
+    with pytest.raises(duckdb.BinderException, match="seats"):
+        build_features(con, _hand_rows(), HAND_SET)
+    con.execute("ALTER TABLE subscriptions RENAME COLUMN licences TO seats")
+    assert build_features(con, _hand_rows(), HAND_SET)["seats"].tolist() == [8.0, 8.0, 10.0]
+    con.close()
 
 
 # ----------------------------------------------------------------------------------------- leakage gate

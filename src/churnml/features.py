@@ -142,7 +142,9 @@ class FeatureSet:
 
 def infer_feature_set(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> FeatureSet:
     """Read the event types, valued types and attribute kinds from the loaded contract tables."""
-    rows = con.execute("SELECT event_type, count(value) > 0 FROM events GROUP BY 1 ORDER BY 1").fetchall()
+    rows = con.execute(
+        f"SELECT event_type, sum(valued) > 0 FROM {_event_volume(con)} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     if not rows:
         raise ValueError("events: the table is empty; churnml needs behaviour to build features from")
     attributes = tuple(spec.customers.attributes) if spec.customers else ()
@@ -159,6 +161,18 @@ def infer_feature_set(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> Feat
         categorical_attributes=categorical,
         term_months=spec.subscriptions.term_months if spec.subscriptions else 1,
     )
+
+
+def _event_volume(con: duckdb.DuckDBPyConnection) -> str:
+    """Events per day and type, with how many carry a value: the table validation leaves
+    (`churnml.validate`), or the same query over ``events`` when there is none."""
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_volume' "
+        "AND database_name = current_database() AND schema_name = current_schema()"
+    ).fetchall()[0][0]
+    if found:
+        return "event_volume"
+    return "(SELECT event_type, count(*) AS events, count(value) AS valued FROM events GROUP BY 1)"
 
 
 _NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "UTINYINT",
@@ -202,25 +216,33 @@ def build_features(
     codes, ids = pd.factorize(frame["customer_id"])
     ck = codes.astype(np.int64)
     frame = frame.assign(ck=ck)
-    con.register("_keys_df", pd.DataFrame({"customer_id": ids, "ck": np.arange(len(ids), dtype=np.int64)}))
-    con.register("_rows_df", frame)
+    # the account query (step 4) is DuckDB alone: with threads to spare it runs on a second session while
+    # NumPy works on the buckets (which leaves a core idle), so that session needs the key tables too
+    side = _side_session(con)
     try:
-        con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT customer_id, ck FROM _keys_df")
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _rows AS SELECT _ri, ck, customer_id, CAST(t AS TIMESTAMP) AS t FROM _rows_df"
-        )
+        for session in (con,) if side is None else (con, side):
+            _key_tables(session, frame, ids, types)
+        with ThreadPoolExecutor(max_workers=1) as side_pool:  # leaving it waits for the side query
+            try:
+                return _build_features(con, side, side_pool, frame, fs, ids, types)
+            finally:
+                if side is not None:
+                    side.interrupt()  # stops the side query if an error left it running
     finally:
-        con.unregister("_keys_df")
-        con.unregister("_rows_df")
-    values_sql = ", ".join(f"({quote_literal(t)}, {i})" for i, t in enumerate(types))
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _types AS SELECT * FROM (VALUES {values_sql}) v(event_type, ti)"
-    )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _daymap AS
-        SELECT d.t, CAST(d.t - INTERVAL (k) DAY AS DATE) AS day, k AS age
-        FROM (SELECT DISTINCT t FROM _rows) d, range(1, {LOOKBACK + 1}) r(k)"""
-    )
+        if side is not None:
+            side.close()
+
+
+def _build_features(
+    con: duckdb.DuckDBPyConnection,
+    side: duckdb.DuckDBPyConnection | None,
+    side_pool: ThreadPoolExecutor,
+    frame: pd.DataFrame,
+    fs: FeatureSet,
+    ids: np.ndarray,
+    types: list[str],
+) -> pd.DataFrame:
+    n, ck = len(frame), frame["ck"].to_numpy()
     # Literal bounds, not scalar subqueries: DuckDB pushes literals into the scan (3x faster here).
     first_t, last_t = quote_literal(str(frame["t"].min())), quote_literal(str(frame["t"].max()))
     # 1. daily buckets of every event before the last date (rows' customers, known types), fetched
@@ -238,7 +260,12 @@ def build_features(
         'CREATE OR REPLACE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value '
         f'FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
     )
-    buckets = _prepare_buckets(con.execute(duckdb_bucket_sql(n_keys, span, origin)).fetchnumpy())
+    fetched = con.execute(duckdb_bucket_sql(n_keys, span, origin))
+    dates = np.unique(t_days)
+    dense = len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND)  # a day sits in > 2 dates' windows
+    account_job = None if side is None else side_pool.submit(_account_frame, side, fs, first_t, last_t, dense)
+    buckets = _prepare_buckets(fetched.fetchnumpy())
+    del fetched
     t_rel = t_days - origin
     # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas; left
     # uninitialised (touching 1 GB twice costs seconds), so every column is filled through `put`
@@ -266,18 +293,20 @@ def build_features(
             if col in col_index:
                 put(col, v[inverse])
 
+    def day_features(keys: np.ndarray = buckets["key"]) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's first active day and active days in the last TREND days, over all types."""
+        days = _account_days(keys[:-1] if keys[-1] == _NO_KEY else keys, n_keys, span)
+        return _first_and_active_days(days, ck, t_rel, span)
+
     # one type per thread: NumPy releases the GIL in searches and gathers, and each type has its columns
     with ThreadPoolExecutor(max_workers=max(1, min(len(types), _engine_threads(con)))) as pool:
+        days_job = pool.submit(day_features)  # single-threaded: it runs alongside the types
         list(pool.map(type_features, range(len(types))))
-    keys = buckets["key"]
-    account_days = _account_days(keys[:-1] if keys[-1] == _NO_KEY else keys, n_keys, span)
-    del buckets  # the largest arrays here; the account query below needs the memory
+    first_rel, active = days_job.result()
+    del buckets  # the largest arrays here
 
-    # 4. account state as of the date
-    dates = np.unique(t_days)
-    dense = len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND)  # a day sits in > 2 dates' windows
-    account = _account_frame(con, fs, first_t, last_t, dense)
-    first_rel, active = _first_and_active_days(account_days, ck, t_rel, span)
+    # 4. account state as of the date (already running on the side session when there is one)
+    account = _account_frame(con, fs, first_t, last_t, dense) if account_job is None else account_job.result()
     no_since = account["tenure_days"].isna().to_numpy() & (first_rel < t_rel)
     account["tenure_days"] = np.where(
         no_since, (t_rel - first_rel).astype(np.float64), account["tenure_days"]
@@ -300,8 +329,8 @@ def build_features(
     n_numeric = len(fs.columns) - len(fs.categorical_columns)
     assert fs.columns[n_numeric:] == fs.categorical_columns
     result = pd.DataFrame(matrix[:, :n_numeric], columns=fs.columns[:n_numeric], copy=False)
-    result.insert(0, "observation_date", out["observation_date"].to_numpy())
-    result.insert(0, "customer_id", out["customer_id"].array)
+    result.insert(0, "observation_date", frame["t"].to_numpy())
+    result.insert(0, "customer_id", frame["customer_id"].array)
     for c in fs.categorical_columns:
         values = account[c]
         if isinstance(values.dtype, pd.StringDtype):  # text, as DuckDB returns it: used as is
@@ -310,6 +339,50 @@ def build_features(
             values = values.astype("object")
             result[c] = values.where(values.notna(), None).to_numpy()
     return result
+
+
+def _key_tables(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, ids: np.ndarray, types: list[str]
+) -> None:
+    """The session's integer keys for customers (``_keys``), rows (``_rows``), types and each date's days."""
+    con.register("_keys_df", pd.DataFrame({"customer_id": ids, "ck": np.arange(len(ids), dtype=np.int64)}))
+    con.register("_rows_df", frame)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT customer_id, ck FROM _keys_df")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _rows AS SELECT _ri, ck, customer_id, CAST(t AS TIMESTAMP) AS t FROM _rows_df"
+        )
+    finally:
+        con.unregister("_keys_df")
+        con.unregister("_rows_df")
+    values_sql = ", ".join(f"({quote_literal(t)}, {i})" for i, t in enumerate(types))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _types AS SELECT * FROM (VALUES {values_sql}) v(event_type, ti)"
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _daymap AS
+        SELECT d.t, CAST(d.t - INTERVAL (k) DAY AS DATE) AS day, k AS age
+        FROM (SELECT DISTINCT t FROM _rows) d, range(1, {LOOKBACK + 1}) r(k)"""
+    )
+
+
+def _side_session(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection | None:
+    """A second session on ``con``'s database for the account query, or None: on one thread (the online
+    path) there is nothing to overlap, and contract tables temporary to ``con`` are invisible to it."""
+    if _engine_threads(con) < 2:
+        return None
+    shared = con.execute(
+        "SELECT count(DISTINCT table_name) FROM duckdb_tables() WHERE NOT temporary "
+        "AND database_name = current_database() AND schema_name = current_schema() "
+        "AND table_name IN ('events', 'customers', 'subscriptions')"
+    ).fetchall()[0][0]
+    if shared < 3:
+        return None
+    side = con.cursor()
+    # settings such as memory and threads belong to the database; the time zone belongs to the session
+    time_zone = con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]
+    side.execute(f"SET TimeZone = {quote_literal(time_zone)}")
+    return side
 
 
 def _engine_threads(con: duckdb.DuckDBPyConnection) -> int:
@@ -573,6 +646,7 @@ def load_contract_frames(
 ) -> None:
     """Create the contract tables in ``con`` from already-clean frames (missing columns become NULL)."""
     frames = {"customers": customers, "events": events, "subscriptions": subscriptions}
+    con.execute("DROP TABLE IF EXISTS event_volume")  # validation's summary of other events
     for table, frame in frames.items():
         types = dict(_FRAME_TYPES[table])
         if table == "customers":

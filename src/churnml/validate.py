@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -458,14 +459,18 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
     return _Staged(table, offsets, flags, dropped)
 
 
-def _repeated_row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
-    """Row hashes that occur more than once, found by sorting them in NumPy.
+def _row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
+    """Every staged row's hash (`_Staged.hash_sql`), for `_repeated`."""
+    return np.asarray(con.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"])
+
+
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """Row hashes that occur more than once, found by sorting them (in place) in NumPy.
 
     A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
-    Rows with these hashes (`_Staged.hash_sql`) are duplicate candidates, which the exact search that
-    follows confirms (or not, on a hash collision).
+    Rows with these hashes are duplicate candidates, which the exact search that follows confirms
+    (or not, on a hash collision).
     """
-    hashes = np.asarray(con.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"])
     hashes.sort()
     repeats = hashes[1:][hashes[1:] == hashes[:-1]]
     return np.unique(repeats) if len(repeats) else repeats
@@ -618,6 +623,10 @@ def _check_staged(
         f"{'' if staged.dropped else ', false AS _dropped'} FROM {staged.table}"
     )
     local = " OR ".join(f"({cond})" for check, _, cond in cases if check not in JOIN_CHECKS) or "false"
+    # events: the row hashes are sorted on one core while DuckDB runs the checks below (step 3 waits)
+    sorter = ThreadPoolExecutor(max_workers=1)
+    repeated_job = sorter.submit(_repeated, _row_hashes(con, staged)) if role == "events" else None
+    sorter.shutdown(wait=False)
 
     # 1. column-level: most values unparseable -> the column has the wrong type (hard error)
     aggs = ["count(*)", "count(*) FILTER (WHERE _dropped)"]
@@ -687,7 +696,7 @@ def _check_staged(
     # max_quarantine_fraction), so they are collected once into a small table that counts, examples,
     # the quarantine file and the clean table all read.
     joined_checks = role in ("events", "subscriptions") and spec.customers is not None
-    repeated = _repeated_row_hashes(con, staged) if role == "events" else np.empty(0, np.uint64)
+    repeated = repeated_job.result() if repeated_job is not None else np.empty(0, np.uint64)
     problems = joined_checks and _customer_problems(con, role, staged, complete) > 0
     duplicates = len(repeated) > 0
     search = bool(local_bad) or duplicates or problems
@@ -860,6 +869,7 @@ def validate_dataset(
     """
     report = ValidationReport()
     as_of = as_of or spec.validation.as_of or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    con.execute("DROP TABLE IF EXISTS event_volume")  # describes the events loaded below; rebuilt at the end
     raw_tables = register_raw_tables(con, spec)
     mapped: dict[str, list[_Mapped]] = {}
     for raw in raw_tables:
@@ -893,15 +903,20 @@ def _volume_spikes(con: duckdb.DuckDBPyConnection) -> list[Issue]:
     """Days whose event volume is far above the typical day: kept (they may be real) but reported.
 
     A 10x day is usually a duplicated export or a replayed pipeline; the CSM would otherwise see a
-    usage surge that never happened.
+    usage surge that never happened. The daily volumes stay in the small table ``event_volume``
+    (day, event_type, events, valued: events with a value), so reading which types exist and carry
+    values (`churnml.features.infer_feature_set`) does not scan the events again.
     """
+    con.execute(
+        'CREATE OR REPLACE TABLE event_volume AS SELECT "timestamp"::DATE AS day, event_type, '
+        "count(*) AS events, count(value) AS valued FROM events GROUP BY ALL ORDER BY ALL"
+    )
     rows = con.execute(
         f"""
-        WITH days AS (SELECT "timestamp"::DATE AS day, event_type, count(*) AS n FROM events GROUP BY ALL),
-        typical AS (SELECT event_type, median(n) AS med FROM days GROUP BY ALL)
-        SELECT d.day, d.event_type, d.n, t.med FROM days d JOIN typical t USING (event_type)
-        WHERE d.n >= {SPIKE_MIN_EVENTS} AND d.n > {SPIKE_RATIO} * t.med
-        ORDER BY d.n / t.med DESC
+        WITH typical AS (SELECT event_type, median(events) AS med FROM event_volume GROUP BY ALL)
+        SELECT d.day, d.event_type, d.events, t.med FROM event_volume d JOIN typical t USING (event_type)
+        WHERE d.events >= {SPIKE_MIN_EVENTS} AND d.events > {SPIKE_RATIO} * t.med
+        ORDER BY d.events / t.med DESC
         """
     ).fetchall()
     if not rows:
