@@ -451,16 +451,26 @@ def _event_features(
     integers) and the run's last bucket gives recency and the last value.
     """
     key = buckets["key"]
+    # every search below looks for a key in [min(base), max(base + rel)]: searching only that slice of
+    # the keys (one type's buckets) stays in cache better, and gives the same positions once offset
+    needles = (base.min(), (base + np.maximum(rel, 0)).max()) if len(base) else (0, 0)
+    offset, end = (int(i) for i in np.searchsorted(key, needles, side="left"))
+    part = key[offset:end]
+
+    def search(values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(part, values, side="left") + offset
 
     def at(days_back: int) -> np.ndarray:
-        return np.searchsorted(key, base + np.maximum(rel - days_back, 0), side="left")
+        return search(base + np.maximum(rel - days_back, 0))
 
-    hi, first = at(0), np.searchsorted(key, base, side="left")
+    hi, first = at(0), search(base)
     lo = {w: at(w) for w in sorted({*windows, TREND, 2 * TREND, LOOKBACK})}
     cum_n, cum_nv, s = buckets["cum_n"], buckets["cum_nv"], buckets["s"]
 
     def count(lo_: np.ndarray, hi_: np.ndarray, cum: np.ndarray = cum_n) -> np.ndarray:
         """Events in buckets [lo_, hi_): inclusive running totals before hi_ and before lo_."""
+        if offset > 0:  # every position is past bucket 0, so a total before it exists
+            return (cum[hi_ - 1] - cum[lo_ - 1]).astype(np.float64)
         return (np.where(hi_ > 0, cum[hi_ - 1], 0) - np.where(lo_ > 0, cum[lo_ - 1], 0)).astype(np.float64)
 
     n_trend, n_prev = count(lo[TREND], hi), count(lo[2 * TREND], lo[TREND])

@@ -459,18 +459,19 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
     return _Staged(table, offsets, flags, dropped)
 
 
-def _row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
-    """Every staged row's hash (`_Staged.hash_sql`), for `_repeated`."""
-    return np.asarray(con.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"])
-
-
-def _repeated(hashes: np.ndarray) -> np.ndarray:
-    """Row hashes that occur more than once, found by sorting them (in place) in NumPy.
+def _repeated_row_hashes(session: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
+    """Row hashes (`_Staged.hash_sql`) that occur more than once, found by sorting them in NumPy.
 
     A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
     Rows with these hashes are duplicate candidates, which the exact search that follows confirms
-    (or not, on a hash collision).
+    (or not, on a hash collision). ``session`` is a session of its own (a cursor), closed here.
     """
+    try:
+        hashes = np.asarray(
+            session.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"]
+        )
+    finally:
+        session.close()
     hashes.sort()
     repeats = hashes[1:][hashes[1:] == hashes[:-1]]
     return np.unique(repeats) if len(repeats) else repeats
@@ -623,9 +624,10 @@ def _check_staged(
         f"{'' if staged.dropped else ', false AS _dropped'} FROM {staged.table}"
     )
     local = " OR ".join(f"({cond})" for check, _, cond in cases if check not in JOIN_CHECKS) or "false"
-    # events: the row hashes are sorted on one core while DuckDB runs the checks below (step 3 waits)
+    # events: the row hashes are fetched on a second session and sorted on one core while DuckDB runs
+    # the checks below (step 3 waits for them)
     sorter = ThreadPoolExecutor(max_workers=1)
-    repeated_job = sorter.submit(_repeated, _row_hashes(con, staged)) if role == "events" else None
+    repeated_job = sorter.submit(_repeated_row_hashes, con.cursor(), staged) if role == "events" else None
     sorter.shutdown(wait=False)
 
     # 1. column-level: most values unparseable -> the column has the wrong type (hard error)
