@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -584,11 +584,16 @@ def _check_table(
     mapped_cols = sorted({c for p in parts for c in p.selects})
     bad_cols = [c for c in contract.column_names if any(c in p.bad for p in parts)]
     staged = _stage(con, role, parts, bad_cols)
+    # events: the row hashes are fetched on a second session and sorted on one core while DuckDB runs
+    # the checks (`_check_staged` waits for them when it needs them)
+    sorter = ThreadPoolExecutor(max_workers=1)
+    repeated = sorter.submit(_repeated_row_hashes, con.cursor(), staged) if role == "events" else None
     try:
         _check_staged(
-            con, role, parts, spec, as_of, quarantine_dir, report, label, typed, mapped_cols, staged
+            con, role, parts, spec, as_of, quarantine_dir, report, label, typed, mapped_cols, staged, repeated
         )
     finally:
+        sorter.shutdown(wait=True)  # the hashes' session reads the staged table dropped below
         con.execute(f"DROP VIEW IF EXISTS {staged.table}_v")
         for table in (
             staged.table,
@@ -612,6 +617,7 @@ def _check_staged(
     typed: str,
     mapped_cols: list[str],
     staged: _Staged,
+    repeated_job: Future[np.ndarray] | None,
 ) -> None:
     contract = CONTRACT[role]
     bad_cols = staged.flags
@@ -624,11 +630,6 @@ def _check_staged(
         f"{'' if staged.dropped else ', false AS _dropped'} FROM {staged.table}"
     )
     local = " OR ".join(f"({cond})" for check, _, cond in cases if check not in JOIN_CHECKS) or "false"
-    # events: the row hashes are fetched on a second session and sorted on one core while DuckDB runs
-    # the checks below (step 3 waits for them)
-    sorter = ThreadPoolExecutor(max_workers=1)
-    repeated_job = sorter.submit(_repeated_row_hashes, con.cursor(), staged) if role == "events" else None
-    sorter.shutdown(wait=False)
 
     # 1. column-level: most values unparseable -> the column has the wrong type (hard error)
     aggs = ["count(*)", "count(*) FILTER (WHERE _dropped)"]
