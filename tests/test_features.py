@@ -292,6 +292,46 @@ def test_temporary_contract_tables_stay_on_one_session(settings: Settings) -> No
     con.close()
 
 
+_OTHER_SUBSCRIPTIONS = HAND_SUBSCRIPTIONS.assign(mrr=1.0, seats=1.0)
+
+
+def _in_an_open_transaction(con: duckdb.DuckDBPyConnection) -> None:
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, _OTHER_SUBSCRIPTIONS)
+    con.begin()  # the hand data below is uncommitted: another session would read the other
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+
+
+def _in_another_database(con: duckdb.DuckDBPyConnection) -> None:
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, _OTHER_SUBSCRIPTIONS)
+    con.execute("ATTACH ':memory:' AS other")
+    con.execute("USE other")  # a new session still starts in the first database
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+
+
+def _shadowed_by_a_temporary_table(con: duckdb.DuckDBPyConnection) -> None:
+    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, _OTHER_SUBSCRIPTIONS)
+    con.register("_subscriptions_frame", HAND_SUBSCRIPTIONS)
+    con.execute("CREATE TEMP TABLE subscriptions AS SELECT * FROM _subscriptions_frame")
+
+
+@pytest.mark.parametrize(
+    "setup", [_in_an_open_transaction, _in_another_database, _shadowed_by_a_temporary_table]
+)
+def test_no_side_session_when_it_would_read_other_tables(settings: Settings, setup) -> None:  # noqa: ANN001
+    reference_con = connect(settings)
+    load_contract_frames(reference_con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    reference_con.execute("SET threads = 1")
+    reference = build_features(reference_con, _hand_rows(), HAND_SET)
+    reference_con.close()
+    con = connect(settings)
+    con.execute("SET threads = 2")
+    setup(con)
+    assert _side_session(con) is None
+    pd.testing.assert_frame_equal(build_features(con, _hand_rows(), HAND_SET), reference, check_exact=True)
+    assert reference["mrr"].tolist() == [200.0, 200.0, 300.0]
+    con.close()
+
+
 def test_an_error_on_the_side_session_is_raised_and_leaves_the_connection_usable(settings: Settings) -> None:
     con = connect(settings)
     load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)

@@ -42,6 +42,24 @@ def test_clean_data_loads_contract_tables(write_tiny, con, tmp_path: Path, fmt: 
     assert customers["mrr"].tolist() == [300.0, 45.0, 1000.0]
 
 
+@pytest.mark.parametrize("where", ["another database", "a transaction"])
+def test_validation_loads_into_the_sessions_own_database_and_transaction(write_tiny, con, where: str) -> None:
+    """Background work must not open a second session: it would see neither ``USE`` nor uncommitted tables."""
+    spec = write_tiny(events=pd.concat([tiny_events(), tiny_events().iloc[:1]], ignore_index=True))
+    if where == "another database":
+        con.execute("ATTACH ':memory:' AS other")
+        con.execute("USE other")
+    else:
+        con.begin()
+    report = prepare_dataset(con, spec)
+    assert _issue(report, "duplicate_event").count == 1  # the row hashes were read and found the repeat
+    assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 6
+    if where == "another database":
+        assert con.execute(
+            "SELECT database_name FROM duckdb_tables() WHERE table_name = 'events'"
+        ).fetchall() == [("other",)]
+
+
 def test_missing_column_is_an_error_naming_table_and_column(write_tiny, con) -> None:
     spec = write_tiny(events=tiny_events().drop(columns=["ts"]))
     report = validate_dataset(con, spec)

@@ -367,21 +367,38 @@ def _key_tables(
 
 
 def _side_session(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection | None:
-    """A second session on ``con``'s database for the account query, or None: on one thread (the online
-    path) there is nothing to overlap, and contract tables temporary to ``con`` are invisible to it."""
+    """A second session on ``con``'s database for the account query, or None when there is nothing to
+    overlap (one thread: the online path) or when it might not read what ``con`` reads: an open
+    transaction (its changes are invisible elsewhere), a temporary table or registered frame under a
+    contract table's name, or contract tables outside the database and schema a new session starts in."""
     if _engine_threads(con) < 2:
         return None
-    shared = con.execute(
-        "SELECT count(DISTINCT table_name) FROM duckdb_tables() WHERE NOT temporary "
-        "AND database_name = current_database() AND schema_name = current_schema() "
-        "AND table_name IN ('events', 'customers', 'subscriptions')"
-    ).fetchall()[0][0]
-    if shared < 3:
+    names = "('events', 'customers', 'subscriptions')"
+    shadowed, shared = con.execute(
+        f"""SELECT
+            (SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name IN {names})
+            + (SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name IN {names}),
+            (SELECT count(DISTINCT table_name) FROM duckdb_tables() WHERE NOT temporary
+             AND database_name = current_database() AND schema_name = current_schema() AND table_name IN {names})"""
+    ).fetchall()[0]
+    if shadowed or shared < 3:
         return None
+    # an open transaction keeps its id from one statement to the next; outside one each gets its own
+    if len({con.execute("SELECT txid_current()").fetchall()[0][0] for _ in range(2)}) == 1:
+        return None
+    here = con.execute("SELECT current_database(), current_schema(), current_setting('TimeZone')").fetchall()[
+        0
+    ]
     side = con.cursor()
-    # settings such as memory and threads belong to the database; the time zone belongs to the session
-    time_zone = con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]
-    side.execute(f"SET TimeZone = {quote_literal(time_zone)}")
+    try:
+        if side.execute("SELECT current_database(), current_schema()").fetchall()[0] != here[:2]:
+            side.close()
+            return None
+        # settings such as memory and threads belong to the database; the time zone to the session
+        side.execute(f"SET TimeZone = {quote_literal(here[2])}")
+    except BaseException:
+        side.close()
+        raise
     return side
 
 

@@ -390,19 +390,20 @@ def _typed_view(
 
 @dataclass
 class _Staged:
-    """A contract table loaded once, unnumbered: row k of part i is rowid ``offsets[i] + k - 1``."""
+    """A contract table loaded once, unnumbered: row k of part i is rowid ``base + offsets[i] + k - 1``."""
 
     table: str
     offsets: list[int]
     flags: list[str]  # contract columns with a bad-value flag column ``bad_<c>``
     dropped: bool  # has a ``_dropped`` column (some part drops event types)
+    base: int = 0  # rowid of the first row: 0, or DuckDB's offset for rows of an uncommitted transaction
 
     def row_sql(self, parts: Sequence[_Mapped]) -> str:
         """SQL for ``(_source, _row)`` -> this table's rowid, over a relation holding those two columns."""
         if len(parts) == 1:
-            return "_row - 1"
+            return f"{self.base} + _row - 1"
         cases = " ".join(
-            f"WHEN {quote_literal(p.raw.label)} THEN {off} + _row - 1"
+            f"WHEN {quote_literal(p.raw.label)} THEN {self.base + off} + _row - 1"
             for p, off in zip(parts, self.offsets, strict=True)
         )
         return f"CASE _source {cases} END"
@@ -415,8 +416,10 @@ class _Staged:
     def source_row_sql(self, rowid: str = "rowid") -> str:
         """SQL for a staged row's 1-based row number in its own source (the inverse of `row_sql`)."""
         if len(self.offsets) == 1:
-            return f"{rowid} + 1"
-        cases = " ".join(f"WHEN {i} THEN {rowid} - {off} + 1" for i, off in enumerate(self.offsets))
+            return f"{rowid} - {self.base} + 1"
+        cases = " ".join(
+            f"WHEN {i} THEN {rowid} - {self.base + off} + 1" for i, off in enumerate(self.offsets)
+        )
         return f"CASE _part {cases} END"
 
 
@@ -456,22 +459,23 @@ def _stage(con: duckdb.DuckDBPyConnection, role: str, parts: Sequence[_Mapped], 
             raise _unreadable(part.raw.label, err) from None
         offsets.append(total)
         total += int(n)
-    return _Staged(table, offsets, flags, dropped)
+    first = con.execute(f"SELECT rowid FROM {table} LIMIT 1").fetchall()  # the first row: insertion order
+    base = first[0][0] if first else 0
+    return _Staged(table, offsets, flags, dropped, int(base))
 
 
-def _repeated_row_hashes(session: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
-    """Row hashes (`_Staged.hash_sql`) that occur more than once, found by sorting them in NumPy.
+def _row_hashes(con: duckdb.DuckDBPyConnection, staged: _Staged) -> np.ndarray:
+    """Every staged row's hash (`_Staged.hash_sql`), for `_repeated`."""
+    return np.asarray(con.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"])
+
+
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """Row hashes that occur more than once, found by sorting them (in place) in NumPy.
 
     A sort of 47M hashes takes ~1 s; a distinct count in SQL (a hash table of 47M keys) took ~8 s.
     Rows with these hashes are duplicate candidates, which the exact search that follows confirms
-    (or not, on a hash collision). ``session`` is a session of its own (a cursor), closed here.
+    (or not, on a hash collision).
     """
-    try:
-        hashes = np.asarray(
-            session.execute(f"SELECT {staged.hash_sql} AS h FROM {staged.table}").fetchnumpy()["h"]
-        )
-    finally:
-        session.close()
     hashes.sort()
     repeats = hashes[1:][hashes[1:] == hashes[:-1]]
     return np.unique(repeats) if len(repeats) else repeats
@@ -584,16 +588,16 @@ def _check_table(
     mapped_cols = sorted({c for p in parts for c in p.selects})
     bad_cols = [c for c in contract.column_names if any(c in p.bad for p in parts)]
     staged = _stage(con, role, parts, bad_cols)
-    # events: the row hashes are fetched on a second session and sorted on one core while DuckDB runs
-    # the checks (`_check_staged` waits for them when it needs them)
+    # events: the row hashes are sorted on one core while DuckDB runs the checks (`_check_staged` waits
+    # for them when it needs them)
     sorter = ThreadPoolExecutor(max_workers=1)
-    repeated = sorter.submit(_repeated_row_hashes, con.cursor(), staged) if role == "events" else None
+    repeated = sorter.submit(_repeated, _row_hashes(con, staged)) if role == "events" else None
     try:
         _check_staged(
             con, role, parts, spec, as_of, quarantine_dir, report, label, typed, mapped_cols, staged, repeated
         )
     finally:
-        sorter.shutdown(wait=True)  # the hashes' session reads the staged table dropped below
+        sorter.shutdown(wait=True)
         con.execute(f"DROP VIEW IF EXISTS {staged.table}_v")
         for table in (
             staged.table,
