@@ -270,7 +270,8 @@ def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
                         detail=f"column {attr!r} is not in the source; it has {available}",
                     )  # fmt: skip
                 )
-            elif attr in contract.column_names:
+            elif attr in contract.column_names or _is_reserved(attr, contract.column_names):
+                contract_column = attr in contract.column_names
                 issues.append(
                     Issue(
                         raw.label,
@@ -278,21 +279,13 @@ def _map_table(raw: RawTable, issues: list[Issue]) -> _Mapped:
                         "attribute_clash",
                         "error",
                         1,
-                        "attributes named unlike contract columns",
-                        detail=f"attribute {attr!r} clashes with the contract column of that name",
-                    )  # fmt: skip
-                )
-            elif _is_reserved(attr, contract.column_names):
-                issues.append(
-                    Issue(
-                        raw.label,
-                        attr,
-                        "attribute_clash",
-                        "error",
-                        1,
-                        "attribute names that do not start with '_' and are not 'rowid', 'bad_<column>' "
+                        "attributes named unlike contract columns"
+                        if contract_column
+                        else "attribute names that do not start with '_' and are not 'rowid', 'bad_<column>' "
                         "or 'src_<column>'",
-                        detail=f"attribute {attr!r} clashes with a column validation uses; rename it in the source",
+                        detail=f"attribute {attr!r} clashes with the contract column of that name"
+                        if contract_column
+                        else f"attribute {attr!r} clashes with a column validation uses; rename it in the source",
                     )  # fmt: skip
                 )
             else:
