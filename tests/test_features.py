@@ -457,6 +457,23 @@ def test_last_value_on_a_tied_timestamp_is_the_largest_whatever_the_row_order() 
         assert last == {max(values)}, (values, last)
 
 
+def test_last_value_is_the_latest_event_with_a_value_even_days_before_later_events() -> None:
+    """A CSAT-like type: tickets without a score after the last scored one keep that score as the last
+    value, and the value windows count only scored events."""
+    rows = [
+        ("a", T("2024-03-01 09:00"), "nps_response", 6.0, None),
+        ("a", T("2024-04-10 09:00"), "nps_response", 2.0, None),
+        ("a", T("2024-04-10 17:00"), "nps_response", None, None),
+        ("a", T("2024-04-25 09:00"), "nps_response", None, None),
+    ]
+    got = features_from_frames(_EDGE_SET, T("2024-05-01"), _events(rows)).iloc[0]
+    assert got["nps_response_last_value"] == 2.0
+    assert got["nps_response_count_30d"] == 3 and got["nps_response_active_days_30d"] == 2
+    assert got["nps_response_value_mean_30d"] == 2.0 and got["nps_response_value_sum_90d"] == 8.0
+    assert got["nps_response_value_mean_90d"] == 4.0 and got["nps_response_value_sum_total"] == 8.0
+    assert got["days_since_last_nps_response"] == pytest.approx(5 + 15 / 24)
+
+
 def test_an_ancient_timestamp_of_another_customer_breaks_nothing() -> None:
     """Validation only refuses future timestamps, so a year-0 typo elsewhere must not stop the run."""
     con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
@@ -500,7 +517,9 @@ def test_active_days_are_the_same_whether_flagged_or_sorted(monkeypatch: pytest.
 
     rng = np.random.default_rng(3)
     n_keys, span, n_types = 7, 50, 4
-    key = np.unique(rng.integers(0, n_types * n_keys * span, 300))  # sorted bucket keys, some types empty
+    key = np.sort(
+        rng.integers(0, n_types * n_keys * span, 300)
+    )  # sorted event keys (days repeat), some types empty
     key = key[(key // (n_keys * span)) != 2]
     expected = np.unique(key % (n_keys * span))
     flagged = features._account_days(key, n_keys, span)

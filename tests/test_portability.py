@@ -1,7 +1,7 @@
 """The events-scale definitions (churnml.buckets) run unchanged on a distributed engine: PySpark, locally.
 
 The same Ibis expressions are compiled for DuckDB (the embedded default) and executed by Spark on the
-same events; the buckets, the distinct users, and the features built from them must be the same.
+same events; the keyed events, the distinct users, and the features built from them must be the same.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import pytest
 
 from churnml.buckets import (
     DAYS,
-    DUCKDB_MACROS,
     EVENTS,
     KEYS,
     TYPES,
     USER_EVENTS,
-    bucket_table,
-    duckdb_bucket_sql,
+    duckdb_event_sql,
     duckdb_user_sql,
+    event_table,
     user_table,
+    value_table,
 )
 from churnml.engine import connect, quote_literal
-from churnml.features import _event_features, _prepare_buckets, build_features, infer_feature_set, slug
+from churnml.features import _event_features, _prepare_events, build_features, infer_feature_set, slug
 from churnml.spec import load_spec
 from churnml.validate import prepare_dataset
 
@@ -75,7 +75,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     session.stop()
 
 
-def test_buckets_and_event_features_agree_on_duckdb_and_spark(
+def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     sim_dir: Path, spark, settings, tmp_path
 ) -> None:  # noqa: ANN001
     import ibis
@@ -111,12 +111,12 @@ def test_buckets_and_event_features_agree_on_duckdb_and_spark(
     con.register("types_df", types)
     con.execute("CREATE TEMP TABLE _keys AS SELECT * FROM keys_df")
     con.execute("CREATE TEMP TABLE _types AS SELECT * FROM types_df")
-    con.execute(DUCKDB_MACROS)
     con.execute(
         'CREATE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value FROM events '
         f'WHERE "timestamp" < TIMESTAMP {quote_literal(str(before))}'
     )
-    duck = _prepare_buckets(con.execute(duckdb_bucket_sql(**shape)).fetchnumpy())
+    duck_raw = [con.execute(duckdb_event_sql(**shape, valued=v)).fetchnumpy() for v in (False, True)]
+    duck = _prepare_events(*duck_raw)
 
     # Spark: the same expression on the same events (through Parquet, as a cluster would read them)
     path = tmp_path / "events.parquet"
@@ -128,23 +128,25 @@ def test_buckets_and_event_features_agree_on_duckdb_and_spark(
     spark.createDataFrame(keys).createOrReplaceTempView("_keys")
     spark.createDataFrame(types).createOrReplaceTempView("_types")
     events = ibis.table(EVENTS, name="events")
-    expr = bucket_table(
-        events.filter(events.timestamp < before), ibis.table(KEYS, name="_keys"),
-        ibis.table(TYPES, name="_types"), dialect="pyspark", **shape,
-    )  # fmt: skip
-    table = spark.sql(ibis.to_sql(expr, dialect="pyspark")).toArrow()
-    spk = _prepare_buckets({c: table.column(c).to_numpy() for c in table.column_names})
+    spk_raw = []
+    for definition in (event_table, value_table):
+        expr = definition(
+            events.filter(events.timestamp < before), ibis.table(KEYS, name="_keys"),
+            ibis.table(TYPES, name="_types"), **shape,
+        )  # fmt: skip
+        table = spark.sql(ibis.to_sql(expr, dialect="pyspark")).toArrow()
+        spk_raw.append({c: table.column(c).to_numpy() for c in table.column_names})
+    spk = _prepare_events(*spk_raw)
 
-    assert len(duck["key"]) > 1000 and set(spk) == set(duck)
-    for name in duck:
-        if name == "s":  # float sums may add in another order
-            np.testing.assert_allclose(spk[name], duck[name], rtol=1e-12, err_msg=name)
-        else:
-            np.testing.assert_array_equal(spk[name], duck[name], err_msg=name)
+    assert len(duck["key"]) > 1000 and len(duck["value_key"]) > 100 and set(spk) == set(duck)
+    for name in duck:  # the same events in the same order: equal, not just close
+        np.testing.assert_array_equal(spk[name], duck[name], err_msg=name)
     tied_key = (list(fs.event_types).index(valued) * len(ids) + ids.index(customer)) * span + (
         TIED.to_datetime64().astype("datetime64[D]").astype(np.int64) - origin
     )
-    assert duck["last_value"][np.searchsorted(duck["key"], tied_key)] == 9.5
+    tied = np.flatnonzero(duck["value_key"] == tied_key)
+    inserted = [v for v in duck["values"][tied] if v in TIED_VALUES]  # other events may share the day
+    assert inserted[-3:] == [-2.0, 3.0, 9.5]  # a tied time orders by value: 9.5 is the last value
 
     # distinct users in the 30 days before each date, both ways (monthly-like dates: raw events joined)
     days = pd.DataFrame(

@@ -1,15 +1,20 @@
-"""Daily event buckets: the relational half of the feature definitions, written once in Ibis.
+"""Keyed events: the relational half of the feature definitions, written once in Ibis.
 
 Every event feature (window counts and sums, trends, recency, last value, active days) is computed
-from one table: per event type, customer and day, the event count, the value sum and count, the
-value of the last event with a value and the last timestamp. That table is a plain ``GROUP BY`` over
-the events, so it is defined here as an Ibis expression: the embedded default compiles it to DuckDB
-SQL, and the same expression runs on a distributed engine (tested on PySpark) when the events
-outgrow one machine. The second half, turning sorted buckets into per-row features, is NumPy code
-that needs only one customer's buckets at a time (`churnml.features`), so it partitions by customer.
+from two sorted tables of the events before the last observation date, each event keyed by one
+integer, ``(type * n_keys + customer) * span + day``:
 
-Rows are keyed by one integer, ``(type * n_keys + customer) * span + day``, so buckets sorted by
-key hold each customer-type's days as one contiguous run.
+- `event_table`: every event's key and timestamp, sorted by key and time, so a customer-type's days
+  are one contiguous run and the run's last event is its latest;
+- `value_table`: the key and value of the events that carry a value, sorted by key, time and value,
+  so the run's last entry is the last value (on a tied timestamp the largest value).
+
+Both are a join and a sort, defined here as Ibis expressions: the embedded default compiles them to
+DuckDB SQL, and the same expressions run on a distributed engine (tested on PySpark) when the events
+outgrow one machine. A sort of the events is much cheaper than a ``GROUP BY`` per customer-type-day
+here (47M events give 23M such groups; their hash table cost twice the sort), and NumPy reads counts,
+windows and last values straight off the sorted runs (`churnml.features`). That second half needs
+only one customer's events at a time, so it partitions by customer.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import functools
 
 import ibis
-import ibis.expr.datatypes as dt
 
 __all__ = [
     "EVENTS",
@@ -25,9 +29,9 @@ __all__ = [
     "TYPES",
     "USER_EVENTS",
     "DAYS",
-    "DUCKDB_MACROS",
-    "bucket_table",
-    "duckdb_bucket_sql",
+    "event_table",
+    "value_table",
+    "duckdb_event_sql",
     "user_table",
     "duckdb_user_sql",
 ]
@@ -40,61 +44,37 @@ TYPES = ibis.schema({"event_type": "string", "ti": "int64"})  # event type -> de
 USER_EVENTS = ibis.schema({"customer_id": "string", "timestamp": "timestamp", "user_id": "string"})
 DAYS = ibis.schema({"t": "timestamp", "day": "date", "age": "int64"})  # each date's days, `age` days back
 
-# DuckDB: (timestamp, value) packed into one HUGEINT, so DuckDB's arg_max orders by the timestamp and,
-# on a tie, by the value. The value part is a monotone map of the double into [0, 2^64): its sign
-# times log(1 + |v|), shifted by 710 (log of the largest double) and scaled by 2^53. Values that agree
-# to about 13 significant digits map alike; between those a tie stays arbitrary.
-# Events without a value never win, so the key is only computed for the others (CASE evaluates its
-# branch on those rows alone: 0.6 s less on 47M events, of which about a third carry a value).
-DUCKDB_MACROS = """CREATE OR REPLACE TEMP MACRO churnml_last_order(ts, v) AS CASE WHEN v IS NOT NULL THEN
-    epoch_us(ts)::HUGEINT * 18446744073709551616
-    + CAST(floor((sign(v) * ln(1 + abs(v)) + 710) * 9007199254740992) AS HUGEINT) END"""
 
-
-@ibis.udf.scalar.builtin(name="churnml_last_order")
-def _duckdb_last_order(ts: dt.timestamp, value: dt.float64) -> dt.Decimal(38, 0):  # type: ignore[valid-type]
-    """The macro above (DuckDB only)."""
-
-
-@ibis.udf.agg.builtin(name="arg_max")
-def _duckdb_arg_max(arg: dt.float64, key: dt.Decimal(38, 0)) -> dt.float64:  # type: ignore[valid-type]
-    """DuckDB's own arg_max: Ibis's argmax compiles to an ordered FIRST, 3 s slower on 47M events."""
-
-
-def bucket_table(
-    events: ibis.Table,
-    keys: ibis.Table,
-    types: ibis.Table,
-    *,
-    n_keys: int,
-    span: int,
-    origin_day: int,
-    dialect: str,
-) -> ibis.Table:
-    """Daily buckets of ``events`` (already cut at the last observation date), sorted by key.
-
-    ``origin_day`` is day 0 in days since 1970-01-01 and ``span`` the days from it to the last date,
-    so ``0 <= day < span``. Events of customers or types absent from ``keys``/``types`` are dropped.
-    The last value is that of the latest event with a value; on a tied timestamp the largest value
-    wins, on every engine and whatever the row order (so the three feature paths agree).
-    """
+def _keyed(events: ibis.Table, keys: ibis.Table, types: ibis.Table, n_keys: int, span: int, origin_day: int):  # noqa: ANN202
+    """Events of known customers and types with their integer key (others are dropped by the joins)."""
     j = events.join(keys, "customer_id").join(types, "event_type")
     day = j.timestamp.date().delta(ibis.date(1970, 1, 1), unit="day") - origin_day
-    key = (j.ti * n_keys + j.ck) * span + day
-    if dialect == "duckdb":
-        last = _duckdb_arg_max(j.value, _duckdb_last_order(j.timestamp, j.value))
-    else:  # engines that order structs field by field (Spark's max_by, for one)
-        last = j.value.argmax(ibis.struct({"ts": j.timestamp, "v": j.value}), where=j.value.notnull())
-    return (
-        j.group_by(key=key)
-        .aggregate(
-            n=j.count(), s=j.value.sum(), nv=j.value.count(), last_value=last, last_ts=j.timestamp.max()
-        )
-        .order_by("key")
-    )
+    return j.mutate(key=((j.ti * n_keys + j.ck) * span + day).cast("int64"))
 
 
-# Placeholders compiled into the DuckDB template (16-digit numbers no real query contains)
+def event_table(
+    events: ibis.Table, keys: ibis.Table, types: ibis.Table, *, n_keys: int, span: int, origin_day: int
+) -> ibis.Table:
+    """``(key, timestamp)`` of every event in ``events`` (already cut at the last date), sorted.
+
+    ``origin_day`` is day 0 in days since 1970-01-01 and ``span`` the days from it to the last date,
+    so ``0 <= day < span``.
+    """
+    k = _keyed(events, keys, types, n_keys, span, origin_day)
+    return k.select("key", "timestamp").order_by(["key", "timestamp"])
+
+
+def value_table(
+    events: ibis.Table, keys: ibis.Table, types: ibis.Table, *, n_keys: int, span: int, origin_day: int
+) -> ibis.Table:
+    """``(key, value)`` of the events with a value, sorted by key, time and value: the last entry of a
+    run is the last value, the same on every engine and whatever the row order (so the paths agree)."""
+    k = _keyed(events, keys, types, n_keys, span, origin_day)
+    k = k.filter(k.value.notnull())
+    return k.order_by(["key", "timestamp", "value"]).select("key", "value")
+
+
+# Placeholders compiled into the DuckDB templates (16-digit numbers no real query contains)
 _PLACEHOLDERS = {
     "n_keys": 7_301_000_000_000_001,
     "span": 7_301_000_000_000_002,
@@ -103,26 +83,27 @@ _PLACEHOLDERS = {
 
 
 @functools.cache
-def _duckdb_template() -> str:
-    """The bucket query compiled once: compiling costs ~10 ms, which every online request would pay."""
-    expr = bucket_table(
+def _duckdb_template(valued: bool) -> str:
+    """A keyed-event query compiled once: compiling costs ~10 ms, which every online request would pay."""
+    expr = (value_table if valued else event_table)(
         ibis.table(EVENTS, name="_events_before"), ibis.table(KEYS, name="_keys"),
-        ibis.table(TYPES, name="_types"), dialect="duckdb", **_PLACEHOLDERS,
+        ibis.table(TYPES, name="_types"), **_PLACEHOLDERS,
     )  # fmt: skip
     sql = ibis.to_sql(expr, dialect="duckdb")
     for name, value in _PLACEHOLDERS.items():
         if sql.count(str(value)) != 1:  # pragma: no cover - guards an Ibis upgrade that folds constants
-            raise RuntimeError(f"bucket query template: placeholder for {name} not found once")
+            raise RuntimeError(f"keyed event query template: placeholder for {name} not found once")
     return sql
 
 
-def duckdb_bucket_sql(n_keys: int, span: int, origin_day: int) -> str:
-    """DuckDB SQL for `bucket_table` over the relations ``_events_before``, ``_keys`` and ``_types``.
+def duckdb_event_sql(n_keys: int, span: int, origin_day: int, *, valued: bool) -> str:
+    """DuckDB SQL for `event_table` (or `value_table` when ``valued``) over the relations
+    ``_events_before``, ``_keys`` and ``_types``.
 
     The caller defines ``_events_before`` (events before the last date: a literal bound DuckDB pushes
-    into the scan) and creates `DUCKDB_MACROS` on the connection.
+    into the scan).
     """
-    sql = _duckdb_template()
+    sql = _duckdb_template(valued)
     for name, value in {"n_keys": n_keys, "span": span, "origin_day": origin_day}.items():
         sql = sql.replace(str(_PLACEHOLDERS[name]), str(int(value)))
     return sql

@@ -5,13 +5,14 @@ before the observation date (a midnight), so nothing that happens on or after it
 
 The computation stays long and narrow:
 
-1. events are bucketed per (event type, customer, day): count, value sum, last value, last time,
-   sorted by one integer key. The bucket query is an Ibis expression (`churnml.buckets`): DuckDB runs
-   it here, and the same definition runs on PySpark (tested) when the events outgrow one machine;
-2. for each row and event type, the customer's days before the date are one contiguous run of that
-   sorted array, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
-   counts are prefix-sum differences, value sums are summed over the run itself, and the run's last
-   bucket gives recency, the last value and the mean gap;
+1. events are keyed by one integer per (event type, customer, day) and fetched sorted by it: every
+   event's key and time, and the key and value of the events with a value. These are Ibis
+   expressions (`churnml.buckets`): DuckDB runs them here, and the same definitions run on PySpark
+   (tested) when the events outgrow one machine;
+2. for each row and event type, the customer's events before the date are one contiguous run of
+   the sorted keys, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
+   counts are differences of positions, value sums are summed over the run itself, and the run's
+   last event gives recency, the last value and the mean gap;
 3. distinct users in the last 30 days (an Ibis definition too), and DuckDB SQL for the account state
    as of each date (plan, MRR, seats, renewal: one row per customer and date, no events);
 4. the results are written column by column into one NumPy matrix (no pivot in SQL, which is costly).
@@ -31,7 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.buckets import DUCKDB_MACROS, duckdb_bucket_sql, duckdb_user_sql
+from churnml.buckets import duckdb_event_sql, duckdb_user_sql
 from churnml.config import Settings
 from churnml.engine import connect, quote_ident, quote_literal
 from churnml.labels import build_labels, data_window
@@ -217,7 +218,7 @@ def build_features(
     ck = codes.astype(np.int64)
     frame = frame.assign(ck=ck)
     # the account query (step 4) is DuckDB alone: with threads to spare it runs on a second session while
-    # NumPy works on the buckets (which leaves a core idle), so that session needs the key tables too
+    # NumPy works on the sorted events (which leaves a core idle), so that session needs the key tables too
     side = _side_session(con)
     try:
         for session in (con,) if side is None else (con, side):
@@ -245,8 +246,8 @@ def _build_features(
     n, ck = len(frame), frame["ck"].to_numpy()
     # Literal bounds, not scalar subqueries: DuckDB pushes literals into the scan (3x faster here).
     first_t, last_t = quote_literal(str(frame["t"].min())), quote_literal(str(frame["t"].max()))
-    # 1. daily buckets of every event before the last date (rows' customers, known types), fetched
-    #    sorted by one integer key = (type * customers + customer) * span + day
+    # 1. every event before the last date (rows' customers, known types), fetched sorted by one integer
+    #    key = (type * customers + customer) * span + day, then the events with a value
     t_days = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64)
     day_sql = """(CAST(e."timestamp" AS DATE) - DATE '1970-01-01')"""  # days since 1970, as NumPy counts them
     first_day = con.execute(
@@ -255,17 +256,19 @@ def _build_features(
     origin = int(first_day) if first_day is not None else int(t_days.min())
     span = int(max(t_days.max() - origin, 0)) + 1
     n_keys = len(ids)
-    con.execute(DUCKDB_MACROS)
     con.execute(
         'CREATE OR REPLACE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value '
         f'FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
     )
-    fetched = con.execute(duckdb_bucket_sql(n_keys, span, origin))
+    fetched = con.execute(duckdb_event_sql(n_keys, span, origin, valued=False))
     dates = np.unique(t_days)
     dense = len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND)  # a day sits in > 2 dates' windows
     account_job = None if side is None else side_pool.submit(_account_frame, side, fs, first_t, last_t, dense)
-    buckets = _prepare_buckets(fetched.fetchnumpy())
+    timed = fetched.fetchnumpy()
     del fetched
+    valued = con.execute(duckdb_event_sql(n_keys, span, origin, valued=True)).fetchnumpy()
+    sorted_events = _prepare_events(timed, valued)
+    del timed, valued
     t_rel = t_days - origin
     # column-major: each feature is one contiguous column, cheap to fill and to hand to pandas; left
     # uninitialised (touching 1 GB twice costs seconds), so every column is filled through `put`
@@ -285,15 +288,15 @@ def _build_features(
     ck_sorted, rel_sorted = ck[order], t_rel[order]
     t_us = frame["t"].to_numpy().astype("datetime64[us]").astype(np.int64)[order]
 
-    def type_features(ti: int, buckets: dict[str, np.ndarray] = buckets) -> None:
+    def type_features(ti: int, events: dict[str, np.ndarray] = sorted_events) -> None:
         base = (ti * n_keys + ck_sorted) * span
-        values = _event_features(buckets, base, rel_sorted, t_us, fs.windows)
+        values = _event_features(events, base, rel_sorted, t_us, fs.windows)
         for name, v in values.items():
             col = name.format(s=slug(types[ti]))
             if col in col_index:
                 put(col, v[inverse])
 
-    def day_features(keys: np.ndarray = buckets["key"]) -> tuple[np.ndarray, np.ndarray]:
+    def day_features(keys: np.ndarray = sorted_events["key"]) -> tuple[np.ndarray, np.ndarray]:
         """Each row's first active day and active days in the last TREND days, over all types."""
         days = _account_days(keys[:-1] if keys[-1] == _NO_KEY else keys, n_keys, span)
         return _first_and_active_days(days, ck, t_rel, span)
@@ -303,7 +306,7 @@ def _build_features(
         days_job = pool.submit(day_features)  # single-threaded: it runs alongside the types
         list(pool.map(type_features, range(len(types))))
     first_rel, active = days_job.result()
-    del buckets  # the largest arrays here
+    del sorted_events  # the largest arrays here
 
     # 4. account state as of the date (already running on the side session when there is one)
     account = _account_frame(con, fs, first_t, last_t, dense) if account_job is None else account_job.result()
@@ -407,43 +410,39 @@ def _engine_threads(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
 
 
-_NO_KEY = np.iinfo(np.int64).max  # the key of the placeholder bucket when there are none
+_NO_KEY = np.iinfo(np.int64).max  # the key of the placeholder event when there are none
 
 
-def _prepare_buckets(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fetched buckets (`churnml.buckets.bucket_table`, sorted by key) as NumPy arrays for the run search.
+def _prepare_events(timed: dict[str, np.ndarray], valued: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fetched keyed events (`churnml.buckets`, sorted by key) as NumPy arrays for the run search.
 
-    Counts become running totals in place, so a count over a run is the difference of two. The value
-    sums get a sentinel bucket past the end, so every run's end is a valid start for `_ranged_sum`.
-    The other columns are used as fetched: a fresh copy of a 27M-bucket column costs ~0.5 s here
-    (first-touch page faults), which is why nothing else is copied.
+    ``days[i]`` counts the distinct keys (customer-type-days) before position ``i``, so a run
+    ``[lo, hi)`` that starts and ends at a day boundary spans ``days[hi] - days[lo]`` active days.
+    The values get a sentinel past the end, so every run's end is a valid start for `_ranged_sum`.
+    Nothing else is copied: a fresh array of 40M events costs ~0.3 s here in first-touch page faults.
     """
-    if not len(raw["key"]):  # no events: one empty bucket past every key keeps the indexing valid
-        raw = {"key": np.array([_NO_KEY]), "n": np.zeros(1, np.int64),
-               "nv": np.zeros(1, np.int64), "s": np.zeros(1), "last_value": np.full(1, np.nan),
-               "last_ts": np.zeros(1, "datetime64[us]")}  # fmt: skip
-    sums = np.empty(len(raw["key"]) + 1, np.float64)
-    sums[:-1], sums[-1] = np.ma.getdata(raw["s"]), 0.0
-    sums[:-1][np.asarray(raw["nv"]) == 0] = 0.0  # NULL sum (no values) adds nothing
-    last_value = np.ma.getdata(raw["last_value"])  # NULLs may come masked (DuckDB) or as NaN (Arrow)
-    if isinstance(raw["last_value"], np.ma.MaskedArray):
-        last_value[np.ma.getmaskarray(raw["last_value"])] = np.nan
-    out = {
-        "key": np.asarray(raw["key"], np.int64), "s": sums, "last_value": last_value,
-        "last_us": np.asarray(raw["last_ts"]).astype("datetime64[us]", copy=False).view(np.int64),
-    }  # fmt: skip
-    for col in ("n", "nv"):  # inclusive running totals, in the fetched array itself
-        counts = np.asarray(raw[col], np.int64)
-        out[f"cum_{col}"] = np.cumsum(counts, out=counts)
-    return out
+    key = np.asarray(timed["key"], np.int64)
+    last_us = np.asarray(timed["timestamp"]).astype("datetime64[us]", copy=False).view(np.int64)
+    if not len(key):  # no events: one placeholder past every key keeps the indexing valid
+        key, last_us = np.array([_NO_KEY]), np.zeros(1, np.int64)
+    starts = np.empty(len(key), bool)
+    starts[0] = True
+    np.not_equal(key[1:], key[:-1], out=starts[1:])
+    days = np.empty(len(key) + 1, np.int32 if len(key) < 2**31 - 1 else np.int64)
+    days[0] = 0
+    np.cumsum(starts, dtype=days.dtype, out=days[1:])
+    values = np.empty(len(valued["key"]) + 1, np.float64)
+    values[:-1], values[-1] = np.ma.getdata(valued["value"]), 0.0
+    return {"key": key, "last_us": last_us, "days": days,
+            "value_key": np.asarray(valued["key"], np.int64), "values": values}  # fmt: skip
 
 
 def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Sum of ``values[lo:hi]`` per pair, added up from the run itself (not prefix-sum differences).
 
-    So a customer's sums use only that customer's buckets, in the same order on every path, and the
+    So a customer's sums use only that customer's values, in the same order on every path, and the
     training, batch and online features are bit-identical. ``hi`` must stay below ``len(values)``
-    (the sentinel bucket sees to it) and ascend, which keeps the in-between runs short.
+    (the sentinel sees to it) and ascend, which keeps the in-between runs short.
     """
     idx = np.empty(2 * len(lo), dtype=np.int64)
     idx[0::2], idx[1::2] = lo, hi
@@ -453,8 +452,26 @@ def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
         return np.where(hi > lo, np.add.reduceat(values, idx)[0::2], 0.0)
 
 
+def _run_search(keys: np.ndarray, base: np.ndarray, rel: np.ndarray):  # noqa: ANN202
+    """``at(days_back)``: per row, the position of its first key on or after day ``rel - days_back``
+    (clipped at day 0), in sorted ``keys``; and whether any key lies in the rows' range.
+
+    Every search looks for a key in [min(base), max(base + rel)]: searching only that slice of the keys
+    (one type's events) stays in cache better, and gives the same positions once offset.
+    """
+    needles = (base.min(), (base + np.maximum(rel, 0)).max()) if len(base) else (0, 0)
+    offset, end = (int(i) for i in np.searchsorted(keys, needles, side="left"))
+    part = keys[offset:end]
+
+    def at(days_back: int | None) -> np.ndarray:
+        target = base if days_back is None else base + np.maximum(rel - days_back, 0)
+        return np.searchsorted(part, target, side="left") + offset
+
+    return at, end > offset
+
+
 def _event_features(
-    buckets: dict[str, np.ndarray],
+    events: dict[str, np.ndarray],
     base: np.ndarray,
     rel: np.ndarray,
     t_us: np.ndarray,
@@ -463,41 +480,39 @@ def _event_features(
     """One event type's features per row, as ``{name pattern: values}``.
 
     ``base`` is each row's key for day 0 of its customer and this type, ``rel`` its date in days from
-    day 0. Buckets are sorted by key, so a customer-type's days before the date are one contiguous
-    run found by binary search: windows are runs within it, counts are prefix-sum differences (exact
-    integers) and the run's last bucket gives recency and the last value.
+    day 0. Events are sorted by key, so a customer-type's events before the date are one contiguous
+    run found by binary search (``at(None)`` is the run's start): windows are runs within it, counts
+    are differences of positions, and the run's last event gives recency. Values are searched the same
+    way in their own sorted array, whose run's last entry is the last value.
     """
-    key = buckets["key"]
-    # every search below looks for a key in [min(base), max(base + rel)]: searching only that slice of
-    # the keys (one type's buckets) stays in cache better, and gives the same positions once offset
-    needles = (base.min(), (base + np.maximum(rel, 0)).max()) if len(base) else (0, 0)
-    offset, end = (int(i) for i in np.searchsorted(key, needles, side="left"))
-    part = key[offset:end]
+    key = events["key"]
+    at, _ = _run_search(key, base, rel)
+    hi, first = at(0), at(None)
+    lo = {w: at(w) for w in sorted({*windows, TREND, 2 * TREND})}
 
-    def search(values: np.ndarray) -> np.ndarray:
-        return np.searchsorted(part, values, side="left") + offset
-
-    def at(days_back: int) -> np.ndarray:
-        return search(base + np.maximum(rel - days_back, 0))
-
-    hi, first = at(0), search(base)
-    lo = {w: at(w) for w in sorted({*windows, TREND, 2 * TREND, LOOKBACK})}
-    cum_n, cum_nv, s = buckets["cum_n"], buckets["cum_nv"], buckets["s"]
-
-    def count(lo_: np.ndarray, hi_: np.ndarray, cum: np.ndarray = cum_n) -> np.ndarray:
-        """Events in buckets [lo_, hi_): inclusive running totals before hi_ and before lo_."""
-        if offset > 0:  # every position is past bucket 0, so a total before it exists
-            return (cum[hi_ - 1] - cum[lo_ - 1]).astype(np.float64)
-        return (np.where(hi_ > 0, cum[hi_ - 1], 0) - np.where(lo_ > 0, cum[lo_ - 1], 0)).astype(np.float64)
+    def count(lo_: np.ndarray, hi_: np.ndarray) -> np.ndarray:
+        return (hi_ - lo_).astype(np.float64)
 
     n_trend, n_prev = count(lo[TREND], hi), count(lo[2 * TREND], lo[TREND])
-    nv_trend, nv_all = count(lo[TREND], hi, cum_nv), count(lo[LOOKBACK], hi, cum_nv)
-    s_trend, s_all = _ranged_sum(s, lo[TREND], hi), _ranged_sum(s, lo[LOOKBACK], hi)
     total = count(first, hi)
     seen = hi > first
     last = np.where(seen, hi - 1, 0)
-    first_seen = np.where(seen, first, 0)  # a valid index (key has no sentinel)
-    days_since = np.where(seen, (t_us - buckets["last_us"][last]) / 86_400e6, np.nan)
+    first_seen = np.where(seen, first, 0)  # a valid index (key is never empty)
+    days = events["days"]
+    days_since = np.where(seen, (t_us - events["last_us"][last]) / 86_400e6, np.nan)
+
+    values = events["values"]
+    value_at, has_values = _run_search(events["value_key"], base, rel)
+    if has_values:
+        v_hi, v_first, v_trend, v_all = value_at(0), value_at(None), value_at(TREND), value_at(LOOKBACK)
+        nv_trend, nv_all = (v_hi - v_trend).astype(np.float64), (v_hi - v_all).astype(np.float64)
+        s_trend, s_all = _ranged_sum(values, v_trend, v_hi), _ranged_sum(values, v_all, v_hi)
+        s_total = _ranged_sum(values, v_first, v_hi)
+        v_seen = v_hi > v_first
+        last_value = np.where(v_seen, values[np.where(v_seen, v_hi - 1, 0)], np.nan)
+    else:  # no values of this type in the rows' range: sums are 0, means and the last value unknown
+        nv_trend = nv_all = s_trend = s_all = s_total = np.zeros(len(base))
+        last_value = np.full(len(base), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(
             total > 1, (key[last] - key[first_seen]) / (total - 1), np.nan
@@ -505,7 +520,7 @@ def _event_features(
         return {f"{{s}}_count_{w}d": count(lo[w], hi) for w in windows} | {
             "{s}_count_trend_ratio": np.where(n_prev > 0, n_trend / n_prev, np.nan),
             "{s}_count_trend_delta": n_trend - n_prev,
-            f"{{s}}_active_days_{TREND}d": (hi - lo[TREND]).astype(np.float64),
+            f"{{s}}_active_days_{TREND}d": (days[hi] - days[lo[TREND]]).astype(np.float64),
             "days_since_last_{s}": days_since,
             "{s}_count_total": np.where(seen, total, np.nan),
             "{s}_mean_gap_days": gap,
@@ -514,8 +529,8 @@ def _event_features(
             f"{{s}}_value_sum_{LOOKBACK}d": s_all,
             f"{{s}}_value_mean_{TREND}d": np.where(nv_trend > 0, s_trend / nv_trend, np.nan),
             f"{{s}}_value_mean_{LOOKBACK}d": np.where(nv_all > 0, s_all / nv_all, np.nan),
-            "{s}_last_value": np.where(seen, buckets["last_value"][last], np.nan),
-            "{s}_value_sum_total": _ranged_sum(s, first, hi),
+            "{s}_last_value": last_value,
+            "{s}_value_sum_total": s_total,
         }
 
 
@@ -565,13 +580,13 @@ def _account_frame(
     con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str, dense_dates: bool = False
 ) -> pd.DataFrame:
     """Per-row account features in row order: users, subscription state, attributes, and tenure from
-    signup or the first subscription (the first-event fallback and active days come from the buckets)."""
+    signup or the first subscription (the first-event fallback and active days come from the sorted events)."""
     attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
     attrs = (", " + attrs) if attrs else ""
     attr_cols = "".join(f", b.{quote_ident('attr_' + slug(a))}" for a in fs.attributes)  # only what is used
     term = int(fs.term_months)
     # distinct users in the 30 days before each date: an events-scale query, so an Ibis definition
-    # (churnml.buckets) like the buckets, over the events in the days some window covers
+    # (churnml.buckets) like the keyed events, over the events in the days some window covers
     con.execute(
         'CREATE OR REPLACE TEMP VIEW _user_events AS SELECT customer_id, "timestamp", user_id FROM events '
         f'WHERE user_id IS NOT NULL AND "timestamp" >= TIMESTAMP {first_t} - INTERVAL {TREND} DAY '
