@@ -51,6 +51,13 @@ def test_sentences_for_missing_values_say_so_instead_of_printing_nan() -> None:
         sentence, _ = describe_feature(CATALOGUE[name], {name: np.nan})
         assert "nan" not in sentence.lower(), sentence
     assert describe_feature(CATALOGUE["days_since_last_login"], {})[0] == "No login yet"
+    # tickets without a score may exist: the sentence says no score, not no ticket
+    last = describe_feature(CATALOGUE["support_ticket_last_value"], {"support_ticket_last_value": np.nan})[0]
+    assert last == "No CSAT score on any support ticket yet"
+    mean = describe_feature(CATALOGUE["support_ticket_value_mean_30d"], {})[0]
+    assert mean == "No CSAT score on any support ticket in the last 30 days"
+    scored = describe_feature(CATALOGUE["support_ticket_last_value"], {"support_ticket_last_value": 2.0})[0]
+    assert scored == "Latest CSAT score from a support ticket: 2"
 
 
 def test_singular_and_plural() -> None:

@@ -121,11 +121,17 @@ def _event_sentence(info: FeatureInfo, row: Mapping[str, object]) -> tuple[str, 
         return (f"{format_number(since)} days since the last {info.singular}, {format_number(x)}× the usual gap "
                 f"of {format_number(gap)} days", values)  # fmt: skip
     if name.startswith(f"{s}_value_") or name == f"{s}_last_value":
-        if x is None:
+        v = info.value_label
+        if x is None:  # no event with a value (events without one may exist: a ticket with no score)
             window = next((w for w in (TREND, LOOKBACK) if name.endswith(f"_{w}d")), None)
-            empty = f"No {info.plural} in the last {window} days" if window else f"No {info.singular} yet"
+            scored = f"{v} on any {info.singular}" if v and info.singular else None
+            empty = (
+                f"No {scored or info.plural} in the last {window} days"
+                if window
+                else f"No {scored or info.singular} yet"
+            )
             return empty, {"value": None}
-        v, shown = info.value_label, format_number(x)
+        shown = format_number(x)
         if v and info.singular:
             for w in (TREND, LOOKBACK):
                 if name == f"{s}_value_mean_{w}d":

@@ -11,8 +11,8 @@ The computation stays long and narrow:
    (tested) when the events outgrow one machine;
 2. for each row and event type, the customer's events before the date are one contiguous run of
    the sorted keys, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
-   counts are differences of positions, value sums are summed over the run itself, and the run's
-   last event gives recency, the last value and the mean gap;
+   counts are differences of positions, and the run's last event gives recency and the mean gap;
+   value sums, means and the last value come from the run of the same key in the sorted values;
 3. distinct users in the last 30 days (an Ibis definition too), and DuckDB SQL for the account state
    as of each date (plan, MRR, seats, renewal: one row per customer and date, no events);
 4. the results are written column by column into one NumPy matrix (no pivot in SQL, which is costly).
@@ -432,7 +432,8 @@ def _prepare_events(timed: dict[str, np.ndarray], valued: dict[str, np.ndarray])
     days[0] = 0
     np.cumsum(starts, dtype=days.dtype, out=days[1:])
     values = np.empty(len(valued["key"]) + 1, np.float64)
-    values[:-1], values[-1] = np.ma.getdata(valued["value"]), 0.0
+    np.add(np.ma.getdata(valued["value"]), 0.0, out=values[:-1])  # -0.0 -> 0.0: sorted as equal, so alike
+    values[-1] = 0.0
     return {"key": key, "last_us": last_us, "days": days,
             "value_key": np.asarray(valued["key"], np.int64), "values": values}  # fmt: skip
 
