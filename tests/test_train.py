@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,7 @@ import pandas as pd
 import pytest
 
 from churnml.catalogue import build_catalogue
-from churnml.features import FeatureSet, training_table
+from churnml.features import FEATURE_DEFINITION, FeatureSet, training_table
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.spec import load_spec
 from churnml.train import TrainConfig, load_train_config, time_splits, train_model
@@ -97,6 +99,23 @@ def test_model_save_load_gives_identical_predictions_and_shap(trained, tmp_path:
     (tmp_path / "m" / "booster.txt").write_text("not a model")
     with pytest.raises(ValueError, match="corrupt"):
         ChurnModel.load(tmp_path / "m")
+
+
+def test_a_model_trained_on_older_feature_definitions_warns_on_load(trained, tmp_path: Path, caplog) -> None:
+    """A model saved before definitions were numbered (no ``definition``) loads, and says what changed."""
+    _, _, result = trained
+    folder = result.model.save(tmp_path / "m")
+    assert json.loads((folder / "model.json").read_text())["feature_set"]["definition"] == FEATURE_DEFINITION
+    with caplog.at_level(logging.WARNING, logger="churnml.model"):
+        assert ChurnModel.load(folder).feature_set.definition == FEATURE_DEFINITION
+    assert not caplog.records
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["feature_set"]["definition"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="churnml.model"):
+        old = ChurnModel.load(folder)
+    assert old.feature_set.definition == 1 and old.feature_set.columns == result.model.feature_set.columns
+    assert "feature definitions 1" in caplog.text and "latest event with a value" in caplog.text
 
 
 def test_more_failed_payments_do_not_lower_risk(trained) -> None:

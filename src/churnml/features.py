@@ -40,6 +40,8 @@ from churnml.spec import DatasetSpec
 
 __all__ = [
     "WINDOWS",
+    "FEATURE_DEFINITION",
+    "DEFINITION_CHANGES",
     "latest_date",
     "scoring_rows",
     "training_table",
@@ -54,6 +56,12 @@ WINDOWS = (7, 30, 90)
 LOOKBACK = max(WINDOWS)
 TREND = 30  # trend compares the last TREND days with the TREND days before
 CATEGORICAL = ("plan", "segment")
+# Bumped when a feature's meaning changes, so a model trained on the old meaning can say so
+FEATURE_DEFINITION = 2
+DEFINITION_CHANGES = {
+    2: "an event type's last value comes from its latest event with a value (it was empty when the "
+    "latest active day had none)",
+}
 
 
 def slug(name: str) -> str:
@@ -74,6 +82,7 @@ class FeatureSet:
     # snapshot mode (`churnml train --table`): a ready feature table's own columns, no event features
     table_numeric: tuple[str, ...] = ()
     table_categorical: tuple[str, ...] = ()
+    definition: int = FEATURE_DEFINITION  # of the features this set was built with
 
     @property
     def is_snapshot(self) -> bool:
@@ -138,6 +147,7 @@ class FeatureSet:
         for key in ("event_types", "valued_types", "attributes", "categorical_attributes", "windows",
                     "table_numeric", "table_categorical"):  # fmt: skip
             data[key] = tuple(data.get(key, ()))
+        data.setdefault("definition", 1)  # saved before definitions were numbered
         return cls(**data)
 
 

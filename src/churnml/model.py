@@ -8,6 +8,7 @@ exact predictor from the files alone. ``contributions`` returns per-feature SHAP
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from churnml.catalogue import FeatureInfo
-from churnml.features import FeatureSet
+from churnml.features import DEFINITION_CHANGES, FEATURE_DEFINITION, FeatureSet
 
 __all__ = ["Calibrator", "ChurnModel", "encode_features"]
 
 _EPS = 1e-6
+
+log = logging.getLogger(__name__)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -150,6 +153,13 @@ class ChurnModel:
         except (ValueError, lgb.basic.LightGBMError) as err:
             raise ValueError(f"churn model at {folder} is corrupt: {err}") from None
         feature_set = FeatureSet.from_json(json.dumps(meta["feature_set"]))
+        if feature_set.definition < FEATURE_DEFINITION and not feature_set.is_snapshot:
+            changes = "; ".join(t for v, t in DEFINITION_CHANGES.items() if v > feature_set.definition)
+            log.warning(
+                "churn model at %s was trained on feature definitions %s, and this churnml computes %s: %s. "
+                "Retrain it so its inputs mean what it learnt.",
+                folder, feature_set.definition, FEATURE_DEFINITION, changes,
+            )  # fmt: skip
         if booster.num_feature() != len(feature_set.columns):
             raise ValueError(
                 f"churn model at {folder} is inconsistent: booster has {booster.num_feature()} features, "
