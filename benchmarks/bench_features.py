@@ -41,6 +41,17 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _reset_peak() -> None:
+    """Restart the peak-memory count (Linux: VmHWM), so a timed part's peak excludes the setup before it."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _part_peak_mb() -> float:
+    """Peak resident memory since `_reset_peak`."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 def run_churnml(spec_path: str, home: str, queue: mp.Queue) -> None:
     con = connect(Settings(home=Path(home), duckdb_memory_limit="5GB"))
     spec = load_spec(spec_path)
@@ -100,12 +111,13 @@ def run_pandas(data_dir: str, queue: mp.Queue) -> None:
     labels = build_labels(con, spec)
     rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]]
     con.close()
+    _reset_peak()
     began = time.perf_counter()
     events = pd.read_parquet(Path(data_dir) / "events.parquet").astype(
         {"customer_id": str, "event_type": str}
     )
     table = _pandas_features(events, rows)
-    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _peak_mb()})
+    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _part_peak_mb()})
 
 
 def run_churnml_subset(data_dir: str, queue: mp.Queue) -> None:
@@ -114,9 +126,10 @@ def run_churnml_subset(data_dir: str, queue: mp.Queue) -> None:
     prepare_dataset(con, spec)
     labels = build_labels(con, spec)
     rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]].reset_index(drop=True)
+    _reset_peak()
     began = time.perf_counter()
     table = build_features(con, rows, infer_feature_set(con, spec))
-    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _peak_mb()})
+    queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _part_peak_mb()})
 
 
 def run_validate(spec_path: str, home: str, queue: mp.Queue) -> None:
@@ -202,7 +215,7 @@ def main() -> None:
         f"  end to end      {end_to_end:7.1f} s   {events / end_to_end:,.0f} events/s (target >= 1,500,000)"
     )
     print(f"  peak RSS        {full['peak_mb']:,.0f} MiB (target <= 8,192)")
-    print(f"subset of {args.subset:,} customers ({ours['rows']:,} rows), same process layout:")
+    print(f"subset of {args.subset:,} customers ({ours['rows']:,} rows), peak while computing features:")
     print(f"  churnml         {ours['seconds']:7.1f} s   peak {ours['peak_mb']:,.0f} MiB")
     print(f"  pandas baseline {base['seconds']:7.1f} s   peak {base['peak_mb']:,.0f} MiB")
     print(f"  ratio           pandas / churnml = {base['seconds'] / ours['seconds']:.1f}x (target >= 3x)")

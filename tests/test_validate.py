@@ -240,6 +240,23 @@ def test_constant_event_type_and_dropped_types_are_counted(write_tiny, con) -> N
     assert summary.rows == summary.clean + summary.quarantined + sum(summary.dropped_event_types.values())
 
 
+def test_no_events_left_is_a_warning_that_says_where_they_went(write_tiny, con) -> None:
+    report = prepare_dataset(con, write_tiny())
+    assert not [i for i in report.issues if i.check == "no_events"]  # some events: no warning
+
+    empty = prepare_dataset(con, write_tiny(events=tiny_events().iloc[:0]))
+    issue = _issue(empty, "no_events")
+    assert empty.ok and issue.severity == "warning" and "0 row(s) read" in issue.message()
+
+    def drop_all(s: dict) -> None:
+        renamed = s["events"][0]["event_types"]
+        s["events"][0]["drop_event_types"] = sorted({renamed.get(k, k) for k in tiny_events()["kind"]})
+
+    dropped = prepare_dataset(con, write_tiny(spec_changes=drop_all))
+    assert dropped.tables["events"].clean == 0
+    assert f"{len(tiny_events())} of dropped types" in _issue(dropped, "no_events").message()
+
+
 def test_missing_and_truncated_files_are_data_errors(write_tiny, con, tmp_path: Path) -> None:
     spec = write_tiny()
     (tmp_path / "subscriptions.parquet").unlink()

@@ -894,6 +894,15 @@ def validate_dataset(
         )
         con.execute(f"CREATE OR REPLACE TABLE subscriptions ({cols})")
     report.issues.extend(_volume_spikes(con))
+    events = report.tables.get("events")
+    if events is not None and events.clean == 0:  # valid, but every event feature would be empty
+        gone = f"{events.rows:,} row(s) read, {events.quarantined:,} quarantined"
+        if events.dropped_event_types:
+            gone += f", {sum(events.dropped_event_types.values()):,} of dropped types"
+        report.issues.append(
+            Issue("events", None, "no_events", "warning", 0, "at least one event (check the source path, "
+                  "its filters and drop_event_types)", detail=f"no events to build features from ({gone})")
+        )  # fmt: skip
     return report
 
 
