@@ -45,7 +45,9 @@ USER_EVENTS = ibis.schema({"customer_id": "string", "timestamp": "timestamp", "u
 DAYS = ibis.schema({"t": "timestamp", "day": "date", "age": "int64"})  # each date's days, `age` days back
 
 
-def _keyed(events: ibis.Table, keys: ibis.Table, types: ibis.Table, n_keys: int, span: int, origin_day: int):  # noqa: ANN202
+def _keyed(
+    events: ibis.Table, keys: ibis.Table, types: ibis.Table, n_keys: int, span: int, origin_day: int
+) -> ibis.Table:
     """Events of known customers and types with their integer key (others are dropped by the joins)."""
     j = events.join(keys, "customer_id").join(types, "event_type")
     day = j.timestamp.date().delta(ibis.date(1970, 1, 1), unit="day") - origin_day

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -463,7 +464,9 @@ def _ranged_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
         return np.where(hi > lo, np.add.reduceat(values, idx)[0::2], 0.0)
 
 
-def _run_search(keys: np.ndarray, base: np.ndarray, rel: np.ndarray):  # noqa: ANN202
+def _run_search(
+    keys: np.ndarray, base: np.ndarray, rel: np.ndarray
+) -> tuple[Callable[[int | None], np.ndarray], bool]:
     """``at(days_back)``: per row, the position of its first key on or after day ``rel - days_back``
     (clipped at day 0), in sorted ``keys``; and whether any key lies in the rows' range.
 
