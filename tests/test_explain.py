@@ -57,7 +57,7 @@ def test_sentences_for_missing_values_say_so_instead_of_printing_nan() -> None:
     mean = describe_feature(CATALOGUE["support_ticket_value_mean_30d"], {})[0]
     assert mean == "No CSAT score on any support ticket in the last 30 days"
     scored = describe_feature(CATALOGUE["support_ticket_last_value"], {"support_ticket_last_value": 2.0})[0]
-    assert scored == "Latest CSAT score from a support ticket: 2"
+    assert scored == "Latest CSAT score of support tickets: 2"
 
 
 def test_singular_and_plural() -> None:

@@ -474,6 +474,31 @@ def test_last_value_is_the_latest_event_with_a_value_even_days_before_later_even
     assert got["days_since_last_nps_response"] == pytest.approx(5 + 15 / 24)
 
 
+def test_a_nan_value_is_no_value_on_the_batch_path_as_on_the_online_path() -> None:
+    """Validation quarantines NaN, but a table loaded another way may hold one: DuckDB keeps NaN (and sorts
+    it above every number) where pandas reads it as missing, so the value query drops it explicitly."""
+    rows = [
+        ("a", T("2024-04-10 09:00"), "nps_response", 3.0, None),
+        ("a", T("2024-04-20 09:00"), "nps_response", 5.0, None),
+    ]
+    nan_row = ("a", T("2024-04-20 09:00"), "nps_response", float("nan"), None)
+    online = features_from_frames(_EDGE_SET, T("2024-05-01"), _events([*rows, nan_row]))
+    con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
+    try:
+        load_contract_frames(con, None, _events(rows))
+        con.execute(
+            "INSERT INTO events VALUES ('a', TIMESTAMP '2024-04-20 09:00', 'nps_response', 'NaN'::DOUBLE, NULL)"
+        )
+        assert con.execute("SELECT count(*) FROM events WHERE isnan(value)").fetchone()[0] == 1
+        rows_frame = pd.DataFrame({"customer_id": ["a"], "observation_date": [T("2024-05-01")]})
+        batch = build_features(con, rows_frame, _EDGE_SET)
+    finally:
+        con.close()
+    assert batch.loc[0, "nps_response_last_value"] == 5.0
+    assert batch.loc[0, "nps_response_value_sum_30d"] == 8.0 and batch.loc[0, "nps_response_count_30d"] == 3
+    pd.testing.assert_frame_equal(batch, online, check_exact=True)
+
+
 def test_an_ancient_timestamp_of_another_customer_breaks_nothing() -> None:
     """Validation only refuses future timestamps, so a year-0 typo elsewhere must not stop the run."""
     con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import log_loss
 
 from churnml.catalogue import build_catalogue
 from churnml.features import FEATURE_DEFINITION, FeatureSet, training_table
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.spec import load_spec
-from churnml.train import TrainConfig, load_train_config, time_splits, train_model
+from churnml.train import TrainConfig, _fit_fold, load_train_config, time_splits, train_model
 from churnml.validate import prepare_dataset
 
 T = pd.Timestamp
@@ -36,6 +37,26 @@ def test_time_splits_refuse_too_little_history() -> None:
         time_splits(MONTHS[:3], 30, 2)
     with pytest.raises(ValueError, match="no backtest fold fits"):
         time_splits(MONTHS[:5], 120, 2)
+
+
+def test_early_stopping_watches_the_validation_loss_weighted_as_in_training() -> None:
+    """With positives weighted, the unweighted loss bottoms out early; the fit must stop where the loss
+    it minimises does, not there (and not where PR-AUC happens to peak)."""
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(6000, 3)), columns=["a", "b", "c"])
+    y = (rng.random(6000) < 1 / (1 + np.exp(-(1.5 * x["a"] + 0.5 * x["b"] - 3)))).astype(int).to_numpy()
+    fs = FeatureSet((), (), table_numeric=("a", "b", "c"))
+    params = {"objective": "binary", "metric": "binary_logloss", "verbosity": -1, "seed": 0, "deterministic": True,
+              "num_threads": 1, "learning_rate": 0.1, "num_leaves": 15, "scale_pos_weight": 8.0}  # fmt: skip
+    x_tr, y_tr, x_va, y_va = x[:4000], y[:4000], x[4000:], y[4000:]
+    booster = _fit_fold(
+        params, x_tr, y_tr, x_va, y_va, fs, TrainConfig(max_rounds=400, early_stopping_rounds=30)
+    )
+    p = [booster.predict(x_va.to_numpy(), num_iteration=i) for i in range(1, booster.current_iteration() + 1)]
+    weighted = [log_loss(y_va, q, sample_weight=np.where(y_va == 1, 8.0, 1.0)) for q in p]
+    unweighted = [log_loss(y_va, q) for q in p]
+    assert booster.best_iteration == int(np.argmin(weighted)) + 1
+    assert int(np.argmin(unweighted)) + 1 < booster.best_iteration - 10  # the test tells the two apart
 
 
 def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
@@ -116,6 +137,28 @@ def test_a_model_trained_on_older_feature_definitions_warns_on_load(trained, tmp
         old = ChurnModel.load(folder)
     assert old.feature_set.definition == 1 and old.feature_set.columns == result.model.feature_set.columns
     assert "feature definitions 1" in caplog.text and "latest event with a value" in caplog.text
+
+
+def test_feature_definitions_warn_only_for_changed_columns_and_refuse_newer_ones(
+    trained, tmp_path: Path
+) -> None:
+    _, fs, result = trained
+    assert any(c.endswith("_last_value") for c in fs.columns)
+    assert FeatureSet(("login",), (), definition=1).definition_changes() == []  # no valued type: unaffected
+    assert FeatureSet(("login",), ("login",), definition=1).definition_changes()
+    assert FeatureSet(("nps_response",), (), definition=1).definition_changes()  # nps_detractor changed
+    assert FeatureSet(("login",), ("login",)).definition_changes() == []
+    folder = result.model.save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["feature_set"]["definition"] = FEATURE_DEFINITION + 1  # from a newer churnml
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"feature definitions {FEATURE_DEFINITION + 1}, newer"):
+        ChurnModel.load(folder)
+    meta["feature_set"]["definition"] = FEATURE_DEFINITION
+    meta["feature_set"]["window_weights"] = [1, 2]  # a field a newer churnml might add
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"unreadable feature set: .*\['window_weights'\]"):
+        ChurnModel.load(folder)
 
 
 def test_more_failed_payments_do_not_lower_risk(trained) -> None:

@@ -104,7 +104,7 @@ def _event_features(fs: FeatureSet, event_type: str, vocab: EventVocabulary) -> 
             info(f"{s}_value_mean_{LOOKBACK}d", f"Average {v} of {vocab.plural} in the last {LOOKBACK} days.", v,
                  f"average {v} of {vocab.plural} in the last {LOOKBACK} days"),
             info(f"{s}_last_value", f"{_cap(v)} of the most recent {vocab.singular} that has one.", v,
-                 f"latest {v} from a {vocab.singular}"),
+                 f"latest {v} of {vocab.plural}"),
             info(f"{s}_value_sum_total", f"Total {v} of {vocab.plural} since the account started.", v,
                  f"total {v} of {vocab.plural}"),
         ]  # fmt: skip

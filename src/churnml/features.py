@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import duckdb
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "WINDOWS",
     "FEATURE_DEFINITION",
     "DEFINITION_CHANGES",
+    "DefinitionChange",
     "latest_date",
     "scoring_rows",
     "training_table",
@@ -59,9 +60,22 @@ TREND = 30  # trend compares the last TREND days with the TREND days before
 CATEGORICAL = ("plan", "segment")
 # Bumped when a feature's meaning changes, so a model trained on the old meaning can say so
 FEATURE_DEFINITION = 2
+
+
+@dataclass(frozen=True)
+class DefinitionChange:
+    """What one feature definition number changed, and the columns (by name ending) it touched."""
+
+    description: str
+    column_endings: tuple[str, ...]
+
+
 DEFINITION_CHANGES = {
-    2: "an event type's last value comes from its latest event with a value (it was empty when the "
-    "latest active day had none)",
+    2: DefinitionChange(
+        "an event type's last value comes from its latest event with a value (it was empty when the "
+        "latest active day had none), and so does the NPS detractor flag",
+        ("_last_value", "nps_detractor"),
+    ),
 }
 
 
@@ -149,7 +163,22 @@ class FeatureSet:
                     "table_numeric", "table_categorical"):  # fmt: skip
             data[key] = tuple(data.get(key, ()))
         data.setdefault("definition", 1)  # saved before definitions were numbered
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"feature set has fields this churnml does not know: {unknown} (saved by a newer one?)"
+            )
         return cls(**data)
+
+    def definition_changes(self) -> list[str]:
+        """What changed in the meaning of this set's columns since the definitions it was built with."""
+        if self.is_snapshot:  # a ready table's columns mean what the table says
+            return []
+        return [
+            change.description
+            for number, change in DEFINITION_CHANGES.items()
+            if number > self.definition and any(c.endswith(change.column_endings) for c in self.columns)
+        ]
 
 
 def infer_feature_set(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> FeatureSet:
@@ -213,7 +242,8 @@ def build_features(
 ) -> pd.DataFrame:
     """Features for each (customer_id, observation_date) row, from the contract tables in ``con``.
 
-    Returns the rows (same order) with one column per ``feature_set.columns``.
+    Returns the rows (same order) with one column per ``feature_set.columns``. The contract tables must
+    not change while this runs: events are read by several statements, each on its own snapshot.
     """
     fs = feature_set
     frame = _check_rows(rows)

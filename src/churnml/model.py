@@ -19,7 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from churnml.catalogue import FeatureInfo
-from churnml.features import DEFINITION_CHANGES, FEATURE_DEFINITION, FeatureSet
+from churnml.features import FEATURE_DEFINITION, FeatureSet
 
 __all__ = ["Calibrator", "ChurnModel", "encode_features"]
 
@@ -152,19 +152,28 @@ class ChurnModel:
             booster = lgb.Booster(model_file=str(folder / "booster.txt"))
         except (ValueError, lgb.basic.LightGBMError) as err:
             raise ValueError(f"churn model at {folder} is corrupt: {err}") from None
-        feature_set = FeatureSet.from_json(json.dumps(meta["feature_set"]))
-        if feature_set.definition < FEATURE_DEFINITION and not feature_set.is_snapshot:
-            changes = "; ".join(t for v, t in DEFINITION_CHANGES.items() if v > feature_set.definition)
-            log.warning(
-                "churn model at %s was trained on feature definitions %s, and this churnml computes %s: %s. "
-                "Retrain it so its inputs mean what it learnt.",
-                folder, feature_set.definition, FEATURE_DEFINITION, changes,
-            )  # fmt: skip
+        try:
+            feature_set = FeatureSet.from_json(json.dumps(meta["feature_set"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"churn model at {folder}: unreadable feature set: {err}") from None
         if booster.num_feature() != len(feature_set.columns):
             raise ValueError(
                 f"churn model at {folder} is inconsistent: booster has {booster.num_feature()} features, "
                 f"feature set {len(feature_set.columns)}"
             )
+        if feature_set.definition > FEATURE_DEFINITION and not feature_set.is_snapshot:
+            # its inputs mean something this code does not compute: serving it would score wrong inputs
+            raise ValueError(
+                f"churn model at {folder} was trained on feature definitions {feature_set.definition}, newer "
+                f"than this churnml's {FEATURE_DEFINITION}: upgrade churnml to use it"
+            )
+        changes = feature_set.definition_changes()
+        if changes:
+            log.warning(
+                "churn model at %s was trained on feature definitions %s, and this churnml computes %s: %s. "
+                "Retrain it so its inputs mean what it learnt.",
+                folder, feature_set.definition, FEATURE_DEFINITION, "; ".join(changes),
+            )  # fmt: skip
         return cls(
             booster=booster,
             feature_set=feature_set,
