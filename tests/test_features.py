@@ -104,6 +104,24 @@ def test_hand_computed_features() -> None:
     assert list(got.index[2:]) == HAND_SET.columns
 
 
+def test_two_subscriptions_starting_at_once_resolve_the_same_way_whatever_the_row_order() -> None:
+    """The subscription in force is the latest started; on a tie the larger MRR (then seats, plan) wins,
+    a rule every engine applies alike (an ASOF join would pick either)."""
+    extra = {"customer_id": ["a"], "start": [T("2024-03-25")], "end": [T("2024-05-02")], "mrr": [250.0],
+             "plan": ["growth"], "seats": [9.0]}  # fmt: skip
+    tie = pd.concat([HAND_SUBSCRIPTIONS, pd.DataFrame(extra)], ignore_index=True)
+    for order in (tie, tie.iloc[::-1], tie.sample(frac=1.0, random_state=1)):
+        got = features_from_frames(HAND_SET, AS_OF, HAND_EVENTS, HAND_CUSTOMERS, order)
+        assert (got.loc[0, "mrr"], got.loc[0, "seats"], got.loc[0, "plan"]) == (250.0, 9.0, "growth")
+
+
+def test_the_online_path_reads_frames_in_any_row_order_and_memory_layout() -> None:
+    expected = features_from_frames(HAND_SET, AS_OF, HAND_EVENTS, HAND_CUSTOMERS, HAND_SUBSCRIPTIONS)
+    reversed_views = (HAND_EVENTS.iloc[::-1], HAND_CUSTOMERS.iloc[::-1], HAND_SUBSCRIPTIONS.iloc[::-1])
+    got = features_from_frames(HAND_SET, AS_OF, *reversed_views)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
 def test_rows_must_be_dates_and_name_their_columns() -> None:
     with pytest.raises(ValueError, match="observation_date must be a date"):
         features_from_frames(HAND_SET, T("2024-05-01 12:00"), HAND_EVENTS, HAND_CUSTOMERS)

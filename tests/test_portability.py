@@ -1,7 +1,9 @@
-"""The events-scale definitions (churnml.buckets) run unchanged on a distributed engine: PySpark, locally.
+"""The relational feature definitions (churnml.buckets, churnml.accounts) run unchanged on a distributed
+engine: PySpark, locally.
 
 The same Ibis expressions are compiled for DuckDB (the embedded default) and executed by Spark on the
-same events; the keyed events, the distinct users, and the features built from them must be the same.
+same data; the keyed events, the distinct users, the account state and the features built from them
+must be the same.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnml.accounts import CUSTOMERS, ROWS, SUBSCRIPTIONS, account_table
 from churnml.buckets import (
     DAYS,
     EVENTS,
@@ -21,7 +24,6 @@ from churnml.buckets import (
     TYPES,
     USER_EVENTS,
     duckdb_event_sql,
-    duckdb_user_sql,
     event_table,
     user_table,
     value_table,
@@ -161,10 +163,16 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
         f'"timestamp" >= TIMESTAMP {quote_literal(str(first))} AND "timestamp" < TIMESTAMP {quote_literal(str(before))}'
     )
     order = ["ck", "t"]
-    duck_users = con.execute(duckdb_user_sql(30, False)).df().sort_values(order, ignore_index=True)
-    assert (
-        con.execute(duckdb_user_sql(30, True)).df().sort_values(order, ignore_index=True).equals(duck_users)
-    )
+
+    def users_on_duckdb(distinct_first: bool) -> pd.DataFrame:
+        expr = user_table(
+            ibis.table(USER_EVENTS, name="_user_events"), ibis.table(KEYS, name="_keys"),
+            ibis.table(DAYS, name="_daymap"), window=30, distinct_first=distinct_first,
+        )  # fmt: skip
+        return con.execute(ibis.to_sql(expr, dialect="duckdb")).df().sort_values(order, ignore_index=True)
+
+    duck_users = users_on_duckdb(False)
+    assert users_on_duckdb(True).equals(duck_users)
     con.execute(
         f"""COPY (SELECT customer_id, "timestamp", user_id FROM _user_events) TO {quote_literal(str(tmp_path / "u.parquet"))}
             (FORMAT parquet)"""
@@ -216,3 +224,38 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     )
     assert expected.loc[(rows["customer_id"] == customer) & (rows["observation_date"] == dates[1]),
                         f"{slug(valued)}_last_value"].item() == 9.5  # fmt: skip
+
+    # the account state (plan, MRR, seats, renewal, tenure, users): the same definition on Spark
+    for table in ("customers", "subscriptions"):
+        target = tmp_path / f"{table}.parquet"
+        con.execute(f"COPY {table} TO {quote_literal(str(target))} (FORMAT parquet)")
+        spark.read.parquet(str(target)).createOrReplaceTempView(table)
+    spark.createDataFrame(
+        pd.DataFrame({"_ri": np.arange(len(rows)), "ck": ck, "customer_id": rows["customer_id"],
+                      "t": rows["observation_date"]})
+    ).createOrReplaceTempView("_rows")  # fmt: skip
+    categorical = set(fs.categorical_attributes)
+    profile = {a: "string" if a in categorical else "float64" for a in fs.attributes}
+    accounts_expr = account_table(
+        ibis.table(ROWS, name="_rows"), ibis.table(ibis.schema({**CUSTOMERS, **profile}), name="customers"),
+        ibis.table(SUBSCRIPTIONS, name="subscriptions"), users_expr, attributes=fs.attributes,
+        attribute_columns=tuple(f"attr_{slug(a)}" for a in fs.attributes), term_months=fs.term_months,
+    )  # fmt: skip
+    accounts = spark.sql(ibis.to_sql(accounts_expr, dialect="pyspark")).toArrow().to_pandas()
+    np.testing.assert_array_equal(accounts["_ri"].to_numpy(), np.arange(len(rows)))
+    numeric = ["active_users_30d", "mrr", "mrr_change_90d", "seats", "seats_used_ratio", "days_to_renewal"]
+    for column in [*numeric, *fs.numeric_attribute_columns]:
+        np.testing.assert_allclose(
+            accounts[column].to_numpy(float), expected[column].to_numpy(float), rtol=1e-12, err_msg=column
+        )
+    # tenure from signup or the first subscription (build_features falls back to the first event after)
+    has_since = accounts["tenure_days"].notna().to_numpy()
+    assert has_since.sum() > len(rows) // 2
+    np.testing.assert_allclose(
+        accounts["tenure_days"].to_numpy(float)[has_since],
+        expected["tenure_days"].to_numpy(float)[has_since],
+        rtol=1e-12,
+    )
+    for column in fs.categorical_columns:
+        assert accounts[column].tolist() == expected[column].tolist(), column
+    assert expected["mrr_change_90d"].notna().sum() > 100 and expected["days_to_renewal"].notna().sum() > 100

@@ -33,7 +33,6 @@ __all__ = [
     "value_table",
     "duckdb_event_sql",
     "user_table",
-    "duckdb_user_sql",
 ]
 
 EVENTS = ibis.schema(
@@ -128,13 +127,3 @@ def user_table(
     d = days.filter(days.age <= window).select("t", "day")
     j = u.join(d, "day")
     return j.group_by(["ck", "t"]).aggregate(users=j.user_id.nunique())
-
-
-@functools.cache
-def duckdb_user_sql(window: int, distinct_first: bool) -> str:
-    """DuckDB SQL for `user_table` over the relations ``_user_events``, ``_keys`` and ``_daymap``."""
-    expr = user_table(
-        ibis.table(USER_EVENTS, name="_user_events"), ibis.table(KEYS, name="_keys"),
-        ibis.table(DAYS, name="_daymap"), window=window, distinct_first=distinct_first,
-    )  # fmt: skip
-    return ibis.to_sql(expr, dialect="duckdb")

@@ -13,8 +13,8 @@ The computation stays long and narrow:
    the sorted keys, found by binary search in NumPy: windows (7/30/90 days, trends) are sub-runs,
    counts are differences of positions, and the run's last event gives recency and the mean gap;
    value sums, means and the last value come from the run of the same key in the sorted values;
-3. distinct users in the last 30 days (an Ibis definition too), and DuckDB SQL for the account state
-   as of each date (plan, MRR, seats, renewal: one row per customer and date, no events);
+3. the account state as of each date (plan, MRR, seats, renewal, tenure and the distinct users of
+   the last 30 days: one row per customer and date), an Ibis expression too (`churnml.accounts`);
 4. the results are written column by column into one NumPy matrix (no pivot in SQL, which is costly).
 
 Which event types, value columns and attributes exist is fixed at training time in a
@@ -33,7 +33,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.buckets import duckdb_event_sql, duckdb_user_sql
+from churnml.accounts import duckdb_account_sql
+from churnml.buckets import duckdb_event_sql
 from churnml.config import Settings
 from churnml.engine import connect, quote_ident, quote_literal
 from churnml.labels import build_labels, data_window
@@ -623,62 +624,21 @@ def _first_and_active_days(
 def _account_frame(
     con: duckdb.DuckDBPyConnection, fs: FeatureSet, first_t: str, last_t: str, dense_dates: bool = False
 ) -> pd.DataFrame:
-    """Per-row account features in row order: users, subscription state, attributes, and tenure from
-    signup or the first subscription (the first-event fallback and active days come from the sorted events)."""
-    attrs = ", ".join(f"c.{quote_ident(a)} AS {quote_ident('attr_' + slug(a))}" for a in fs.attributes)
-    attrs = (", " + attrs) if attrs else ""
-    attr_cols = "".join(f", b.{quote_ident('attr_' + slug(a))}" for a in fs.attributes)  # only what is used
-    term = int(fs.term_months)
-    # distinct users in the 30 days before each date: an events-scale query, so an Ibis definition
-    # (churnml.buckets) like the keyed events, over the events in the days some window covers
+    """Per-row account features in row order (`churnml.accounts`): users, subscription state, attributes,
+    and tenure from signup or the first subscription (the first-event fallback and active days come
+    from the sorted events)."""
+    # the distinct users of the last 30 days read the events in the days some date's window covers
     con.execute(
         'CREATE OR REPLACE TEMP VIEW _user_events AS SELECT customer_id, "timestamp", user_id FROM events '
         f'WHERE user_id IS NOT NULL AND "timestamp" >= TIMESTAMP {first_t} - INTERVAL {TREND} DAY '
         f'AND "timestamp" < TIMESTAMP {last_t}'
     )
-    frame = con.execute(
-        f"""
-        WITH users AS (
-            SELECT r._ri, u.users
-            FROM ({duckdb_user_sql(TREND, dense_dates)}) u
-            JOIN _rows r ON r.ck = u.ck AND r.t = u.t),
-        subs AS (SELECT customer_id, "start", mrr, plan, seats FROM subscriptions),
-        sub_now AS (
-            SELECT r._ri, s.mrr, s.plan, s.seats
-            FROM _rows r ASOF LEFT JOIN subs s ON r.customer_id = s.customer_id AND r.t > s."start"),
-        sub_before AS (
-            SELECT r._ri, s.mrr
-            FROM (SELECT _ri, customer_id, t - INTERVAL 90 DAY AS t90 FROM _rows) r
-            ASOF LEFT JOIN subs s ON r.customer_id = s.customer_id AND r.t90 > s."start"),
-        first_sub AS (SELECT customer_id, min("start") AS first_start FROM subscriptions GROUP BY 1),
-        base AS (
-            SELECT r._ri, r.t,
-                   coalesce(c.signup_date, CASE WHEN fs.first_start < r.t THEN fs.first_start END) AS since,
-                   CASE WHEN fs.first_start < r.t THEN fs.first_start ELSE c.signup_date END AS anchor,
-                   c.plan AS profile_plan, c.segment, c.mrr AS profile_mrr {attrs}
-            FROM _rows r
-            LEFT JOIN customers c ON c.customer_id = r.customer_id
-            LEFT JOIN first_sub fs ON fs.customer_id = r.customer_id),
-        renew AS (
-            SELECT _ri, anchor + to_months(({term} * (date_diff('month', anchor, t) // {term}))::INTEGER) AS cand,
-                   anchor, t
-            FROM base WHERE anchor IS NOT NULL AND anchor < t)
-        SELECT b.segment {attr_cols}, epoch(b.t - b.since) / 86400.0 AS tenure_days,
-               u.users AS active_users_30d,
-               coalesce(sn.mrr, b.profile_mrr) AS mrr,
-               sn.mrr - sb.mrr AS mrr_change_90d,
-               sn.seats AS seats,
-               coalesce(u.users, 0) / NULLIF(sn.seats, 0) AS seats_used_ratio,
-               coalesce(sn.plan, b.profile_plan) AS plan,
-               epoch(CASE WHEN rn.cand > rn.t THEN rn.cand ELSE rn.anchor + to_months(({term} * (date_diff('month', rn.anchor, rn.t) // {term} + 1))::INTEGER) END
-                     - rn.t) / 86400.0 AS days_to_renewal
-        FROM base b
-        LEFT JOIN users u ON u._ri = b._ri
-        LEFT JOIN sub_now sn ON sn._ri = b._ri
-        LEFT JOIN sub_before sb ON sb._ri = b._ri
-        LEFT JOIN renew rn ON rn._ri = b._ri
-        ORDER BY b._ri"""
-    ).df()
+    categorical = set(fs.categorical_attributes)
+    attributes = tuple(
+        (a, "string" if a in categorical else "float64", f"attr_{slug(a)}") for a in fs.attributes
+    )
+    sql = duckdb_account_sql(attributes, int(fs.term_months), TREND, dense_dates)
+    frame = con.execute(sql).df().drop(columns="_ri")
     return frame.reset_index(drop=True)
 
 
@@ -742,7 +702,9 @@ def load_contract_frames(
             con.execute(f"CREATE OR REPLACE TABLE {table} ({cols})")
             continue
         name = f"_{table}_frame"
-        con.register(name, frame)
+        # a copy: DuckDB cannot read a column that is a view with a negative stride (a reversed slice,
+        # `df.iloc[::-1]`), and fails with a bare "std::bad_cast"
+        con.register(name, frame.copy())
         try:
             cols = ", ".join(
                 (f"CAST({quote_ident(c)} AS {t})" if t else quote_ident(c)) + f" AS {quote_ident(c)}"
