@@ -115,6 +115,32 @@ def test_two_subscriptions_starting_at_once_resolve_the_same_way_whatever_the_ro
         assert (got.loc[0, "mrr"], got.loc[0, "seats"], got.loc[0, "plan"]) == (250.0, 9.0, "growth")
 
 
+def test_many_subscriptions_and_dates_per_customer_stay_linear() -> None:
+    """One subscription row per billing period and monthly dates over years: each row must join the one
+    subscription in force, not every earlier one (R x S / 2 pairs per customer ran out of memory)."""
+    n, periods = 1500, 100
+    ids = [f"c{i}" for i in range(n)]
+    starts = pd.date_range("2015-01-01", periods=periods, freq="MS")
+    subs = pd.DataFrame({"customer_id": np.repeat(ids, periods), "start": np.tile(starts, n), "end": pd.NaT,
+                         "mrr": np.tile(np.arange(periods, dtype=float), n), "plan": "team", "seats": 5.0})  # fmt: skip
+    events = pd.DataFrame({"customer_id": ids, "timestamp": T("2014-12-01 12:00"), "event_type": "login",
+                           "value": np.nan, "user_id": "u1"})  # fmt: skip
+    dates = pd.date_range("2015-02-01", periods=periods, freq="MS")
+    rows = pd.DataFrame({"customer_id": np.repeat(ids, periods), "observation_date": np.tile(dates, n)})
+    con = connect(Settings(duckdb_memory_limit="160MB", duckdb_threads=1), spill=False)
+    try:
+        load_contract_frames(con, None, events, subs)
+        got = build_features(con, rows, FeatureSet(("login",), ()))
+    finally:
+        con.close()
+    # at the k-th date the k-th period is in force (the latest started before it); mrr is that index
+    in_force = starts.searchsorted(dates, side="left") - 1
+    before = starts.searchsorted(dates - pd.Timedelta(days=90), side="left") - 1
+    np.testing.assert_array_equal(got["mrr"].to_numpy(), np.tile(in_force, n).astype(float))
+    change = np.where(before >= 0, in_force - before, np.nan)
+    np.testing.assert_array_equal(got["mrr_change_90d"].to_numpy(), np.tile(change, n))
+
+
 def test_the_online_path_reads_frames_in_any_row_order_and_memory_layout() -> None:
     expected = features_from_frames(HAND_SET, AS_OF, HAND_EVENTS, HAND_CUSTOMERS, HAND_SUBSCRIPTIONS)
     reversed_views = (HAND_EVENTS.iloc[::-1], HAND_CUSTOMERS.iloc[::-1], HAND_SUBSCRIPTIONS.iloc[::-1])

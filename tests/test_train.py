@@ -150,11 +150,20 @@ def test_feature_definitions_warn_only_for_changed_columns_and_refuse_newer_ones
     assert FeatureSet(("login",), ("login",)).definition_changes() == []
     folder = result.model.save(tmp_path / "m")
     meta = json.loads((folder / "model.json").read_text())
-    meta["feature_set"]["definition"] = FEATURE_DEFINITION + 1  # from a newer churnml
-    (folder / "model.json").write_text(json.dumps(meta))
+    newer = json.loads(json.dumps(meta))
+    newer["feature_set"]["definition"] = FEATURE_DEFINITION + 1  # from a newer churnml, which may also
+    newer["feature_set"]["window_weights"] = [1, 2]  # have other fields and columns
+    newer["feature_set"]["windows"] = [7, 14, 30, 90]
+    (folder / "model.json").write_text(json.dumps(newer))
     with pytest.raises(ValueError, match=f"feature definitions {FEATURE_DEFINITION + 1}, newer"):
         ChurnModel.load(folder)
-    meta["feature_set"]["definition"] = FEATURE_DEFINITION
+    newer["feature_set"]["definition"] = "3"
+    (folder / "model.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="definition must be a number, got '3'"):
+        ChurnModel.load(folder)
+    meta["feature_set"]["extra"] = {}  # saved by the first releases
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert ChurnModel.load(folder).feature_set == fs
     meta["feature_set"]["window_weights"] = [1, 2]  # a field a newer churnml might add
     (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"unreadable feature set: .*\['window_weights'\]"):

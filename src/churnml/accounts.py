@@ -4,9 +4,9 @@ One row per (customer, date) row from its profile and subscriptions, no events (
 the last 30 days come from `churnml.buckets.user_table`, composed into the same query). Like the keyed
 events, the definition is an Ibis expression: DuckDB runs the compiled SQL here, and the same
 expression runs on a distributed engine (tested on PySpark). Hence no ASOF join, which Ibis cannot
-compile for Spark: "the subscription in force at ``t``" is a join to the customer's subscriptions that
-started before ``t``, ranked by start (latest first; ties by MRR, seats and plan, so every engine
-picks the same one).
+compile for Spark: "the subscription in force at ``t``" is a range join to each subscription's span
+up to the customer's next start (of subscriptions starting at once, the larger MRR, then seats, then
+plan, so every engine picks the same one).
 """
 
 from __future__ import annotations
@@ -35,19 +35,26 @@ SUBSCRIPTIONS = ibis.schema(
 _DAY_US = 86_400_000_000
 
 
-def _subscription_at(rows: ibis.Table, subscriptions: ibis.Table, days_before: int) -> ibis.Table:
+def _in_force(subscriptions: ibis.Table) -> ibis.Table:
+    """Subscriptions with ``next_start``, the start of the customer's next one: each is in force over
+    ``(start, next_start]`` as a row sees it, so a row joins exactly one (linear in rows, unlike a join
+    to every earlier subscription ranked per row). Of several starting at once the larger MRR, then seats,
+    then plan is kept; missing values rank last, whatever an engine's default NULL order."""
+    s = subscriptions.filter(subscriptions.start.notnull())
+    order = [k for c in ("mrr", "seats", "plan") for k in (ibis.asc(s[c].isnull()), ibis.desc(s[c]))]
+    s = s.mutate(tie=ibis.row_number().over(group_by=[s.customer_id, s.start], order_by=order))
+    s = s.filter(s.tie == 0)
+    return s.mutate(next_start=s.start.lead().over(group_by=s.customer_id, order_by=s.start))
+
+
+def _subscription_at(rows: ibis.Table, in_force: ibis.Table, days_before: int) -> ibis.Table:
     """``(_ri, mrr, plan, seats)`` of the subscription that started last before ``t - days_before``."""
     r = rows.select(
         "_ri", "customer_id", at=rows.t - ibis.interval(days=days_before) if days_before else rows.t
     )
-    s = subscriptions
-    j = r.join(s, [r.customer_id == s.customer_id, s.start < r.at]).select(
-        "_ri", "start", s.mrr, s.plan, s.seats
-    )
-    rank = ibis.row_number().over(
-        group_by=j._ri, order_by=[ibis.desc(j.start), ibis.desc(j.mrr), ibis.desc(j.seats), ibis.desc(j.plan)]
-    )
-    return j.mutate(rank=rank).filter(lambda x: x["rank"] == 0).select("_ri", "mrr", "plan", "seats")
+    s = in_force
+    on = [r.customer_id == s.customer_id, s.start < r.at, s.next_start.isnull() | (r.at <= s.next_start)]
+    return r.join(s, on).select("_ri", s.mrr, s.plan, s.seats)
 
 
 def _months(ts: ibis.TimestampValue) -> ibis.IntegerValue:
@@ -77,7 +84,8 @@ def account_table(
     the signup date).
     """
     first = subscriptions.group_by("customer_id").aggregate(first_start=subscriptions.start.min())
-    now, before = _subscription_at(rows, subscriptions, 0), _subscription_at(rows, subscriptions, 90)
+    in_force = _in_force(subscriptions)
+    now, before = _subscription_at(rows, in_force, 0), _subscription_at(rows, in_force, 90)
     c = customers.select("customer_id", "signup_date", "segment", profile_plan="plan", profile_mrr="mrr",
                          **{out: customers[a] for a, out in zip(attributes, attribute_columns, strict=True)})  # fmt: skip
     b = rows.left_join(c, rows.customer_id == c.customer_id).drop("customer_id_right")

@@ -164,6 +164,8 @@ class FeatureSet:
                     "table_numeric", "table_categorical"):  # fmt: skip
             data[key] = tuple(data.get(key, ()))
         data.setdefault("definition", 1)  # saved before definitions were numbered
+        if data.get("extra") == {}:  # an unused field of the first releases (always empty)
+            del data["extra"]
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(

@@ -152,20 +152,28 @@ class ChurnModel:
             booster = lgb.Booster(model_file=str(folder / "booster.txt"))
         except (ValueError, lgb.basic.LightGBMError) as err:
             raise ValueError(f"churn model at {folder} is corrupt: {err}") from None
+        saved = meta.get("feature_set")
+        definition = saved.get("definition", 1) if isinstance(saved, dict) else None
+        if type(definition) is not int:
+            raise ValueError(
+                f"churn model at {folder}: feature set definition must be a number, got {definition!r}"
+            )
+        snapshot = bool(saved.get("table_numeric") or saved.get("table_categorical"))
+        if definition > FEATURE_DEFINITION and not snapshot:
+            # first: a newer model's other differences (fields, columns) all come from the same cause, and
+            # its inputs mean something this code does not compute (serving it would score wrong inputs)
+            raise ValueError(
+                f"churn model at {folder} was trained on feature definitions {definition}, newer than this "
+                f"churnml's {FEATURE_DEFINITION}: upgrade churnml to use it"
+            )
         try:
-            feature_set = FeatureSet.from_json(json.dumps(meta["feature_set"]))
+            feature_set = FeatureSet.from_json(json.dumps(saved))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"churn model at {folder}: unreadable feature set: {err}") from None
         if booster.num_feature() != len(feature_set.columns):
             raise ValueError(
                 f"churn model at {folder} is inconsistent: booster has {booster.num_feature()} features, "
                 f"feature set {len(feature_set.columns)}"
-            )
-        if feature_set.definition > FEATURE_DEFINITION and not feature_set.is_snapshot:
-            # its inputs mean something this code does not compute: serving it would score wrong inputs
-            raise ValueError(
-                f"churn model at {folder} was trained on feature definitions {feature_set.definition}, newer "
-                f"than this churnml's {FEATURE_DEFINITION}: upgrade churnml to use it"
             )
         changes = feature_set.definition_changes()
         if changes:
