@@ -221,8 +221,8 @@ def test_top_shap_features_recover_the_planted_drivers(trained) -> None:
 def test_completejourney_out_of_time_regression_guard(shared_data: Path, con) -> None:
     """Train through 2017-08-01, test on 2017-10-01 (SOURCE.md protocol).
 
-    A regression guard, not issue 4's floor (0.87 / 0.32, still open): today's figures are about
-    0.866 ROC-AUC / 0.30 PR-AUC against SOURCE.md's RFM LightGBM 0.866 / 0.315.
+    A regression guard, not issue 4's floor (0.87 / 0.32, unmet): today's figures are about 0.866
+    ROC-AUC / 0.30 PR-AUC, level with the RFM baseline on the same rows (benchmarks/bench_completejourney.py).
     """
     from churnml.config import repo_root
 
