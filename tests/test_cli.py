@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -122,6 +124,13 @@ def test_console_entry_point_runs_the_main_job(tmp_path: Path) -> None:
     assert "registered churn v1 as challenger" in output and "promoted: champion v1" in output
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
     assert "scored" in output and (tmp_path / "reports" / "workspace.duckdb").is_file()
+    from churnml.registry import check_tracking_server, load_model
+
+    client = check_tracking_server(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    meta = load_model("models:/churn@champion", client).metadata
+    # cancellation labels wait out the 30-day grace: training ends horizon + grace before the test date
+    gap = pd.Timestamp(meta["test_dates"][0]) - pd.Timestamp(meta["trained_through"])
+    assert gap >= pd.Timedelta(days=60 + 30), meta
 
 
 def test_features_training_and_scoring_tables(home: Path) -> None:
@@ -180,3 +189,18 @@ def test_train_on_a_ready_table_registers_a_model(home: Path, monkeypatch: pytes
     assert runner.invoke(app, ["train", "--table", str(home / "accounts.csv")]).exit_code == 2
     result = runner.invoke(app, ["promote"])
     assert result.exit_code == 0 and "promoted: champion v1" in result.output
+    result = runner.invoke(app, ["promote", "--metric", "accuracy"])
+    assert result.exit_code == 2 and "promotion metric 'accuracy' is unknown" in result.output
+    assert "Traceback" not in result.output
+    # without --id the row number is the id; the test is a fifth of the rows, held out
+    # a named study is continued by the next run on the same table
+    for _ in range(2):
+        assert runner.invoke(app, [*args, "--study", "accounts-tuning"]).exit_code == 0
+    study = optuna.load_study(study_name="accounts-tuning", storage=f"sqlite:///{home / 'optuna.db'}")
+    assert len(study.trials) == 4
+    # without --id the row number is the id; the test is a fifth of the rows, held out
+    result = runner.invoke(app, [*args[:5], "--trials", "2"])
+    assert result.exit_code == 0 and "registered churn v4 as challenger" in result.output, result.output
+    assert re.search(r"1\d\d held-out customers \(20% by id\)", result.output), result.output
+    result = runner.invoke(app, [*args[:5], "--trials", "2", "--study", "accounts-tuning"])
+    assert result.exit_code == 2 and "was run on other data" in result.output, result.output

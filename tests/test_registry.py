@@ -67,6 +67,12 @@ def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
     assert "better in 0% of paired bootstrap resamples" in kept.reason, kept.reason
     # with no margin required and a lower-is-better metric the tie still does not promote
     assert not promote_challenger(client, "log_loss", 0.0).promoted
+    # MRR captured at any capacity; an unknown metric is refused before the registry is touched
+    revenue = promote_challenger(client, "revenue_captured_top_50", 0.0)
+    assert not revenue.promoted and revenue.challenger_score > 0
+    assert revenue.challenger_score == pytest.approx(revenue.champion_score)
+    with pytest.raises(ValueError, match="'accuracy' is unknown; expected one of roc_auc"):
+        promote_challenger(client, "accuracy")
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
 
 

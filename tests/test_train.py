@@ -13,7 +13,14 @@ from churnml.catalogue import build_catalogue
 from churnml.features import FEATURE_DEFINITION, FeatureSet, training_table
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.spec import load_spec
-from churnml.train import TrainConfig, _fit_fold, load_train_config, time_splits, train_model
+from churnml.train import (
+    TrainConfig,
+    _fit_fold,
+    load_train_config,
+    time_splits,
+    train_model,
+    tune_lightgbm,
+)
 from churnml.validate import prepare_dataset
 
 T = pd.Timestamp
@@ -59,14 +66,38 @@ def test_early_stopping_watches_the_validation_loss_weighted_as_in_training() ->
     assert int(np.argmin(unweighted)) + 1 < booster.best_iteration - 10  # the test tells the two apart
 
 
-def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trials: 0\n", "trials"),
+        ("trails: 5\n", "trails"),
+        ("promotion_metric: accuracy\n", "promotion metric 'accuracy' is unknown"),
+    ],
+)
+def test_config_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("trials: 0\n")
-    with pytest.raises(ValueError, match="trials"):
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_train_config(path)
-    path.write_text("trails: 5\n")
-    with pytest.raises(ValueError, match="trails"):
-        load_train_config(path)
+    path.write_text("promotion_metric: revenue_captured_top_25\n")  # any capacity K
+    assert load_train_config(path).promotion_metric == "revenue_captured_top_25"
+
+
+def test_a_study_continues_in_sqlite_only_on_the_same_data(tmp_path: Path) -> None:
+    """An interrupted tuning is resumed by name; resuming it on other rows would mix incomparable scores."""
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"a": rng.random(400), "b": rng.random(400)})
+    y = (rng.random(400) < 0.2 + 0.5 * x["a"].to_numpy()).astype(int)
+    folds = [(np.arange(0, 300), np.arange(300, 400))]
+    fs = FeatureSet((), (), table_numeric=("a", "b"))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = TrainConfig(trials=2, max_rounds=30)
+    tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
+    study = tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
+    assert len(study.trials) == 4
+    with pytest.raises(ValueError, match="study 'resume-me' was run on other data"):
+        tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "resume-me")
+    assert len(tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "fresh").trials) == 2
 
 
 def test_calibrators_are_monotone_and_survive_json() -> None:

@@ -25,7 +25,7 @@ from churnml.config import Settings
 from churnml.data import DataError
 from churnml.engine import connect
 from churnml.features import build_features, infer_feature_set, latest_date, scoring_rows, training_table
-from churnml.labels import build_labels
+from churnml.labels import build_labels, label_margin
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import DatasetSpec, SpecError, load_spec
 from churnml.validate import ValidationReport, validate_dataset
@@ -268,23 +268,32 @@ def train_command(
     ] = None,
     target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
     id_column: Annotated[
-        str | None, typer.Option("--id", help="With --table: the customer id column.")
+        str | None,
+        typer.Option("--id", help="With --table: the customer id column (default: the row number)."),
     ] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            "--study",
+            help="Optuna study to continue (created if new) in $CHURNML_HOME/optuna.db: adds --trials trials "
+            "to its earlier ones, e.g. after an interrupted run. Default: a new study per run.",
+        ),
+    ] = None,
 ) -> None:
     """Tune, calibrate and evaluate; log to MLflow; register as churn@challenger.
 
-    With --spec: features from behaviour and an out-of-time test. With --table/--target/--id: a ready
-    feature table, evaluated by stratified cross-validation.
+    With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
+    feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
     from churnml.registry import check_tracking_server, close_unfinished_runs, log_training, tracking_uri
     from churnml.snapshot import load_snapshot_table, train_snapshot
     from churnml.train import load_train_config, train_model
 
     if (spec is None) == (table_path is None):
-        raise _fail("give either --spec FILE or --table FILE --target COL --id COL")
-    if table_path is not None and not (target and id_column):
-        raise _fail("--table needs --target COL and --id COL")
+        raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
+    if table_path is not None and not target:
+        raise _fail("--table needs --target COL (the churn label column)")
     settings = _settings()
     try:
         cfg = load_train_config(config)
@@ -303,16 +312,26 @@ def train_command(
     study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
     if table_path is not None:
         try:
-            table, fs = load_snapshot_table(table_path, target or "", id_column or "")
+            table, fs = load_snapshot_table(table_path, target or "", id_column)
         except ValueError as err:
             raise _fail(str(err)) from None
         catalogue = build_catalogue(fs)
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
-            result = train_snapshot(
-                table, fs, catalogue, cfg, folds, study_storage, f"{table_path.stem}-{int(time.time())}"
-            )
+            try:
+                result = train_snapshot(
+                    table,
+                    fs,
+                    catalogue,
+                    cfg,
+                    folds,
+                    study_storage,
+                    study or f"{table_path.stem}-{int(time.time())}",
+                )
+            except (ValueError, RuntimeError) as err:
+                raise _fail(str(err)) from None
+        held_out = f"{len(result.test_frame):,} held-out customers ({cfg.table_holdout:.0%} by id)"
         _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
-                         f"{folds}-fold cross-validation")  # fmt: skip
+                         f"{held_out}; tuned by {folds}-fold cross-validation")  # fmt: skip
         return
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as con, err_console.status("building the training table"):
@@ -323,8 +342,9 @@ def train_command(
         try:
             result = train_model(
                 table, fs, catalogue, loaded.observation.horizon_days, cfg,
-                storage=study_storage, study_name=f"{loaded.name}-{int(time.time())}",
+                storage=study_storage, study_name=study or f"{loaded.name}-{int(time.time())}",
                 on_trial=lambda done, total: progress.update(task, completed=done),
+                purge_days=label_margin(loaded).days,
             )  # fmt: skip
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
@@ -340,7 +360,10 @@ def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation:
     metrics.add_column("model", no_wrap=True)
     for header in keys.values():
         metrics.add_column(header, justify="right", no_wrap=True)
-    for name, values in {"churnml": result.test_metrics, **result.baselines}.items():
+    rows = {"churnml": result.test_metrics, **result.baselines}
+    if result.cv_metrics:
+        rows["churnml (cross-validation)"] = result.cv_metrics
+    for name, values in rows.items():
         metrics.add_row(name, *(f"{values.get(k, float('nan')):.3f}" for k in keys))
         if name == "churnml" and result.test_intervals:  # how far the test set can resolve the figures
             ci = result.test_intervals
@@ -358,6 +381,7 @@ def promote_command(
     config: Annotated[Path | None, typer.Option(help="Training config YAML.")] = None,
 ) -> None:
     """Make the challenger champion if it beats the champion on the same out-of-time rows."""
+    from churnml.evaluate import comparable_metric
     from churnml.registry import (
         check_tracking_server,
         close_unfinished_runs,
@@ -367,16 +391,16 @@ def promote_command(
     )
     from churnml.train import load_train_config
 
-    cfg = load_train_config(config)
     settings = _settings()
     try:
+        cfg = load_train_config(config)
+        metric = metric or cfg.promotion_metric
+        comparable_metric(metric)  # before any registry call
         client = check_tracking_server(tracking_uri(settings))
         close_unfinished_runs(client, settings)
         with promotion_lock(settings.home / ".churnml-promote.lock"):
-            result = promote_challenger(
-                client, metric or cfg.promotion_metric, cfg.promotion_margin if margin is None else margin
-            )
-    except RuntimeError as err:
+            result = promote_challenger(client, metric, cfg.promotion_margin if margin is None else margin)
+    except (RuntimeError, ValueError) as err:
         raise _fail(str(err)) from None
     verb = "promoted" if result.promoted else "kept"
     console.print(

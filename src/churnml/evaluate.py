@@ -21,6 +21,8 @@ __all__ = [
     "weighted_ranking_metrics",
     "bootstrap_intervals",
     "paired_win_share",
+    "PROMOTION_METRICS",
+    "comparable_metric",
 ]
 
 
@@ -198,3 +200,19 @@ def paired_win_share(
     new, old = _resampled_metrics(y, [p_new, p_old], n_boot, seed)
     better = new[metric] < old[metric] if metric in ("log_loss", "brier") else new[metric] > old[metric]
     return float(better.mean())
+
+
+PROMOTION_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "lift_top_decile", "capture_top_decile")
+
+
+def comparable_metric(metric: str) -> int | None:
+    """Check a promotion metric's name; for ``revenue_captured_top_K`` return K (else None)."""
+    if metric in PROMOTION_METRICS:
+        return None
+    prefix = "revenue_captured_top_"
+    if metric.startswith(prefix) and metric[len(prefix) :].isdigit() and int(metric[len(prefix) :]) > 0:
+        return int(metric[len(prefix) :])
+    raise ValueError(
+        f"promotion metric {metric!r} is unknown; expected one of {', '.join(PROMOTION_METRICS)} "
+        f"or {prefix}K (MRR captured in the top K accounts)"
+    )

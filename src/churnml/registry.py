@@ -35,7 +35,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from churnml.catalogue import catalogue_frame  # noqa: E402
 from churnml.config import Settings  # noqa: E402
-from churnml.evaluate import churn_metrics, paired_win_share, reliability_table  # noqa: E402
+from churnml.evaluate import churn_metrics, comparable_metric, paired_win_share, reliability_table  # noqa: E402
 from churnml.model import ChurnModel  # noqa: E402
 from churnml.train import TrainConfig, TrainResult  # noqa: E402
 
@@ -193,16 +193,20 @@ def log_training(
             pd.to_datetime(result.test_frame["observation_date"].unique())
         )
         test_features = table.loc[test_mask].reset_index(drop=True)
-    else:  # a snapshot table evaluated by cross-validation: every row was scored out of fold
-        test_features = table.reset_index(drop=True)
+    else:  # a snapshot table: its held-out customers
+        test_features = table[table["customer_id"].isin(result.test_frame["customer_id"])].reset_index(
+            drop=True
+        )
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}")
     try:
-        logged = _log_run(run, result, table, test_features, config, settings, dataset_name, client)
+        run_id, version = _log_run(run, result, table, test_features, config, settings, dataset_name, client)
     except BaseException:
         _end_failed_run(client, run.info.run_id, settings)
         raise
     mlflow.end_run()
-    return logged
+    # only a run that finished names the challenger: promote never picks a half-logged model
+    client.set_registered_model_alias(MODEL_NAME, "challenger", version)
+    return run_id, version
 
 
 def _unclosed_runs_file(settings: Settings) -> Path:
@@ -256,6 +260,7 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
             "rows": len(table),
         })  # fmt: skip
         mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items() if np.isfinite(v)})
         for k, (low, high) in result.test_intervals.items():
             mlflow.log_metrics({f"test_{k}_ci95_low": low, f"test_{k}_ci95_high": high})
         for name, metrics in result.baselines.items():
@@ -286,6 +291,7 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
                 {
                     "test": result.test_metrics,
                     "test_ci95": result.test_intervals,
+                    "cross_validation": result.cv_metrics,
                     "baselines": result.baselines,
                 },
                 indent=1,
@@ -309,7 +315,6 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
             signature=signature, input_example=example, pip_requirements=_REQUIREMENTS,
         )  # fmt: skip
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
-        client.set_registered_model_alias(MODEL_NAME, "challenger", version.version)
         client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
         return run.info.run_id, str(version.version)
 
@@ -402,6 +407,7 @@ def promote_challenger(
     Both models score the challenger run's out-of-time test table; lower-is-better metrics (log loss,
     Brier, ECE) are compared the other way round. The first model becomes champion directly.
     """
+    capacity = comparable_metric(metric)
     challenger = _alias_version(client, "challenger")
     champion = _alias_version(client, "champion")
     if challenger is None:
@@ -429,8 +435,13 @@ def promote_challenger(
             return PromotionResult(False, challenger, champion, champion, metric,
                                    reason=f"{alias} v{version} needs features the test table lacks: {missing[:5]}")  # fmt: skip
         mrr = test["mrr"].to_numpy(float) if "mrr" in test else None
+        if capacity and mrr is None:
+            return PromotionResult(False, challenger, champion, champion, metric,
+                                   reason=f"{metric} needs MRR, and the challenger's test rows have none")  # fmt: skip
         probabilities[alias] = model.predict_proba(test)
-        scores[alias] = churn_metrics(test["churned"].to_numpy(int), probabilities[alias], mrr)[metric]
+        scores[alias] = churn_metrics(
+            test["churned"].to_numpy(int), probabilities[alias], mrr, capacity or 100
+        )[metric]
     lower_is_better = metric in {"log_loss", "brier", "ece"}
     gain = (
         (scores["champion"] - scores["challenger"])

@@ -1,13 +1,16 @@
 """Ready-made feature tables (one row per customer, label attached): load, check, cross-validate.
 
-For data without event history (the snapshot sets in ../shared/data) there is no time to split on, so
-the model is tuned and evaluated with stratified K-fold cross-validation; the calibrator is fitted on
-out-of-fold predictions and the reported metrics use cross-fitted calibration (each fold calibrated by
-the other folds), so no row is scored by a calibrator that saw it.
+For data without event history (the snapshot sets in ../shared/data) there is no time to split on.
+A share of the customers, chosen by a stable hash of their id, is held out as the test set: the same
+customers in every retraining on the same ids, so ``churnml promote`` compares two models on rows
+neither was trained on. The rest is tuned with stratified K-fold cross-validation; the calibrator is
+fitted on out-of-fold predictions and the cross-validation metrics use cross-fitted calibration (each
+fold calibrated by the other folds), so no row is scored by a calibrator that saw it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import lightgbm as lgb
@@ -30,19 +33,24 @@ from churnml.train import (
     _choose_calibrator,
     _dataset,
     _fit_fold,
+    _inverse_churn_rate,
     _params,
     tune_lightgbm,
 )
 
-__all__ = ["load_snapshot_table", "train_snapshot"]
+__all__ = ["load_snapshot_table", "holdout_mask", "train_snapshot"]
 
 _POSITIVE = {"1", "yes", "true", "y", "t", "churn", "churned"}
 _NEGATIVE = {"0", "no", "false", "n", "f", "stay", "retained", "active"}
 NUMERIC_SHARE = 0.95  # a text column whose non-blank values are at least this numeric is a number column
 
 
-def load_snapshot_table(path: Path, target: str, id_column: str) -> tuple[pd.DataFrame, FeatureSet]:
-    """Read a CSV/Parquet feature table; return (customer_id, churned, features...) and its feature set."""
+def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple[pd.DataFrame, FeatureSet]:
+    """Read a CSV/Parquet feature table; return (customer_id, churned, features...) and its feature set.
+
+    Without an id column the row number (from 1) is the id: fine for one table, but the held-out test
+    set then follows row order, so a reordered table holds out other customers.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"table {path} does not exist")
@@ -57,11 +65,14 @@ def load_snapshot_table(path: Path, target: str, id_column: str) -> tuple[pd.Dat
     else:
         raise ValueError(f"table {path.name}: expected a .csv or .parquet file")
     for name, col in (("--target", target), ("--id", id_column)):
-        if col not in raw.columns:
+        if col is not None and col not in raw.columns:
             raise ValueError(
                 f"table {path.name}: {name} column {col!r} not found; columns are {list(raw.columns)}"
             )
-    ids = raw[id_column].astype(str).str.strip()
+    if id_column is None:
+        ids = pd.Series([str(i) for i in range(1, len(raw) + 1)], index=raw.index)
+    else:
+        ids = raw[id_column].astype(str).str.strip()
     dupes = ids[ids.duplicated()]
     if len(dupes):
         raise ValueError(
@@ -100,6 +111,15 @@ def load_snapshot_table(path: Path, target: str, id_column: str) -> tuple[pd.Dat
     return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
 
 
+def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
+    """True for the customers held out as the test set: a hash of the id, so the same ones every time."""
+    buckets = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") % 10_000 for i in ids),
+        dtype=np.int64, count=len(ids),
+    )  # fmt: skip
+    return buckets < round(fraction * 10_000)
+
+
 def train_snapshot(
     frame: pd.DataFrame,
     fs: FeatureSet,
@@ -109,14 +129,24 @@ def train_snapshot(
     storage: str | None = None,
     study_name: str = "churn-table",
 ) -> TrainResult:
-    """Tune on stratified K-fold CV, calibrate on out-of-fold predictions, refit on all rows."""
+    """Hold out a stable share of customers; tune on stratified K-fold CV of the rest, calibrate on its
+    out-of-fold predictions, refit on all of it, and evaluate once on the held-out customers."""
+    held_out = holdout_mask(frame["customer_id"], config.table_holdout)
+    test_frame, frame = frame[held_out].reset_index(drop=True), frame[~held_out].reset_index(drop=True)
+    for name, part in (("held-out test", test_frame), ("development", frame)):
+        counts = part["churned"].value_counts()
+        if counts.get(1, 0) < folds or counts.get(0, 0) < folds:
+            raise ValueError(
+                f"table: the {name} rows hold {counts.get(1, 0)} churner(s) and {counts.get(0, 0)} "
+                f"non-churner(s); need at least {folds} of each (more rows, or another table_holdout)"
+            )
     y = frame["churned"].to_numpy(int)
     categories = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in fs.categorical_columns}
     x = encode_features(frame, fs, categories)
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
-    pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))
+    pos_weight = _inverse_churn_rate(y)
 
-    study = tune_lightgbm(cv, x, y, fs, config, storage, study_name)
+    study = tune_lightgbm(cv, x, y, fs, config, storage, study_name, pos_weight=pos_weight)
     best = study.best_trial
     params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
 
@@ -136,26 +166,37 @@ def train_snapshot(
     final = lgb.train(params, _dataset(x, y, fs), num_boost_round=rounds)
     model = ChurnModel(final, fs, categories, calibrator, catalogue,
                        {"mode": "table", "cv_folds": folds, "best_params": best.params, "rounds": rounds,
-                        "test_dates": []})  # fmt: skip
-    baseline_x = x.drop(columns=list(fs.categorical_columns))
-    baseline_x = pd.concat(
-        [baseline_x, pd.get_dummies(frame[list(fs.categorical_columns)], dtype=float)], axis=1
-    )
-    p_lr = np.zeros(len(y))
-    for tr, va in cv:
-        med = baseline_x.iloc[tr].median()
-        lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
-            baseline_x.iloc[tr].fillna(med), y[tr]
-        )
-        p_lr[va] = lr.predict_proba(baseline_x.iloc[va].fillna(med))[:, 1]
-    base_p = np.zeros(len(y))
-    for tr, va in cv:
-        base_p[va] = y[tr].mean()
+                        "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame)})  # fmt: skip
+    y_test = test_frame["churned"].to_numpy(int)
+    p_test = model.predict_proba(test_frame)
     return TrainResult(
         model=model, params={**params, "num_boost_round": rounds},
-        test_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
-        baselines={"base_rate": churn_metrics(y, base_p, capacity=config.capacity),
-                   "logistic_regression": churn_metrics(y, p_lr, capacity=config.capacity)},
-        study=study, test_frame=frame[["customer_id", "churned"]].assign(probability=calibrated), oof=oof,
-        test_intervals=bootstrap_intervals(y, calibrated, seed=config.seed),
+        test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
+        baselines={"base_rate": churn_metrics(y_test, np.full(len(y_test), y.mean()), capacity=config.capacity),
+                   "logistic_regression": churn_metrics(
+                       y_test, _logistic_baseline(frame, test_frame, fs), capacity=config.capacity)},
+        study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
+        test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
+        cv_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
     )  # fmt: skip
+
+
+def _logistic_baseline(dev: pd.DataFrame, test: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
+    """Regularised logistic regression: numbers standardised, categories one-hot (levels seen in
+    development; rare ones pooled so an id-like text column cannot memorise rows)."""
+    numeric = [c for c in fs.columns if c not in fs.categorical_columns]
+    medians = dev[numeric].median().fillna(0.0)
+
+    def design(part: pd.DataFrame) -> pd.DataFrame:
+        pieces = [part[numeric].fillna(medians)]
+        for c in fs.categorical_columns:
+            counts = dev[c].value_counts()
+            levels = counts[counts >= 20].index
+            known = part[c].where(part[c].isin(levels))  # other levels: all-zero, like a missing value
+            pieces.append(pd.get_dummies(pd.Categorical(known, categories=levels), prefix=c, dtype=float))
+            pieces[-1].index = part.index
+        return pd.concat(pieces, axis=1)
+
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    lr.fit(design(dev), dev["churned"].to_numpy(int))
+    return lr.predict_proba(design(test))[:, 1]

@@ -16,6 +16,7 @@ the folds' out-of-fold predictions; the final booster is refit on all developmen
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,14 +28,14 @@ import optuna
 import pandas as pd
 import yaml
 from optuna_integration import LightGBMPruningCallback
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churnml.catalogue import FeatureInfo
-from churnml.evaluate import bootstrap_intervals, churn_metrics
+from churnml.evaluate import bootstrap_intervals, churn_metrics, comparable_metric
 from churnml.features import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 
@@ -56,8 +57,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    trials: int = Field(30, ge=1)
-    timeout_seconds: float | None = Field(None, gt=0)
+    # defaults are training/config.yaml's, so `churnml train` without --config runs the same search
+    trials: int = Field(15, ge=1)
+    timeout_seconds: float | None = Field(600, gt=0)
     seed: int = 0
     backtest_folds: int = Field(3, ge=1)
     test_dates: int = Field(1, ge=1, description="Latest observation dates held out as the out-of-time test.")
@@ -69,9 +71,22 @@ class TrainConfig(BaseModel):
     capacity: int = Field(
         100, ge=1, description="Accounts a CSM team can call: revenue captured in the top K."
     )
-    promotion_metric: str = "pr_auc"
+    promotion_metric: str = Field(
+        "pr_auc", description="roc_auc, pr_auc, log_loss, brier, ece, lift_top_decile, capture_top_decile "
+        "or revenue_captured_top_K.",
+    )  # fmt: skip
     promotion_margin: float = Field(0.005, ge=0)
     calibration: list[str] = Field(default_factory=lambda: ["isotonic", "sigmoid"])
+    table_holdout: float = Field(
+        0.2, ge=0.05, le=0.5,
+        description="With --table: share of customers (a stable hash of the id) held out as the test set.",
+    )  # fmt: skip
+
+    @field_validator("promotion_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        comparable_metric(value)
+        return value
 
 
 def load_train_config(path: Path | None) -> TrainConfig:
@@ -113,7 +128,7 @@ def time_splits(
             break
     if not splits:
         raise ValueError(
-            f"time splits: no backtest fold fits: {len(dates)} dates, horizon {horizon_days} days; "
+            f"time splits: no backtest fold fits: {len(dates)} dates, purge gap {horizon_days} days; "
             "add observation dates or shorten the horizon"
         )
     return splits, dev, test
@@ -131,6 +146,9 @@ class TrainResult:
     splits: list[Split] = field(default_factory=list)
     # 95% bootstrap intervals of the headline test metrics: how far the test set can resolve them
     test_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cv_metrics: dict[str, float] = field(
+        default_factory=dict
+    )  # --table: cross-validation on development rows
 
 
 def _categories(frame: pd.DataFrame, fs: FeatureSet) -> dict[str, list[str]]:
@@ -155,6 +173,11 @@ def _dataset(
 def _average_precision(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
     """PR-AUC of a validation set, unweighted (the pruner compares it across trials' class weights)."""
     return "average_precision", float(average_precision_score(data.get_label(), preds)), True
+
+
+def _inverse_churn_rate(y: np.ndarray) -> float:
+    """Non-churners per churner: the class weight that balances the two."""
+    return float((y == 0).sum() / max(1, (y == 1).sum()))
 
 
 def _params(trial: optuna.Trial, config: TrainConfig, pos_weight: float) -> dict[str, object]:
@@ -255,6 +278,17 @@ def _baselines(
     }
 
 
+def _tuning_digest(folds, x: pd.DataFrame, y: np.ndarray, config: TrainConfig, pos_weight: float) -> str:  # noqa: ANN001
+    """Fingerprint of what a study's scores depend on: the rows, their labels, the folds and the search."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(x, index=False).to_numpy().tobytes())
+    h.update(np.asarray(y, np.int64).tobytes())
+    for tr, va in folds:
+        h.update(np.asarray(tr).tobytes() + b"|" + np.asarray(va).tobytes())
+    search = config.model_dump(include={"max_depth", "max_rounds", "early_stopping_rounds"})
+    h.update(repr((sorted(search.items()), round(pos_weight, 9))).encode())
+    return h.hexdigest()[:16]
+
+
 def tune_lightgbm(
     folds: list[tuple[np.ndarray, np.ndarray]],
     x: pd.DataFrame,
@@ -264,12 +298,16 @@ def tune_lightgbm(
     storage: str | None,
     study_name: str,
     on_trial: Callable[[int, int], None] | None = None,
+    pos_weight: float | None = None,
 ) -> optuna.Study:
     """Optuna search maximising mean PR-AUC over the folds (row masks or indices into ``x``).
 
     The first fold reports every boosting round to the median pruner; early stopping runs in every fit.
+    ``pos_weight`` bounds the class-weight search (default: the inverse churn rate of ``y``); pass the
+    development rows' so that no test label shapes the search.
     """
-    pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))
+    if pos_weight is None:
+        pos_weight = _inverse_churn_rate(y)
 
     def objective(trial: optuna.Trial) -> float:
         params = _params(trial, config, pos_weight)
@@ -290,6 +328,16 @@ def tune_lightgbm(
         sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20),
     )  # fmt: skip
+    # a continued study must see the same rows, folds and search space: else old scores are not comparable
+    digest = _tuning_digest(folds, x, y, config, pos_weight)
+    earlier = study.user_attrs.get("tuning_digest")
+    if earlier is None:
+        study.set_user_attr("tuning_digest", digest)
+    elif earlier != digest:
+        raise ValueError(
+            f"tuning: study {study_name!r} was run on other data, folds or search settings; "
+            "continue it only with the same table and config, or give a new study name"
+        )
     callbacks = [lambda s, t: on_trial(len(s.trials), config.trials)] if on_trial else []
     study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds, callbacks=callbacks)
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
@@ -306,13 +354,22 @@ def train_model(
     storage: str | None = None,
     study_name: str = "churn",
     on_trial: Callable[[int, int], None] | None = None,
+    purge_days: int | None = None,
 ) -> TrainResult:
-    """Tune, calibrate and evaluate out of time on a labelled feature table (one row per customer-date)."""
+    """Tune, calibrate and evaluate out of time on a labelled feature table (one row per customer-date).
+
+    ``purge_days``: how far past its date a row's label looks (default: the horizon; cancellation churn
+    also waits out its grace period, `churnml.labels.label_margin`): the gap between training and
+    validation or test dates.
+    """
     if "churned" not in table:
         raise ValueError("training table: no 'churned' label column")
     table = table.sort_values(["observation_date", "customer_id"], kind="stable").reset_index(drop=True)
     splits, dev_dates, test_dates = time_splits(
-        list(table["observation_date"].unique()), horizon_days, config.backtest_folds, config.test_dates
+        list(table["observation_date"].unique()),
+        purge_days or horizon_days,
+        config.backtest_folds,
+        config.test_dates,
     )
     dev = table[table["observation_date"].isin(dev_dates)]
     test = table[table["observation_date"].isin(test_dates)]
@@ -321,13 +378,13 @@ def train_model(
     categories = _categories(dev, fs)
     x_all = encode_features(table, fs, categories)
     y_all = table["churned"].to_numpy(int)
-    pos_weight = float((y_all == 0).sum() / max(1, (y_all == 1).sum()))
+    pos_weight = _inverse_churn_rate(dev["churned"].to_numpy(int))  # test labels stay unseen
     fold_rows = [
         (table["observation_date"].isin(s.train_dates).to_numpy(), table["observation_date"].isin(s.valid_dates).to_numpy())
         for s in splits
     ]  # fmt: skip
 
-    study = tune_lightgbm(fold_rows, x_all, y_all, fs, config, storage, study_name, on_trial)
+    study = tune_lightgbm(fold_rows, x_all, y_all, fs, config, storage, study_name, on_trial, pos_weight)
     best = study.best_trial
     params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
 
