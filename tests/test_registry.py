@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -44,7 +46,12 @@ def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
                      "plots/lift.png", "plots/shap_summary.png", "tuning/optuna_trials.csv",
                      "evaluation/test_features.parquet"):  # fmt: skip
         assert expected in artifacts, expected
-    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "test"} and inputs["training"].digest != inputs["test"].digest
+    test_dates = table["observation_date"].isin(pd.to_datetime(result.model.metadata["test_dates"]))
+    assert json.loads(inputs["test"].profile)["num_rows"] == test_dates.sum()
+    trained = table["observation_date"] <= pd.Timestamp(result.model.metadata["trained_through"])
+    assert json.loads(inputs["training"].profile)["num_rows"] == trained.sum() < (~test_dates).sum()
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
 
     # the registered model round-trips: native model and the MLflow pyfunc agree with the trained one

@@ -246,6 +246,13 @@ def close_unfinished_runs(client: MlflowClient, settings: Settings) -> list[str]
     return closed
 
 
+def _training_rows(table: pd.DataFrame, model: ChurnModel, test_features: pd.DataFrame) -> pd.DataFrame:
+    """The rows the final model was fitted on: development dates, or the customers not held out."""
+    if "trained_through" in model.metadata and "observation_date" in table:
+        return table[table["observation_date"] <= pd.Timestamp(model.metadata["trained_through"])]
+    return table[~table["customer_id"].isin(test_features["customer_id"])]
+
+
 def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.DataFrame, config: TrainConfig,  # noqa: ANN001
              settings: Settings, dataset_name: str, client: MlflowClient) -> tuple[str, str]:  # fmt: skip
     model = result.model
@@ -265,15 +272,19 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
             mlflow.log_metrics({f"test_{k}_ci95_low": low, f"test_{k}_ci95_high": high})
         for name, metrics in result.baselines.items():
             mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                # float label: MLflow's schema inference warns about integer columns otherwise
-                table.drop(columns=["churn_date"], errors="ignore").astype({"churned": "float64"}),
-                name=dataset_name,
-                targets="churned",
-            ),
-            context="training",
-        )
+        for context, rows in (
+            ("training", _training_rows(table, model, test_features)),
+            ("test", test_features),
+        ):
+            mlflow.log_input(
+                mlflow.data.from_pandas(
+                    # float label: MLflow's schema inference warns about integer columns otherwise
+                    rows.drop(columns=["churn_date"], errors="ignore").astype({"churned": "float64"}),
+                    name=f"{dataset_name}-{context}",
+                    targets="churned",
+                ),
+                context=context,
+            )  # each with its own digest: two runs trained or tested on the same rows show the same one
         catalogue_frame(model.catalogue).to_csv(folder / "feature_catalogue.csv", index=False)
         mlflow.log_artifact(str(folder / "feature_catalogue.csv"))
         for path in _plots(result, folder):
