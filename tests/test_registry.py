@@ -27,7 +27,30 @@ def store(tmp_path: Path):
     mlflow.set_tracking_uri(None)
 
 
-def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
+def _loads_where_churnml_is_not_installed(rows: pd.DataFrame, expected: np.ndarray, tmp_path: Path) -> None:
+    """The registered model carries the churnml package and its pinned requirements."""
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@challenger", dst_path=str(tmp_path / "m"))
+    )
+    pins = (local / "requirements.txt").read_text()
+    assert all(f"{name}==" in pins for name in ("lightgbm", "duckdb", "pandas", "scikit-learn")), pins
+    rows.to_parquet(tmp_path / "rows.parquet")
+    script = (
+        "import importlib.util, json, sys\n"
+        "sys.path = [p for p in sys.path if not p.rstrip('/').endswith('/src')]\n"
+        "assert importlib.util.find_spec('churnml') is None, 'churnml is importable before the load'\n"
+        "import mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "print(json.dumps(model.predict(pd.read_parquet(sys.argv[2]))['churn_probability'].tolist()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, str(local), str(tmp_path / "rows.parquet")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), expected)
+
+
+def test_training_run_is_logged_registered_and_promoted(trained, store, tmp_path: Path) -> None:
     table, _, result = trained
     client, settings = store
     run_id, version = log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
@@ -61,6 +84,9 @@ def test_training_run_is_logged_registered_and_promoted(trained, store) -> None:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
     out = pyfunc.predict(rows[native.feature_names])
     np.testing.assert_allclose(out["churn_probability"].to_numpy(), result.model.predict_proba(rows))
+    _loads_where_churnml_is_not_installed(
+        rows[native.feature_names], result.model.predict_proba(rows), tmp_path
+    )
 
     first = promote_challenger(client, "pr_auc", 0.005)
     assert first.promoted and first.champion_after == version and "first model" in first.reason

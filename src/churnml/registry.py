@@ -10,6 +10,7 @@ pyfunc with a signature and an input example. The new version gets the alias ``c
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
@@ -56,7 +57,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 MODEL_NAME = "churn"
 EXPERIMENT = "churnml"
-_REQUIREMENTS = ["lightgbm==4.7.0", "numpy==2.4.6", "pandas==3.1.1", "scikit-learn==1.9.1", "mlflow==3.17.2"]
+
+
+def _requirements() -> list[str]:
+    """churnml's own pinned dependencies (extras excluded): what the logged model's code imports."""
+    return [r for r in importlib.metadata.requires("churnml") or [] if "extra ==" not in r]
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -92,16 +97,6 @@ def _experiment_id(client: MlflowClient, settings: Settings) -> str:
     if client.tracking_uri.startswith("sqlite:"):  # a local store keeps artifacts beside it, absolute
         location = (settings.home / "mlartifacts").resolve().as_uri()
     return client.create_experiment(EXPERIMENT, artifact_location=location)
-
-
-class ChurnPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc face of :class:`ChurnModel`: feature rows in, calibrated probability out."""
-
-    def load_context(self, context) -> None:  # noqa: ANN001
-        self.model = ChurnModel.load(Path(context.artifacts["churn_model"]))
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001, ARG002
-        return pd.DataFrame({"churn_probability": self.model.predict_proba(model_input)})
 
 
 def _plots(result: TrainResult, folder: Path) -> list[Path]:
@@ -323,7 +318,8 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={"churn_model": str(model_dir)},
-            signature=signature, input_example=example, pip_requirements=_REQUIREMENTS,
+            signature=signature, input_example=example, pip_requirements=_requirements(),
+            code_paths=[str(Path(__file__).parent)],  # the churnml package travels with the model
         )  # fmt: skip
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
