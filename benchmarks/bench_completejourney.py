@@ -108,7 +108,9 @@ def main() -> None:
         p_median = grid[int(np.argsort(grid_pr)[len(grid_pr) // 2])]
         for seed in range(args.seeds):
             t1 = time.perf_counter()
-            config = TrainConfig(trials=args.trials, backtest_folds=args.folds, seed=seed)
+            config = TrainConfig(
+                trials=args.trials, backtest_folds=args.folds, seed=seed, timeout_seconds=None
+            )
             result = train_model(part, fs, catalogue, HORIZON_DAYS, config)
             p = (
                 test[["customer_id"]]

@@ -159,7 +159,7 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from churnml.simulate import SimulationConfig, simulate
 
     out = tmp_path_factory.mktemp("sim")
-    simulate(SimulationConfig(customers=2500, months=14, seed=5), out, workers=1)
+    simulate(SimulationConfig(customers=2500, months=16, seed=5), out, workers=1)
     return out
 
 
@@ -167,6 +167,7 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(sim_dir: Path):
     from churnml.catalogue import build_catalogue
     from churnml.features import training_table
+    from churnml.labels import label_margin
     from churnml.spec import load_spec
     from churnml.train import TrainConfig, train_model
     from churnml.validate import prepare_dataset
@@ -176,8 +177,9 @@ def trained(sim_dir: Path):
         prepare_dataset(con, spec)
         table, fs = training_table(con, spec)
     result = train_model(
-        table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2)
-    )
+        table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2),
+        purge_days=label_margin(spec).days,
+    )  # fmt: skip
     return table, fs, result
 
 

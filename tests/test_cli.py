@@ -192,15 +192,23 @@ def test_train_on_a_ready_table_registers_a_model(home: Path, monkeypatch: pytes
     result = runner.invoke(app, ["promote", "--metric", "accuracy"])
     assert result.exit_code == 2 and "promotion metric 'accuracy' is unknown" in result.output
     assert "Traceback" not in result.output
-    # without --id the row number is the id; the test is a fifth of the rows, held out
     # a named study is continued by the next run on the same table
     for _ in range(2):
         assert runner.invoke(app, [*args, "--study", "accounts-tuning"]).exit_code == 0
     study = optuna.load_study(study_name="accounts-tuning", storage=f"sqlite:///{home / 'optuna.db'}")
     assert len(study.trials) == 4
-    # without --id the row number is the id; the test is a fifth of the rows, held out
-    result = runner.invoke(app, [*args[:5], "--trials", "2"])
+    # without --id, a column with a distinct value per row is refused as a feature (it would memorise rows)
+    no_id = [*args[:5], "--trials", "2"]
+    result = runner.invoke(app, no_id)
+    assert result.exit_code == 2 and "accounts.csv.account: one distinct value per row" in result.output
+    # ...and without it the row number is the id; the test is a fifth of the rows, held out
+    frame.drop(columns=["account"]).to_csv(home / "accounts.csv", index=False)
+    result = runner.invoke(app, no_id)
     assert result.exit_code == 0 and "registered churn v4 as challenger" in result.output, result.output
-    assert re.search(r"1\d\d held-out customers \(20% by id\)", result.output), result.output
-    result = runner.invoke(app, [*args[:5], "--trials", "2", "--study", "accounts-tuning"])
+    assert re.search(r"1\d\d held-out customers \(20% by row number\)", result.output), result.output
+    # the champion held out other customers (by account id): no fair comparison, it stays
+    result = runner.invoke(app, ["promote"])
+    assert result.exit_code == 0 and "kept: champion v1" in result.output, result.output
+    assert "held out customers by another id_column" in result.output
+    result = runner.invoke(app, [*no_id, "--study", "accounts-tuning"])
     assert result.exit_code == 2 and "was run on other data" in result.output, result.output

@@ -109,7 +109,9 @@ def test_training_run_is_logged_registered_and_promoted(trained, store, tmp_path
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
 
 
-def test_a_failed_training_run_leaves_the_champion_alone(trained, store) -> None:
+def test_a_failed_training_run_leaves_the_champion_alone(
+    trained, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     table, _, result = trained
     client, settings = store
     _, version = log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
@@ -123,6 +125,17 @@ def test_a_failed_training_run_leaves_the_champion_alone(trained, store) -> None
     assert runs[0].info.status == "FAILED"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
+
+    # a failure after the model is registered (its last step) still names no new challenger
+    def broken_tag(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("registry went away")
+
+    monkeypatch.setattr(client, "set_model_version_tag", broken_tag)
+    with pytest.raises(RuntimeError, match="registry went away"):
+        log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 2  # registered, never aliased
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
+    assert promote_challenger(client).reason == "challenger is already champion"
 
 
 def test_unreachable_tracking_server_fails_fast() -> None:

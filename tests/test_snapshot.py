@@ -114,3 +114,28 @@ def test_too_few_churners_to_hold_out_is_a_clear_error() -> None:
         ValueError, match=r"rows hold \d+ churner\(s\) and \d+ non-churner\(s\); need at least 5"
     ):
         train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=1))
+
+
+def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tmp_path: Path) -> None:
+    n = 40
+    frame = pd.DataFrame({"cust_no": range(1000, 1000 + n), "usage": np.linspace(0, 1, n).round(3) * 7,
+                          "Churn": ["Yes", "No"] * (n // 2)})  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"t.csv.cust_no: one distinct value per row, like an id.*--id cust_no"
+    ):
+        load_snapshot_table(_write(tmp_path, frame), "Churn", None)
+    table, fs = load_snapshot_table(_write(tmp_path, frame), "Churn", "cust_no")
+    assert fs.table_numeric == ("usage",)  # distinct per row too, but a measurement, not whole numbers
+
+
+def test_ids_and_infinite_values_read_the_same_from_any_file_type(tmp_path: Path, caplog) -> None:
+    frame = pd.DataFrame({"id": [7.0, 8.0, 9.5, 10.0], "x": [1.0, np.inf, 3.0, 4.0], "Churn": [1, 0, 0, 1]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    parquet, _ = load_snapshot_table(tmp_path / "t.parquet", "Churn", "id")
+    csv, _ = load_snapshot_table(_write(tmp_path, frame.assign(id=["7", "8", "9.5", "10"])), "Churn", "id")
+    assert parquet["customer_id"].tolist() == csv["customer_id"].tolist() == ["7", "8", "9.5", "10"]
+    assert np.isnan(parquet.loc[1, "x"]) and np.isnan(csv.loc[1, "x"])
+    assert "t.parquet.x: 1 infinite value(s) read as missing" in caplog.text
+    frame.assign(id=[7.0, None, 9.0, 10.0]).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match=r"t.parquet.id: 1 row\(s\) without an id, e.g. row 2"):
+        load_snapshot_table(tmp_path / "t.parquet", "Churn", "id")

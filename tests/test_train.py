@@ -72,6 +72,12 @@ def test_early_stopping_watches_the_validation_loss_weighted_as_in_training() ->
         ("trials: 0\n", "trials"),
         ("trails: 5\n", "trails"),
         ("promotion_metric: accuracy\n", "promotion metric 'accuracy' is unknown"),
+        (
+            "promotion_metric: revenue_captured_top_050\n",
+            "promotion metric 'revenue_captured_top_050' is unknown",
+        ),
+        ("trials: [1\n", "is not valid YAML"),
+        ("- trials\n", "expected a mapping of fields, got list"),
     ],
 )
 def test_config_file_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -95,6 +101,8 @@ def test_a_study_continues_in_sqlite_only_on_the_same_data(tmp_path: Path) -> No
     tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
     study = tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
     assert len(study.trials) == 4
+    first, resumed = study.trials[:2], study.trials[2:]
+    assert all(a.params != b.params for a, b in zip(first, resumed, strict=True))  # new draws, not a replay
     with pytest.raises(ValueError, match="study 'resume-me' was run on other data"):
         tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "resume-me")
     assert len(tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "fresh").trials) == 2

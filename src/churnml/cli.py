@@ -319,17 +319,13 @@ def train_command(
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
             try:
                 result = train_snapshot(
-                    table,
-                    fs,
-                    catalogue,
-                    cfg,
-                    folds,
-                    study_storage,
-                    study or f"{table_path.stem}-{int(time.time())}",
-                )
+                    table, fs, catalogue, cfg, folds, study_storage,
+                    study or f"{table_path.stem}-{int(time.time())}", id_column,
+                )  # fmt: skip
             except (ValueError, RuntimeError) as err:
                 raise _fail(str(err)) from None
-        held_out = f"{len(result.test_frame):,} held-out customers ({cfg.table_holdout:.0%} by id)"
+        by = "by id" if id_column else "by row number"
+        held_out = f"{len(result.test_frame):,} held-out customers ({cfg.table_holdout:.0%} {by})"
         _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
                          f"{held_out}; tuned by {folds}-fold cross-validation")  # fmt: skip
         return

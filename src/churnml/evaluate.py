@@ -8,6 +8,8 @@ top-K accounts a team can call actually hold (MRR captured at capacity K).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
@@ -210,8 +212,9 @@ def comparable_metric(metric: str) -> int | None:
     if metric in PROMOTION_METRICS:
         return None
     prefix = "revenue_captured_top_"
-    if metric.startswith(prefix) and metric[len(prefix) :].isdigit() and int(metric[len(prefix) :]) > 0:
-        return int(metric[len(prefix) :])
+    capacity = re.fullmatch(rf"{prefix}([1-9][0-9]*)", metric)
+    if capacity:
+        return int(capacity.group(1))
     raise ValueError(
         f"promotion metric {metric!r} is unknown; expected one of {', '.join(PROMOTION_METRICS)} "
         f"or {prefix}K (MRR captured in the top K accounts)"

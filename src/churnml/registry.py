@@ -406,6 +406,24 @@ def file_lock(path: Path, timeout: float = 120.0, purpose: str = "promotion") ->
 promotion_lock = file_lock
 
 
+def _held_out_mismatch(challenger: dict, champion: dict) -> str | None:
+    """Why two ready-table models cannot be compared on the challenger's held-out customers, if so.
+
+    The comparison is fair only when the champion never trained on them: same id column, same share.
+    """
+    if challenger.get("mode") != "table" or champion.get("mode") != "table":
+        return None
+    if "table_holdout" not in champion:
+        return "the champion was trained on every row of its table (an older churnml): no held-out customers to compare on"
+    for key in ("table_holdout", "id_column"):
+        if challenger.get(key) != champion.get(key):
+            return (
+                f"the champion held out customers by another {key} ({champion.get(key)!r} vs {challenger.get(key)!r}): "
+                "it may have trained on the challenger's test rows"
+            )
+    return None
+
+
 def promote_challenger(
     client: MlflowClient, metric: str = "pr_auc", margin: float = 0.005
 ) -> PromotionResult:
@@ -434,9 +452,14 @@ def promote_challenger(
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "evaluation/test_features.parquet", tmp)
         test = pd.read_parquet(path)
+    models = {alias: load_model(f"models:/{MODEL_NAME}/{version}", client)
+              for alias, version in (("challenger", challenger), ("champion", champion))}  # fmt: skip
+    unfair = _held_out_mismatch(models["challenger"].metadata, models["champion"].metadata)
+    if unfair:
+        return PromotionResult(False, challenger, champion, champion, metric, reason=unfair)
     scores, probabilities = {}, {}
     for alias, version in (("challenger", challenger), ("champion", champion)):
-        model = load_model(f"models:/{MODEL_NAME}/{version}", client)
+        model = models[alias]
         missing = [c for c in model.feature_names if c not in test.columns]
         if missing:
             return PromotionResult(False, challenger, champion, champion, metric,

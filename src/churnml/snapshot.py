@@ -11,6 +11,7 @@ fold calibrated by the other folds), so no row is scored by a calibrator that sa
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import lightgbm as lgb
@@ -42,6 +43,8 @@ __all__ = ["load_snapshot_table", "holdout_mask", "train_snapshot"]
 
 _POSITIVE = {"1", "yes", "true", "y", "t", "churn", "churned"}
 _NEGATIVE = {"0", "no", "false", "n", "f", "stay", "retained", "active"}
+log = logging.getLogger(__name__)
+
 NUMERIC_SHARE = 0.95  # a text column whose non-blank values are at least this numeric is a number column
 
 
@@ -72,7 +75,13 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
     if id_column is None:
         ids = pd.Series([str(i) for i in range(1, len(raw) + 1)], index=raw.index)
     else:
-        ids = raw[id_column].astype(str).str.strip()
+        ids = _id_text(raw[id_column])
+        blank = raw[id_column].isna().to_numpy() | ids.isin(["", "nan", "NaN", "None"]).to_numpy()
+        if blank.any():
+            raise ValueError(
+                f"table {path.name}.{id_column}: {int(blank.sum())} row(s) without an id, e.g. row "
+                f"{int(np.flatnonzero(blank)[0]) + 1}; expected one id per customer"
+            )
     dupes = ids[ids.duplicated()]
     if len(dupes):
         raise ValueError(
@@ -107,8 +116,40 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
         else:
             features[col] = text.astype("object")
             categorical.append(col)
+    for col in numeric:
+        infinite = np.isinf(features[col])
+        if infinite.any():  # no value, like a blank: a model can cope, a scaler or a sum cannot
+            log.warning(
+                "table %s.%s: %d infinite value(s) read as missing", path.name, col, int(infinite.sum())
+            )
+            features[col] = features[col].mask(infinite)
+    if id_column is None:
+        for col in numeric + categorical:
+            if _looks_like_id(features[col]):
+                raise ValueError(
+                    f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
+                    f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
+                )
     frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
     return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+
+
+def _id_text(values: pd.Series) -> pd.Series:
+    """Ids as text, the same whether a file stored them as integers, whole floats or strings."""
+    if pd.api.types.is_float_dtype(values):
+        whole = (values.notna() & (values == values.round())).to_numpy()
+        text = values.astype(str).to_numpy(dtype=object)
+        text[whole] = values[whole].astype("int64").astype(str).to_numpy()
+        return pd.Series(text, index=values.index, dtype=object).str.strip()
+    return values.astype(str).str.strip()
+
+
+def _looks_like_id(values: pd.Series) -> bool:
+    """A column with a distinct value in every row that is text or whole numbers (a continuous
+    measurement may also be distinct per row, but rarely only whole numbers)."""
+    if len(values) < 20 or values.isna().any() or values.nunique() < len(values):
+        return False
+    return values.dtype == object or bool((values == values.round()).all())
 
 
 def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
@@ -128,6 +169,7 @@ def train_snapshot(
     folds: int = 5,
     storage: str | None = None,
     study_name: str = "churn-table",
+    id_column: str | None = None,
 ) -> TrainResult:
     """Hold out a stable share of customers; tune on stratified K-fold CV of the rest, calibrate on its
     out-of-fold predictions, refit on all of it, and evaluate once on the held-out customers."""
@@ -166,7 +208,8 @@ def train_snapshot(
     final = lgb.train(params, _dataset(x, y, fs), num_boost_round=rounds)
     model = ChurnModel(final, fs, categories, calibrator, catalogue,
                        {"mode": "table", "cv_folds": folds, "best_params": best.params, "rounds": rounds,
-                        "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame)})  # fmt: skip
+                        "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame),
+                        "table_holdout": config.table_holdout, "id_column": id_column})  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
     return TrainResult(

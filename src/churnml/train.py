@@ -94,7 +94,12 @@ def load_train_config(path: Path | None) -> TrainConfig:
         return TrainConfig()
     if not Path(path).is_file():
         raise ValueError(f"training config {path} does not exist")
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"training config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"training config {path}: expected a mapping of fields, got {type(data).__name__}")
     try:
         return TrainConfig.model_validate(data)
     except Exception as err:  # pydantic's message names the field
@@ -338,7 +343,10 @@ def tune_lightgbm(
             f"tuning: study {study_name!r} was run on other data, folds or search settings; "
             "continue it only with the same table and config, or give a new study name"
         )
-    callbacks = [lambda s, t: on_trial(len(s.trials), config.trials)] if on_trial else []
+    done_before = len(study.trials)
+    if done_before:  # a continued study: new random draws, not a replay of the first run's trials
+        study.sampler = optuna.samplers.TPESampler(seed=config.seed + done_before)
+    callbacks = [lambda s, t: on_trial(len(s.trials) - done_before, config.trials)] if on_trial else []
     study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds, callbacks=callbacks)
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise RuntimeError("tuning: no trial completed (all pruned or failed); raise --trials or --timeout")
