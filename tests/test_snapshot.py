@@ -116,7 +116,7 @@ def test_too_few_churners_to_hold_out_is_a_clear_error() -> None:
         train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=1))
 
 
-def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tmp_path: Path) -> None:
+def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tmp_path: Path, caplog) -> None:
     n = 40
     frame = pd.DataFrame({"cust_no": range(1000, 1000 + n), "usage": np.linspace(0, 1, n).round(3) * 7,
                           "Churn": ["Yes", "No"] * (n // 2)})  # fmt: skip
@@ -126,6 +126,11 @@ def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tm
         load_snapshot_table(_write(tmp_path, frame), "Churn", None)
     table, fs = load_snapshot_table(_write(tmp_path, frame), "Churn", "cust_no")
     assert fs.table_numeric == ("usage",)  # distinct per row too, but a measurement, not whole numbers
+    # with an id named, another id-like column is kept, with a warning
+    _, fs = load_snapshot_table(_write(tmp_path, frame.assign(row=range(n))), "Churn", "cust_no")
+    assert (
+        "row" in fs.table_numeric and "t.csv.row: one distinct value per row, like an id; kept" in caplog.text
+    )
 
 
 def test_ids_and_infinite_values_read_the_same_from_any_file_type(tmp_path: Path, caplog) -> None:

@@ -123,13 +123,15 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
                 "table %s.%s: %d infinite value(s) read as missing", path.name, col, int(infinite.sum())
             )
             features[col] = features[col].mask(infinite)
-    if id_column is None:
-        for col in numeric + categorical:
-            if _looks_like_id(features[col]):
-                raise ValueError(
-                    f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
-                    f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
-                )
+    for col in numeric + categorical:
+        if not _looks_like_id(features[col]):
+            continue
+        if id_column is None:
+            raise ValueError(
+                f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
+                f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
+            )
+        log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
     frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
     return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
 
