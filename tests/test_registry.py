@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,6 +125,20 @@ def test_a_failed_training_run_leaves_the_champion_alone(
     )
     assert runs[0].info.status == "FAILED"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == version
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
+
+    # a scheduler's SIGTERM mid-logging: the run is marked FAILED, not left RUNNING; no new challenger
+    def terminated(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives here
+
+    monkeypatch.setattr("churnml.registry._shap_summary", terminated)
+    with pytest.raises(SystemExit):
+        log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
+    monkeypatch.undo()
+    latest = client.search_runs([runs[0].info.experiment_id], order_by=["start_time DESC"])[0]
+    assert latest.info.status == "FAILED" and latest.info.run_id != runs[0].info.run_id
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == version
 
     # a failure after the model is registered (its last step) still names no new challenger

@@ -14,7 +14,9 @@ import importlib.metadata
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -194,7 +196,10 @@ def log_training(
         )
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}")
     try:
-        run_id, version = _log_run(run, result, table, test_features, config, settings, dataset_name, client)
+        with _terminate_as_exit():
+            run_id, version = _log_run(
+                run, result, table, test_features, config, settings, dataset_name, client
+            )
     except BaseException:
         _end_failed_run(client, run.info.run_id, settings)
         raise
@@ -202,6 +207,24 @@ def log_training(
     # only a run that finished names the challenger: promote never picks a half-logged model
     client.set_registered_model_alias(MODEL_NAME, "challenger", version)
     return run_id, version
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) raises SystemExit, so the run is marked FAILED, not left
+    RUNNING forever. Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:  # noqa: ANN001, ARG001
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _unclosed_runs_file(settings: Settings) -> Path:
