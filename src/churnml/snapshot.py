@@ -18,10 +18,7 @@ import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from churnml.catalogue import FeatureInfo
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
@@ -36,6 +33,7 @@ from churnml.train import (
     _fit_fold,
     _inverse_churn_rate,
     _params,
+    logistic_baseline,
     tune_lightgbm,
 )
 
@@ -219,29 +217,8 @@ def train_snapshot(
         test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
         baselines={"base_rate": churn_metrics(y_test, np.full(len(y_test), y.mean()), capacity=config.capacity),
                    "logistic_regression": churn_metrics(
-                       y_test, _logistic_baseline(frame, test_frame, fs), capacity=config.capacity)},
+                       y_test, logistic_baseline(frame, test_frame, fs), capacity=config.capacity)},
         study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
         cv_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
     )  # fmt: skip
-
-
-def _logistic_baseline(dev: pd.DataFrame, test: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
-    """Regularised logistic regression: numbers standardised, categories one-hot (levels seen in
-    development; rare ones pooled so an id-like text column cannot memorise rows)."""
-    numeric = [c for c in fs.columns if c not in fs.categorical_columns]
-    medians = dev[numeric].median().fillna(0.0)
-
-    def design(part: pd.DataFrame) -> pd.DataFrame:
-        pieces = [part[numeric].fillna(medians)]
-        for c in fs.categorical_columns:
-            counts = dev[c].value_counts()
-            levels = counts[counts >= 20].index
-            known = part[c].where(part[c].isin(levels))  # other levels: all-zero, like a missing value
-            pieces.append(pd.get_dummies(pd.Categorical(known, categories=levels), prefix=c, dtype=float))
-            pieces[-1].index = part.index
-        return pd.concat(pieces, axis=1)
-
-    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    lr.fit(design(dev), dev["churned"].to_numpy(int))
-    return lr.predict_proba(design(test))[:, 1]

@@ -46,6 +46,7 @@ __all__ = [
     "load_train_config",
     "time_splits",
     "tune_lightgbm",
+    "logistic_baseline",
     "train_model",
 ]
 
@@ -261,17 +262,32 @@ def _recency_score(frame: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
     return np.where(np.isinf(score), 1e6, score)
 
 
-def _baselines(
-    dev: pd.DataFrame, test: pd.DataFrame, fs: FeatureSet, categories, config: TrainConfig
-) -> dict:  # noqa: ANN001
+def logistic_baseline(dev: pd.DataFrame, test: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
+    """The logistic-regression baseline's test scores: numbers standardised (missing -> development
+    median), categories one-hot (levels with 20+ development rows; rarer ones pooled, so an id-like
+    text column cannot memorise rows)."""
+    numeric = [c for c in fs.columns if c not in fs.categorical_columns]
+    medians = dev[numeric].median().fillna(0.0)
+
+    def design(part: pd.DataFrame) -> pd.DataFrame:
+        pieces = [part[numeric].astype(float).fillna(medians).clip(-1e9, 1e9)]
+        for c in fs.categorical_columns:
+            counts = dev[c].value_counts()
+            levels = counts[counts >= 20].index
+            known = part[c].where(part[c].isin(levels))  # other levels: all-zero, like a missing value
+            pieces.append(pd.get_dummies(pd.Categorical(known, categories=levels), prefix=c, dtype=float))
+            pieces[-1].index = part.index
+        return pd.concat(pieces, axis=1)
+
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    lr.fit(design(dev), dev["churned"].to_numpy(int))
+    return lr.predict_proba(design(test))[:, 1]
+
+
+def _baselines(dev: pd.DataFrame, test: pd.DataFrame, fs: FeatureSet, config: TrainConfig) -> dict:
     y_dev, y_test = dev["churned"].to_numpy(int), test["churned"].to_numpy(int)
     mrr = test["mrr"].to_numpy(float) if "mrr" in test else None
-    x_dev = encode_features(dev, fs, categories).drop(columns=list(fs.categorical_columns))
-    x_test = encode_features(test, fs, categories).drop(columns=list(fs.categorical_columns))
-    medians = x_dev.median().fillna(0.0)
-    logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    logreg.fit(x_dev.fillna(medians).clip(-1e9, 1e9), y_dev)
-    p_lr = logreg.predict_proba(x_test.fillna(medians).clip(-1e9, 1e9))[:, 1]
+    p_lr = logistic_baseline(dev, test, fs)
     recency = _recency_score(test, fs)
     p_rec = (np.argsort(np.argsort(recency)) + 1) / (
         len(recency) + 1
@@ -426,6 +442,6 @@ def train_model(
         test_frame["mrr"] = mrr
     return TrainResult(
         model=model, params={**params, "num_boost_round": rounds}, test_metrics=test_metrics,
-        baselines=_baselines(dev, test, fs, categories, config), study=study, test_frame=test_frame, oof=oof,
+        baselines=_baselines(dev, test, fs, config), study=study, test_frame=test_frame, oof=oof,
         splits=splits, test_intervals=bootstrap_intervals(y_all[test_mask], p_test, seed=config.seed),
     )  # fmt: skip
