@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
@@ -106,6 +107,22 @@ def test_a_study_continues_in_sqlite_only_on_the_same_data(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="study 'resume-me' was run on other data"):
         tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "resume-me")
     assert len(tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "fresh").trials) == 2
+
+
+def test_tuning_prunes_weak_trials_and_keeps_depth_and_class_weight_in_bounds() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    x = pd.DataFrame({"a": rng.random(n), "b": rng.random(n), "c": rng.random(n)})
+    y = (rng.random(n) < 0.05 + 0.3 * x["a"].to_numpy() ** 2).astype(int)
+    fs = FeatureSet((), (), table_numeric=("a", "b", "c"))
+    study = tune_lightgbm(
+        [(np.arange(2000), np.arange(2000, n))], x, y, fs, TrainConfig(trials=16, max_depth=4), None, "p"
+    )
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+    assert all(2 <= t.params["max_depth"] <= 4 for t in study.trials)
+    inverse_rate = (y == 0).sum() / (y == 1).sum()
+    assert all(1.0 <= t.params["scale_pos_weight"] <= inverse_rate for t in study.trials)
 
 
 def test_calibrators_are_monotone_and_survive_json() -> None:
