@@ -165,8 +165,8 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(sim_dir: Path):
-    from churnml.catalogue import build_catalogue
-    from churnml.features import training_table
+    from churnml.features.batch import training_table
+    from churnml.features.catalogue import build_catalogue
     from churnml.labels import label_margin
     from churnml.spec import load_spec
     from churnml.train import TrainConfig, train_model

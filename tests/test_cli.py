@@ -66,6 +66,33 @@ def test_validate_reports_errors_and_exits_1(home: Path) -> None:
     assert "nothing was run" in result.output
 
 
+def test_validate_prints_what_each_event_value_means_and_where_it_came_from(home: Path) -> None:
+    """Declared in the spec, known to the vocabulary, or inferred from the values (and said so)."""
+    from tests.conftest import tiny_customers, tiny_events, tiny_spec_dict, tiny_subscriptions
+
+    extra = pd.DataFrame({
+        "cust": ["a"] * 9, "ts": pd.date_range("2024-02-01", periods=9, freq="D"),
+        "kind": ["webinar"] * 3 + ["rating"] * 3 + ["seat_delta"] * 3,
+        "val": [10.5, 45.25, 3.0, 1.0, 4.0, 5.0, -2.0, 3.0, 1.0],
+    })  # fmt: skip
+    pd.concat([tiny_events(), extra], ignore_index=True).to_parquet(home / "events.parquet")
+    tiny_customers().to_parquet(home / "customers.parquet")
+    tiny_subscriptions().to_parquet(home / "subscriptions.parquet")
+    spec = tiny_spec_dict() | {"event_values": {"nps_response": {"meaning": "score", "scale": [0, 5]}}}
+    (home / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["validate", "--spec", str(home / "spec.yaml")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 4}
+    assert "amount" in lines["webinar"] and "inferred" in lines["webinar"]
+    assert "score 1-5" in lines["rating"] and "inferred" in lines["rating"]
+    assert "quantity" in lines["seat_delta"] and "inferred" in lines["seat_delta"]
+    assert "none" in lines["login"] and "built-in vocabulary" in lines["login"]
+    assert "score 1-5" in lines["support_ticket"] and "built-in vocabulary" in lines["support_ticket"]
+    # the spec's declaration wins, and the data that contradicts it is named
+    assert "score 0-5" in lines["nps_response"] and "the spec" in lines["nps_response"]
+    assert "values run from 9 to 9" in result.output
+
+
 def test_bad_spec_and_missing_data_exit_2_with_a_message(home: Path) -> None:
     spec = home / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "x"}))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -9,22 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from churnml.catalogue import build_catalogue, catalogue_frame
 from churnml.config import Settings, repo_root
 from churnml.engine import connect
-from churnml.features import (
-    FeatureSet,
-    _side_session,
-    build_features,
-    features_from_frames,
-    infer_feature_set,
-    latest_date,
-    load_contract_frames,
-    scoring_rows,
-    training_table,
-)
+from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.catalogue import build_catalogue, catalogue_frame
+from churnml.features.engine import _side_session, build_features
+from churnml.features.inference import infer_feature_set
+from churnml.features.online import features_from_frames, load_contract_frames
+from churnml.features.sets import FeatureSet
+from churnml.schema import EVENT_TYPES, EventValue
 from churnml.simulate import SimulationConfig, simulate
-from churnml.spec import EventLabel, load_spec
+from churnml.spec import load_spec
 from churnml.validate import prepare_dataset
 
 T = pd.Timestamp
@@ -74,8 +70,10 @@ HAND_SUBSCRIPTIONS = pd.DataFrame(
         "seats": [10.0, 8.0, 4.0],
     }
 )
+NPS, CSAT = EVENT_TYPES["nps_response"].values, EVENT_TYPES["support_ticket"].values
 HAND_SET = FeatureSet(
-    event_types=("login", "nps_response", "support_ticket"), valued_types=("nps_response", "support_ticket")
+    event_types=("login", "nps_response", "support_ticket"),
+    event_values=(("nps_response", NPS), ("support_ticket", CSAT)),
 )
 
 
@@ -86,9 +84,10 @@ def test_hand_computed_features() -> None:
         "login_count_trend_ratio": 3.0, "login_count_trend_delta": 2, "login_active_days_30d": 3,
         "days_since_last_login": (AS_OF - T("2024-04-30 18:00")) / pd.Timedelta(days=1),
         "support_ticket_count_30d": 2, "support_ticket_count_90d": 3,
-        "support_ticket_value_mean_30d": 3.0, "support_ticket_value_mean_90d": 11 / 3,
-        "support_ticket_value_sum_30d": 6.0, "support_ticket_last_value": 4.0,
-        "nps_response_last_value": 5.0, "nps_detractor": 1.0, "nps_response_count_90d": 2,
+        "support_ticket_score_mean_30d": 3.0, "support_ticket_score_mean_90d": 11 / 3,
+        "support_ticket_score_min_90d": 2.0, "support_ticket_score_last": 4.0,
+        "days_since_last_support_ticket_score": 6,  # whole days back to 04-25
+        "nps_response_score_last": 5.0, "days_since_last_nps_response_score": 2, "nps_response_count_90d": 2,
         "tenure_days": (AS_OF - T("2024-01-10")).days,
         "active_days_30d": 6, "active_users_30d": 2,
         # subscriptions as of the date: the row started 03-25 (the 05-02 downgrade is in the future)
@@ -130,7 +129,7 @@ def test_many_subscriptions_and_dates_per_customer_stay_linear() -> None:
     con = connect(Settings(duckdb_memory_limit="160MB", duckdb_threads=1), spill=False)
     try:
         load_contract_frames(con, None, events, subs)
-        got = build_features(con, rows, FeatureSet(("login",), ()))
+        got = build_features(con, rows, FeatureSet(("login",)))
     finally:
         con.close()
     # at the k-th date the k-th period is in force (the latest started before it); mrr is that index
@@ -161,11 +160,19 @@ def test_rows_must_be_dates_and_name_their_columns() -> None:
 
 
 def test_feature_set_round_trips_as_json() -> None:
-    fs = FeatureSet(("login", "x-y"), ("x-y",), ("industry", "size"), ("industry",), term_months=12)
+    fs = FeatureSet(("login", "x-y", "nps_response"), (("x-y", EventValue("amount")), ("nps_response", NPS)),
+                    ("industry", "size"), ("industry",), term_months=12)  # fmt: skip
     assert FeatureSet.from_json(fs.to_json()) == fs
-    assert "x_y_last_value" in fs.columns and "attr_size" in fs.columns
+    assert (
+        "x_y_amount_last" in fs.columns
+        and "attr_size" in fs.columns
+        and "nps_response_score_last" in fs.columns
+    )
     with pytest.raises(ValueError, match="collide"):
-        FeatureSet(("a-b", "a_b"), ())
+        FeatureSet(("a-b", "a_b"))
+    older = {**json.loads(fs.to_json()), "definition": 2}
+    with pytest.raises(ValueError, match="feature definitions 2.*retrain"):
+        FeatureSet.from_json(json.dumps(older))
 
 
 def test_a_new_event_type_gets_features_and_descriptions_without_code() -> None:
@@ -173,30 +180,22 @@ def test_a_new_event_type_gets_features_and_descriptions_without_code() -> None:
         [HAND_EVENTS, _events([("a", T("2024-04-15"), "webinar_attended", 45.0, None)])], ignore_index=True
     )
     fs = FeatureSet(
-        event_types=(*HAND_SET.event_types, "webinar_attended"), valued_types=("webinar_attended",)
+        event_types=(*HAND_SET.event_types, "webinar_attended"),
+        event_values=(*HAND_SET.event_values, ("webinar_attended", EventValue("amount"))),
     )
     got = features_from_frames(fs, AS_OF, events, HAND_CUSTOMERS).iloc[0]
-    assert got["webinar_attended_count_30d"] == 1 and got["webinar_attended_last_value"] == 45.0
+    assert got["webinar_attended_count_30d"] == 1 and got["webinar_attended_amount_last"] == 45.0
     default = {i.name: i for i in build_catalogue(fs)}
     assert (
         default["webinar_attended_count_30d"].description
         == "Number of webinar attended events in the last 30 days."
     )
-    named = {
-        i.name: i
-        for i in build_catalogue(
-            fs,
-            {"webinar_attended": EventLabel(plural="webinars", singular="webinar", value="minutes watched")},
-        )
-    }
-    assert (
-        named["webinar_attended_value_mean_90d"].description
-        == "Average minutes watched of webinars in the last 90 days."
-    )
 
 
 def test_catalogue_describes_every_column() -> None:
-    fs = FeatureSet(("login", "payment_failed"), ("payment_failed",), ("industry",), ("industry",))
+    fs = FeatureSet(
+        ("login", "payment_failed"), (("payment_failed", EventValue("amount")),), ("industry",), ("industry",)
+    )
     frame = catalogue_frame(build_catalogue(fs))
     assert frame["name"].tolist() == fs.columns
     assert frame["description"].str.len().min() > 10 and frame["unit"].notna().all()
@@ -274,6 +273,9 @@ def test_infer_feature_set_reads_types_and_attributes(sim) -> None:
     con, spec, _ = sim
     fs = infer_feature_set(con, spec)
     assert "login" in fs.event_types and "login" not in fs.valued_types and "nps_response" in fs.valued_types
+    # the simulator's spec declares each type's value: ids are counted as distinct, never summed
+    assert fs.value("feature_use").meaning == "identifier" and fs.value("seat_change").meaning == "quantity"
+    assert "feature_use_distinct_30d" in fs.columns and "feature_use_amount_sum_30d" not in fs.columns
     assert fs.attributes == ("industry", "country") and fs.categorical_attributes == ("industry", "country")
 
 
@@ -296,7 +298,7 @@ def test_loading_other_events_drops_the_stale_volume_summary(con) -> None:
     )
     load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
     fs = infer_feature_set(con, load_spec(repo_root() / "training" / "specs" / "simulated.yaml"))
-    assert fs.event_types == HAND_SET.event_types and fs.valued_types == HAND_SET.valued_types
+    assert fs.event_types == HAND_SET.event_types and fs.event_values == HAND_SET.event_values
 
 
 def _hand_rows() -> pd.DataFrame:
@@ -404,7 +406,9 @@ def _frame(items: list[tuple]) -> pd.DataFrame:
     return _events([(c, _BASE + pd.Timedelta(hours=h), t, v, u) for c, h, t, v, u in items])
 
 
-_LEAK_SET = FeatureSet(("login", "nps_response", "support_ticket"), ("nps_response", "support_ticket"))
+_LEAK_SET = FeatureSet(
+    ("login", "nps_response", "support_ticket"), (("nps_response", NPS), ("support_ticket", CSAT))
+)
 _LEAK_CUSTOMERS = pd.DataFrame({"customer_id": ["a", "b"], "signup_date": [T("2023-06-01")] * 2})
 _LEAK_SUBS = pd.DataFrame(
     {
@@ -478,7 +482,7 @@ def test_completejourney_training_table_matches_source_counts(shared_data: Path,
 
 # ----------------------------------------------------------------------------------------- edge cases
 
-_EDGE_SET = FeatureSet(("login", "nps_response"), ("nps_response",))
+_EDGE_SET = FeatureSet(("login", "nps_response"), (("nps_response", NPS),))
 
 
 def test_last_value_on_a_tied_timestamp_is_the_largest_whatever_the_row_order() -> None:
@@ -496,7 +500,7 @@ def test_last_value_on_a_tied_timestamp_is_the_largest_whatever_the_row_order() 
         rows.append(
             ("a", tied, "nps_response", None, None)
         )  # an event without a value never is the last value
-        last = {features_from_frames(_EDGE_SET, T("2024-05-01"), _events(order)).loc[0, "nps_response_last_value"]
+        last = {features_from_frames(_EDGE_SET, T("2024-05-01"), _events(order)).loc[0, "nps_response_score_last"]
                 for order in (rows, rows[::-1], rows[1:] + rows[:1])}  # fmt: skip
         assert last == {max(values)}, (values, last)
 
@@ -511,10 +515,10 @@ def test_last_value_is_the_latest_event_with_a_value_even_days_before_later_even
         ("a", T("2024-04-25 09:00"), "nps_response", None, None),
     ]
     got = features_from_frames(_EDGE_SET, T("2024-05-01"), _events(rows)).iloc[0]
-    assert got["nps_response_last_value"] == 2.0
+    assert got["nps_response_score_last"] == 2.0 and got["days_since_last_nps_response_score"] == 21
     assert got["nps_response_count_30d"] == 3 and got["nps_response_active_days_30d"] == 2
-    assert got["nps_response_value_mean_30d"] == 2.0 and got["nps_response_value_sum_90d"] == 8.0
-    assert got["nps_response_value_mean_90d"] == 4.0 and got["nps_response_value_sum_total"] == 8.0
+    assert got["nps_response_score_mean_30d"] == 2.0 and got["nps_response_score_min_90d"] == 2.0
+    assert got["nps_response_score_mean_90d"] == 4.0
     assert got["days_since_last_nps_response"] == pytest.approx(5 + 15 / 24)
 
 
@@ -538,8 +542,8 @@ def test_a_nan_value_is_no_value_on_the_batch_path_as_on_the_online_path() -> No
         batch = build_features(con, rows_frame, _EDGE_SET)
     finally:
         con.close()
-    assert batch.loc[0, "nps_response_last_value"] == 5.0
-    assert batch.loc[0, "nps_response_value_sum_30d"] == 8.0 and batch.loc[0, "nps_response_count_30d"] == 3
+    assert batch.loc[0, "nps_response_score_last"] == 5.0
+    assert batch.loc[0, "nps_response_score_mean_30d"] == 4.0 and batch.loc[0, "nps_response_count_30d"] == 3
     pd.testing.assert_frame_equal(batch, online, check_exact=True)
 
 
@@ -581,8 +585,8 @@ def test_daily_dates_count_users_like_one_date_at_a_time() -> None:
 
 
 def test_active_days_are_the_same_whether_flagged_or_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_account_days` flags customer-days in a byte array, or sorts them when that array would be too big."""
-    import churnml.features as features
+    """`account_days` flags customer-days in a byte array, or sorts them when that array would be too big."""
+    import churnml.features.runs as features
 
     rng = np.random.default_rng(3)
     n_keys, span, n_types = 7, 50, 4
@@ -591,9 +595,144 @@ def test_active_days_are_the_same_whether_flagged_or_sorted(monkeypatch: pytest.
     )  # sorted event keys (days repeat), some types empty
     key = key[(key // (n_keys * span)) != 2]
     expected = np.unique(key % (n_keys * span))
-    flagged = features._account_days(key, n_keys, span)
+    flagged = features.account_days(key, n_keys, span)
     monkeypatch.setattr(features, "DAY_FLAGS_MAX", 0)
-    sorted_ = features._account_days(key.copy(), n_keys, span)
+    sorted_ = features.account_days(key.copy(), n_keys, span)
     np.testing.assert_array_equal(flagged, expected)
     np.testing.assert_array_equal(sorted_, expected)
-    assert features._account_days(np.empty(0, np.int64), n_keys, span).size == 0
+    assert features.account_days(np.empty(0, np.int64), n_keys, span).size == 0
+
+
+# ----------------------------------------------------------------------------- values by their meaning
+
+_MEANING_SET = FeatureSet(
+    ("amt", "sc", "q", "few", "many", "login"),
+    (("amt", EventValue("amount")), ("sc", EventValue("score", (0.0, 10.0))), ("q", EventValue("quantity")),
+     ("few", EventValue("identifier")), ("many", EventValue("category"))),
+)  # fmt: skip
+
+
+def _random_valued_events(seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 900
+    kinds = rng.choice(["amt", "sc", "q", "few", "many", "login"], n)
+    value = np.select(
+        [kinds == "amt", kinds == "sc", kinds == "q", kinds == "few", kinds == "many"],
+        [
+            rng.gamma(2.0, 50.0, n).round(2),
+            rng.integers(0, 11, n),
+            rng.integers(-5, 6, n),
+            rng.integers(1, 6, n),
+            rng.integers(0, 200, n),
+        ],  # fmt: skip
+        np.nan,
+    ).astype(float)
+    value[rng.random(n) < 0.05] = np.nan  # some events carry no value
+    when = T("2024-01-01") + pd.to_timedelta(rng.integers(0, 200 * 24, n), unit="h")
+    return _events(list(zip(rng.choice(["a", "b", "c"], n), when, kinds, value, [None] * n, strict=True)))
+
+
+def _brute_values(events: pd.DataFrame, customer: str, t: pd.Timestamp) -> dict[str, float]:
+    """Every value feature of one row, straight from its definition."""
+    out: dict[str, float] = {}
+    for kind in ("amt", "sc", "q", "few", "many"):
+        e = events[(events.customer_id == customer) & (events.event_type == kind) & (events.timestamp < t)]
+        v = e[e.value.notna()].sort_values(["timestamp", "value"])
+
+        def window(w: int | None, v: pd.DataFrame = v) -> pd.Series:
+            return v.value if w is None else v.value[v.timestamp >= t - pd.Timedelta(days=w)]
+
+        def count(w: int, e: pd.DataFrame = e) -> int:
+            return int((e.timestamp >= t - pd.Timedelta(days=w)).sum())
+
+        last = v.value.iloc[-1] if len(v) else np.nan
+        if kind == "amt":
+            for w in (30, 90):
+                out[f"amt_amount_sum_{w}d"] = window(w).sum()
+                out[f"amt_amount_mean_{w}d"] = window(w).mean() if len(window(w)) else np.nan
+            out |= {"amt_amount_last": last, "amt_amount_sum_total": window(None).sum()}
+        elif kind == "sc":
+            for w in (30, 90):
+                out[f"sc_score_mean_{w}d"] = window(w).mean() if len(window(w)) else np.nan
+            out["sc_score_min_90d"] = window(90).min() if len(window(90)) else np.nan
+            out["sc_score_last"] = last
+            out["days_since_last_sc_score"] = (
+                (t - v.timestamp.iloc[-1].normalize()).days if len(v) else np.nan
+            )
+        elif kind == "q":
+            out |= {"q_net_30d": window(30).sum(), "q_net_90d": window(90).sum(), "q_net_total": window(None).sum(),
+                    "q_last_change": last}  # fmt: skip
+        else:
+            out |= {f"{kind}_distinct_30d": window(30).nunique(), f"{kind}_distinct_90d": window(90).nunique(),
+                    f"{kind}_distinct_total": window(None).nunique()}  # fmt: skip
+        assert count(30) >= len(window(30))
+    return out
+
+
+def test_value_features_follow_their_meaning_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sums, means, lowest and latest scores with their age, net changes and distinct identifiers (few
+    levels: a bitmask; many: sorted pairs, in chunks) equal a brute-force reading of their definitions."""
+    import churnml.features.runs as runs
+
+    monkeypatch.setattr(runs, "PAIRS_PER_CHUNK", 50)  # several chunks even on this small table
+    events = _random_valued_events(5)
+    dates = [T("2024-03-01"), T("2024-04-15"), T("2024-07-01"), T("2024-07-20")]
+    rows = pd.DataFrame([(c, d) for c in "abc" for d in dates], columns=["customer_id", "observation_date"])
+    con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
+    try:
+        load_contract_frames(con, None, events)
+        batch = build_features(con, rows, _MEANING_SET)
+    finally:
+        con.close()
+    for i, (c, d) in enumerate(rows.itertuples(index=False)):
+        expected = _brute_values(events, c, d)
+        for name, value in expected.items():
+            assert batch.loc[i, name] == pytest.approx(value, nan_ok=True), (c, d, name)
+        online = features_from_frames(_MEANING_SET, d, events[events.customer_id == c]).iloc[0]
+        pd.testing.assert_series_equal(online[_MEANING_SET.columns], batch.loc[i, _MEANING_SET.columns],
+                                       check_names=False, check_exact=True)  # fmt: skip
+    assert batch["many_distinct_90d"].max() > 10  # the sorted-pairs path ran on real sets
+
+
+def test_every_declared_family_is_computed_and_every_computation_declared() -> None:
+    """The engine's outputs per value meaning are exactly the registry's families (both ways)."""
+    import churnml.features.runs as runs
+    from churnml.features.definitions import event_families
+
+    events = runs.prepare_events(
+        {"key": np.array([5, 7], np.int64), "timestamp": np.array([0, 1], "datetime64[us]")},
+        {"key": np.array([5, 7], np.int64), "value": np.array([1.0, 2.0])},
+    )
+    base, rel, t_us = np.array([0]), np.array([10]), np.array([10 * 86_400_000_000])
+    for meaning in ("none", "amount", "score", "quantity", "identifier", "category"):
+        computed = set(runs.count_features(events, base, rel, t_us, (7, 30, 90)))
+        computed |= set(runs.value_features(events, base, rel, meaning, span=20))
+        declared = {(f.key, w) for f in event_families(meaning) for w in (f.windows or (None,))}
+        assert computed == declared, (meaning, computed ^ declared)
+
+
+def test_a_definition_without_a_computation_stops_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family declared but computed by nothing fails loudly (it used to become a column of NaN)."""
+    import churnml.features.definitions as definitions
+    import churnml.features.sets as sets
+    from churnml.features.definitions import Family
+
+    ghost = Family("ghost", "{s}_ghost", "event", "count", "Ghost.", "ghost", lambda i, r: None)
+    monkeypatch.setattr(sets, "event_families", lambda meaning: [*definitions.event_families(meaning), ghost])
+    assert "login_ghost" in HAND_SET.columns
+    with pytest.raises(RuntimeError, match="login_ghost"):
+        features_from_frames(HAND_SET, AS_OF, HAND_EVENTS, HAND_CUSTOMERS, HAND_SUBSCRIPTIONS)
+
+
+def test_the_model_loads_without_the_feature_engine() -> None:
+    """The feature set and catalogue live apart from the engine: loading a model (the MLflow pyfunc
+    imports only `churnml.model`) imports no DuckDB, Ibis or NumPy feature engine."""
+    import subprocess
+    import sys
+
+    code = ("import sys, churnml.model, churnml.mlflow_model\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('duckdb', 'ibis') or m.startswith("
+            "('churnml.features.engine', 'churnml.features.runs', 'churnml.features.online'))]\n"
+            "assert not heavy, heavy")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

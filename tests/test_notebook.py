@@ -75,5 +75,6 @@ def test_walkthrough_runs_and_shows_the_key_results(tmp_path: Path, monkeypatch:
     assert "test_pr_auc" in namespace["metrics"]
 
     reasons = outputs[-2]
-    assert isinstance(reasons, pd.DataFrame) and len(reasons) == 5
-    assert reasons["reason"].str.len().gt(10).all() and reasons["contribution"].abs().gt(0).all()
+    assert isinstance(reasons, pd.DataFrame) and 1 <= len(reasons) <= 5  # one per reason group at most
+    assert reasons["reason"].str.len().gt(10).all() and reasons["contribution"].gt(0).all()
+    assert reasons["compared with accounts that stayed"].str.contains("accounts that stayed").all()

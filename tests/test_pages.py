@@ -56,24 +56,51 @@ def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
         ["revenue_at_risk", "customer_id"], ascending=[False, True], ignore_index=True
     )
     scores["rank"] = np.arange(1, n + 1)
-    features = [("logins_30d_trend", "login trend"), ("support_ticket_count_30d", "support tickets in 30 days"),
-                ("nps_last_value", "latest NPS answer"), ("seats_used_ratio", "share of seats in use")]  # fmt: skip
-    reasons = []
+    features = [("login_count_trend_ratio", "login trend", "usage"),
+                ("support_ticket_count_30d", "support tickets in 30 days", "support"),
+                ("nps_response_score_last", "latest NPS", "feedback"),
+                ("seats_used_ratio", "share of seats in use", "usage")]  # fmt: skip
+    reasons, changes = [], []
     for c in ids:
         ranked = zip(features[:3], [0.8, 0.3, 0.1], strict=True)
-        for rank, ((feature, label), contribution) in enumerate(ranked, 1):
+        for rank, ((feature, label, group), contribution) in enumerate(ranked, 1):
             reasons.append({
-                "customer_id": c, "as_of": AS_OF, "rank": rank, "feature": feature, "label": label,
+                "customer_id": c, "as_of": AS_OF, "kind": "problem", "rank": rank, "signal": group,
+                "feature": feature, "label": label,
                 "sentence": XSS_SENTENCE if c == XSS_ID and rank == 1 else f"Sentence {rank} about {label} for {c}",
                 "value": "3", "contribution": contribution, "direction": "raises risk", "strength": "moderate",
-                "actionable": True, "group": "usage", "values": json.dumps({"value": 3}),
+                "actionable": True, "group": group, "values": json.dumps({"value": 3}),
+                "comparison": f"lower than {90 - rank}% of accounts that stayed", "percentile": 10.0 + rank,
                 "play": f"Play for {label}", "play_action": f"Do something about {label}",
+                "play_condition": None, "play_facts": "{}",
             })  # fmt: skip
+        for rank, contribution in enumerate([-0.5, -0.2], 1):
+            reasons.append({
+                "customer_id": c, "as_of": AS_OF, "kind": "protective", "rank": rank, "signal": f"safe{rank}",
+                "feature": f"safe_{rank}", "label": f"safe fact {rank}", "sentence": f"Protective fact {rank} of {c}",
+                "value": "1", "contribution": contribution, "direction": "lowers risk", "strength": "moderate",
+                "actionable": True, "group": "usage", "values": "{}", "comparison": "typical of accounts that stayed",
+                "percentile": 50.0, "play": None, "play_action": None, "play_condition": None, "play_facts": "{}",
+            })  # fmt: skip
+        reasons.append({
+            "customer_id": c, "as_of": AS_OF, "kind": "context", "rank": 1, "signal": "attr_industry",
+            "feature": "attr_industry", "label": "industry", "sentence": "Industry: finance", "value": "finance",
+            "contribution": 0.05, "direction": "raises risk", "strength": "slight", "actionable": False,
+            "group": "context", "values": "{}", "comparison": "13% of accounts that stayed share it", "percentile": None,
+            "play": None, "play_action": None, "play_condition": None, "play_facts": "{}",
+        })  # fmt: skip
+        for status, (feature, label, group), text in (
+            ("still", features[0], "Logins in the last 30 days: 32 → 12"),
+            ("new", features[1], "Support tickets in the last 30 days: 0 → 4"),
+            ("gone", features[3], "Share of seats in use: 0.2 → 0.6"),
+        ):
+            changes.append({"customer_id": c, "before_date": pd.Timestamp("2025-06-01"), "now_date": AS_OF,
+                            "status": status, "signal": group, "feature": feature, "label": label, "before": 1.0,
+                            "now": 2.0, "text": text, "sentence": "s"})  # fmt: skip
     dates = pd.to_datetime(["2025-05-01", "2025-06-01", "2025-07-01"])
     history = []
     for c, p in zip(scores["customer_id"], scores["probability"], strict=True):
-        tops = [[features[0][0], features[3][0]], [features[0][0], features[3][0], features[2][0]],
-                [f for f, _ in features[:3]]]  # fmt: skip
+        tops = [["usage", "feedback"], ["usage", "feedback"], ["usage", "support", "feedback"]]
         for date, prob, top in zip(dates, [p / 2, p / 1.5, p], tops, strict=True):
             history.append({"customer_id": c, "observation_date": date, "probability": prob, "risk_tier": "low",
                             "revenue_at_risk": prob * 10, "reasons": json.dumps(top)})  # fmt: skip
@@ -96,6 +123,7 @@ def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
     meta = pd.DataFrame([{"as_of": AS_OF, "generated_at": pd.Timestamp("2025-07-02 06:00"),
                           "model_uri": "models:/churn@champion", "model_version": "3"}])  # fmt: skip
     return {"scores": scores, "reasons": pd.DataFrame(reasons), "score_history": pd.DataFrame(history),
+            "reason_changes": pd.DataFrame(changes),
             "retention_monthly": monthly, "cohort_retention": cohorts, "segment_summary": segments, "meta": meta}  # fmt: skip
 
 
@@ -257,27 +285,49 @@ def test_links_carry_the_mount_prefix(client: TestClient) -> None:
 
 
 def test_account_page_shows_reasons_plays_history_and_changes(client: TestClient, tables: Tables) -> None:
-    customer = tables["scores"]["customer_id"].iloc[0]
+    scores = tables["scores"]
+    customer = scores[scores["risk_tier"] == "high"]["customer_id"].iloc[0]
     r = client.get(f"/ui/accounts/{customer}")
     assert r.status_code == 200
     html = r.text
+    reasons = html[html.index('id="reasons"') : html.index('id="context"')]
     for rank in (1, 2, 3):
-        assert f"Sentence {rank} about" in html
-    assert "Play for login trend" in html and "Do something about support tickets in 30 days" in html
+        assert f"Sentence {rank} about" in reasons
+    assert "Play for login trend" in reasons and "Do something about support tickets in 30 days" in reasons
+    assert "lower than 89% of accounts that stayed" in reasons  # how each reason compares
+    assert "Protective fact" not in reasons and "No action needed" not in html
     assert html.count('<svg class="chart"') + html.count('class="chart" role="img"') >= 2
     # the SHAP chart writes the contributions on the bars and names the reasons
     shap_svg = html[html.index('aria-label="What drives this account') :]
     assert "+0.800" in shap_svg and "login trend" in shap_svg
     history_svg = html[html.index('aria-label="Churn probability at each score"') :]
     assert "2025-05-01" in history_svg
-    changes = re.sub(r"\s+", " ", html[html.index('id="changes"') : html.index('id="history"')])
+    changes = re.sub(
+        r"\s+", " ", re.sub(r"<[^>]+>", "", html[html.index('id="changes"') : html.index('id="history"')])
+    )
     history = tables["score_history"][tables["score_history"]["customer_id"] == customer]
     before, now = history["probability"].iloc[-2], history["probability"].iloc[-1]
     assert f"{before * 100:.1f}% on 2025-06-01 → {now * 100:.1f}% on 2025-07-01" in changes
     assert f"up {(now - before) * 100:.1f} points" in changes
-    assert "New among the top reasons:</strong> support tickets in 30 days" in changes
-    # a gone reason nobody has any more has no label in the workspace: its feature name, readable
-    assert "No longer among the top reasons:</strong> seats used ratio" in changes
+    assert "Logins in the last 30 days: 32 → 12 (still a reason)" in changes
+    assert "Support tickets in the last 30 days: 0 → 4 (new among the reasons)" in changes
+    assert "Share of seats in use: 0.2 → 0.6 (no longer a reason)" in changes
+    context = html[html.index('id="context"') :]
+    assert "Industry: finance" in context and "Play for" not in context
+
+
+def test_an_account_needing_no_action_says_so_and_shows_what_keeps_it_safe(
+    client: TestClient, tables: Tables
+) -> None:
+    scores = tables["scores"]
+    customer = scores[scores["risk_tier"] == "low"]["customer_id"].iloc[0]
+    html = client.get(f"/ui/accounts/{customer}").text
+    reasons = html[html.index('id="reasons"') : html.index('id="context"')]
+    assert "No action needed" in reasons
+    assert "Protective fact 1 of" in reasons and "Protective fact 2 of" in reasons
+    assert "What keeps this account" in reasons and "What drives this account" not in html
+    assert "Play for" not in reasons  # no play: nobody needs to call
+    assert "Worth watching, no call needed" in reasons
 
 
 def test_unknown_account_is_a_404_page(client: TestClient) -> None:

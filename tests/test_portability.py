@@ -29,7 +29,10 @@ from churnml.buckets import (
     value_table,
 )
 from churnml.engine import connect, quote_literal
-from churnml.features import _event_features, _prepare_events, build_features, infer_feature_set, slug
+from churnml.features.definitions import WINDOWS, column_name, slug
+from churnml.features.engine import build_features
+from churnml.features.inference import infer_feature_set
+from churnml.features.runs import count_features, prepare_events, value_features
 from churnml.spec import load_spec
 from churnml.validate import prepare_dataset
 
@@ -87,7 +90,8 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     con = connect(settings)
     prepare_dataset(con, load_spec(sim_dir / "spec.yaml"))
     fs = infer_feature_set(con, load_spec(sim_dir / "spec.yaml"))
-    valued = fs.valued_types[0]
+    valued = "nps_response"  # a score: its last value is the latest, the largest on a tie
+    assert valued in fs.valued_types
     customer = con.execute("SELECT min(customer_id) FROM events").fetchall()[0][0]
     for v in TIED_VALUES:
         con.execute(
@@ -118,7 +122,7 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
         f'WHERE "timestamp" < TIMESTAMP {quote_literal(str(before))}'
     )
     duck_raw = [con.execute(duckdb_event_sql(**shape, valued=v)).fetchnumpy() for v in (False, True)]
-    duck = _prepare_events(*duck_raw)
+    duck = prepare_events(*duck_raw)
 
     # Spark: the same expression on the same events (through Parquet, as a cluster would read them)
     path = tmp_path / "events.parquet"
@@ -138,7 +142,7 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
         )  # fmt: skip
         table = spark.sql(ibis.to_sql(expr, dialect="pyspark")).toArrow()
         spk_raw.append({c: table.column(c).to_numpy() for c in table.column_names})
-    spk = _prepare_events(*spk_raw)
+    spk = prepare_events(*spk_raw)
 
     assert len(duck["key"]) > 1000 and len(duck["value_key"]) > 100 and set(spk) == set(duck)
     for name in duck:  # the same events in the same order: equal, not just close
@@ -201,8 +205,10 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     checked = 0
     for ti, event_type in enumerate(fs.event_types):
         base = (ti * len(ids) + ck) * span
-        for pattern, values in _event_features(spk, base, rel, t_us, fs.windows).items():
-            column = pattern.format(s=slug(event_type))
+        computed = count_features(spk, base, rel, t_us, WINDOWS)
+        computed |= value_features(spk, base, rel, fs.value(event_type).meaning, span)
+        for (key, window), values in computed.items():
+            column = column_name(key, slug(event_type), window)
             if column in expected:
                 np.testing.assert_allclose(
                     values, expected[column].to_numpy(float), rtol=1e-12, err_msg=column
@@ -223,7 +229,7 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
         expected["active_users_30d"].to_numpy(float), np.asarray(expected_users, float)
     )
     assert expected.loc[(rows["customer_id"] == customer) & (rows["observation_date"] == dates[1]),
-                        f"{slug(valued)}_last_value"].item() == 9.5  # fmt: skip
+                        f"{slug(valued)}_score_last"].item() == 9.5  # fmt: skip
 
     # the account state (plan, MRR, seats, renewal, tenure, users): the same definition on Spark
     for table in ("customers", "subscriptions"):

@@ -12,9 +12,9 @@ import pytest
 
 from churnml.config import Settings
 from churnml.engine import connect
-from churnml.explain import Reason
-from churnml.features import latest_date
-from churnml.playbook import DEFAULT_PLAYBOOK, load_playbook
+from churnml.explain import DEFAULT_PLAYBOOK, load_playbook
+from churnml.explain.lint import lint_reasons
+from churnml.features.batch import latest_date
 from churnml.retention import cohort_retention, retention_tables
 from churnml.score import RiskPolicy, health_score, revenue_at_risk, score_customers, write_workspace
 from churnml.spec import load_spec
@@ -64,18 +64,52 @@ def test_batch_scores_rank_active_customers_by_revenue_at_risk(batch) -> None:
     assert s["csm_owner"].notna().all() and s["segment"].notna().all()
 
 
-def test_batch_reasons_raise_risk_and_come_with_plays(batch) -> None:
+def test_batch_reasons_come_by_kind_with_plays_only_on_problems(batch) -> None:
     scored, _ = batch
     r = scored.reasons
-    assert (r["contribution"] > 0).all()
-    assert r.groupby("customer_id")["rank"].max().max() <= 3
-    first = r[r["rank"] == 1].set_index("customer_id")["sentence"]
-    top = scored.scores.set_index("customer_id")["top_reason"].dropna()
-    assert (first.reindex(top.index) == top).all()
-    with_play = r[r["play"].notna()]
-    assert len(with_play) > 0.3 * len(r)
+    assert set(r["kind"]) == {"problem", "protective", "context"}
+    assert r.groupby(["customer_id", "kind"])["rank"].max().max() <= 3
+    problems, protective = r[r["kind"] == "problem"], r[r["kind"] == "protective"]
+    assert (problems["contribution"] > 0).all() and (protective["contribution"] < 0).all()
+    assert r[r["kind"] != "problem"]["play"].isna().all()
+    # one reason per group: logins, feature use and active users are one usage reason, not three
+    assert not problems.duplicated(["customer_id", "signal"]).any()
+    tiers = scored.scores.set_index("customer_id")["risk_tier"]
+    needs = problems["customer_id"].map(tiers) != "low"
+    assert problems.loc[~needs, "play"].isna().all()  # an account in the low tier needs no call
+    with_play = problems[needs & problems["play"].notna()]
+    assert len(with_play) > 0.3 * needs.sum()
     assert set(with_play["play"]) <= {p.name for p in DEFAULT_PLAYBOOK.plays}
-    assert not r["sentence"].str.contains("nan|_", regex=True).any()
+    first = problems[problems["rank"] == 1].set_index("customer_id")["sentence"]
+    top = scored.scores.set_index("customer_id")
+    acting = top[top["risk_tier"] != "low"]
+    assert (first.reindex(acting.index).fillna("No action needed") == acting["top_reason"]).all()
+    assert (top.loc[top["risk_tier"] == "low", "top_reason"] == "No action needed").all()
+    assert not r["sentence"].str.contains(r"\bnan\b|\bNone\b|_", regex=True).any()
+    assert problems["comparison"].notna().all()  # each problem says how accounts that stayed compare
+
+
+def test_the_batch_reasons_pass_the_lint(batch, trained) -> None:
+    """0 sentences that sum identifiers, double a label, print a missing value or contradict their play."""
+    scored, _ = batch
+    model = trained[2].model
+    action = scored.scores.set_index("customer_id")["risk_tier"] != "low"
+    assert lint_reasons(scored.reasons, model.catalogue, action) == []
+
+
+def test_what_changed_compares_the_same_reasons_and_never_calls_a_shown_one_gone(batch) -> None:
+    scored, _ = batch
+    changes, reasons = scored.changes, scored.reasons
+    shown = reasons[reasons["kind"] == "problem"].groupby("customer_id")["signal"].agg(set)
+    assert len(changes) > 100
+    for cid, lines in changes.groupby("customer_id"):
+        now = shown.get(cid, set())
+        assert set(lines.loc[lines["status"] != "gone", "signal"]) == now
+        assert not set(lines.loc[lines["status"] == "gone", "signal"]) & now
+    # each line quotes one column at both dates, as the sentence's family tracks it
+    assert changes["text"].str.contains(" → ").all()
+    trend = changes[changes["feature"].str.endswith("_count_30d")]
+    assert len(trend) and trend["text"].str.match(r"^[A-Z].* in the last 30 days: [\d,]+ → [\d,]+$").all()
 
 
 def test_history_covers_past_dates_and_ends_at_the_scoring_date(batch) -> None:
@@ -137,26 +171,34 @@ def test_workspace_is_written_atomically_and_keeps_the_old_file_on_failure(batch
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_playbook_matches_reasons_and_loads_from_yaml(tmp_path: Path) -> None:
-    def reason(feature: str, group: str, contribution: float = 0.4, actionable: bool = True) -> Reason:
-        return Reason(feature, feature, "s", 1.0, contribution, "raises risk", "moderate", actionable, group)
+def test_playbook_matches_reasons_whose_facts_fit_and_loads_from_yaml(tmp_path: Path) -> None:
+    def play(row: dict, feature: str, group: str, event_type: str | None = None) -> str | None:
+        found = DEFAULT_PLAYBOOK.play_for(row, feature=feature, group=group, event_type=event_type, signal=group,
+                                          slug=event_type or "")  # fmt: skip
+        return found.name if found else None
 
-    assert (
-        DEFAULT_PLAYBOOK.play_for(reason("onboarding_completed_count_total", "onboarding")).name
-        == "Onboarding session"
-    )
-    assert DEFAULT_PLAYBOOK.play_for(reason("payment_failed_count_30d", "billing")).name == "Billing fix"
-    assert DEFAULT_PLAYBOOK.play_for(reason("nps_detractor", "feedback")).name == "Executive call"
-    assert (
-        DEFAULT_PLAYBOOK.play_for(reason("login_count_trend_ratio", "usage")).name == "Training and check-in"
-    )
-    assert DEFAULT_PLAYBOOK.play_for(reason("login_count_30d", "usage", contribution=-0.3)) is None
-    assert DEFAULT_PLAYBOOK.play_for(reason("tenure_days", "account", actionable=False)) is None
+    young = {"onboarding_completed_count_total": float("nan"), "tenure_days": 40.0}
+    assert play(young, "onboarding_completed_count_total", "onboarding") == "Onboarding session"
+    assert play({**young, "tenure_days": 400.0}, "onboarding_completed_count_total", "onboarding") is None
+    assert play({"payment_failed_count_90d": 1.0}, "payment_failed_count_30d", "billing") == "Billing fix"
+    assert play({"payment_failed_count_90d": 0.0}, "days_since_last_payment_succeeded", "billing") is None
+    detractor = {"nps_response_score_last": 5.0, "days_since_last_nps_response_score": 30.0}
+    assert play(detractor, "nps_response_score_last", "feedback") == "Executive call"
+    falling = {"login_count_trend_ratio": 0.5, "login_count_30d": 6.0}
+    assert play(falling, "login_count_trend_ratio", "usage", "login") == "Training and check-in"
+    assert play(
+        {"login_count_trend_ratio": 1.2, "login_count_30d": 6.0}, "login_count_total", "usage", "login"
+    ) == ("Usage check-in")
     path = tmp_path / "playbook.yaml"
     path.write_text(
         "plays:\n  - name: Call them\n    action: Pick up the phone.\n    when: {groups: [usage]}\n"
+        "    require: ['login_count_30d < 5']\n"
     )
-    assert load_playbook(path).play_for(reason("login_count_30d", "usage")).name == "Call them"
+    custom = load_playbook(path)
+    assert custom.play_for({"login_count_30d": 2.0}, feature="login_count_30d", group="usage", event_type="login",
+                           signal="usage").name == "Call them"  # fmt: skip
+    assert custom.play_for({"login_count_30d": 9.0}, feature="login_count_30d", group="usage", event_type="login",
+                           signal="usage") is None  # fmt: skip
     path.write_text("plays:\n  - name: Call them\n    when: {groups: [usage]}\n")
     with pytest.raises(ValueError, match=r"plays\.0\.action"):
         load_playbook(path)

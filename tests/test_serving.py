@@ -103,34 +103,50 @@ def test_feature_records_are_scored_like_the_model_does(served, trained) -> None
         assert p["revenue_at_risk"] == pytest.approx(p["churn_probability"] * p["mrr"] * 60 / (365.25 / 12))
 
 
-def test_explanations_quote_the_values_and_shap_contributions(served, trained) -> None:
-    table, _, result = trained
-    model = result.model
-    idx = [3, 77, 150]
-    body = {"customers": [{"customer_id": f"c{i}", "features": feature_record(table, i, model.feature_names)}
-                          for i in idx], "top_k": 5}  # fmt: skip
+def test_explain_says_what_the_account_page_says(served, trained, champion_home: Path, sim_dir: Path) -> None:
+    """/explain, given an account's features at the workspace's date, returns the page's reasons: the same
+    sentences, groups, comparisons with accounts that stayed, and plays, problems apart from context."""
+    from churnml.config import Settings
+    from churnml.engine import connect
+    from churnml.features.engine import build_features
+    from churnml.spec import load_spec
+    from churnml.validate import prepare_dataset
+
+    model = trained[2].model
+    reports = champion_home / "reports"
+    scores = pd.read_parquet(reports / "scores.parquet")
+    reasons = pd.read_parquet(reports / "reasons.parquet")
+    as_of = pd.Timestamp(scores["as_of"].iloc[0])
+    picked = list(scores[scores["risk_tier"] == "high"]["customer_id"].iloc[:3])
+    picked += list(scores[scores["risk_tier"] == "low"]["customer_id"].iloc[:2])
+    with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
+        prepare_dataset(con, load_spec(sim_dir / "spec.yaml"))
+        rows = pd.DataFrame({"customer_id": picked, "observation_date": as_of})
+        features = build_features(con, rows, model.feature_set)
+    body = {"customers": [{"customer_id": c, "as_of": str(as_of.date()),
+                           "features": feature_record(features, i, model.feature_names)} for i, c in enumerate(picked)],
+            "top_k": 5}  # fmt: skip
     r = served.post("/explain", body)
     assert r.status_code == 200, r.text
-    contrib, base = model.contributions(table.iloc[idx])
-    names = model.feature_names
+    contrib, base = model.contributions(features)
+    signal = np.array([i.signal for i in model.catalogue])
+    keys = ["signal", "feature", "sentence", "group", "comparison", "play", "play_action"]
     for k, e in enumerate(r.json()["explanations"]):
-        assert len(e["reasons"]) == 5
-        assert e["base_value"] == pytest.approx(base[k])
+        tier = scores.set_index("customer_id").loc[e["customer_id"]]
+        assert e["action_needed"] == (tier["risk_tier"] != "low") and e["summary"] == tier["top_reason"]
         assert e["raw_log_odds"] == pytest.approx(base[k] + contrib[k].sum())
-        sizes = [abs(x["contribution"]) for x in e["reasons"]]
-        assert sizes == sorted(sizes, reverse=True)
-        assert sizes[0] == pytest.approx(np.abs(contrib[k]).max())
-        for reason in e["reasons"]:
-            j = names.index(reason["feature"])
-            assert reason["contribution"] == pytest.approx(contrib[k, j])
-            assert reason["direction"] == ("raises risk" if contrib[k, j] > 0 else "lowers risk")
-            value = table.iloc[idx[k]][reason["feature"]]
-            if isinstance(reason["value"], float):
-                assert reason["value"] == pytest.approx(float(value))
-            for key, v in reason["values"].items():
-                if isinstance(v, float) and key != "flag":
+        page = reasons[reasons["customer_id"] == e["customer_id"]]
+        for kind, field in (("problem", "reasons"), ("protective", "protective"), ("context", "context")):
+            expected = page[page["kind"] == kind].sort_values("rank")[keys].astype(object)
+            expected = expected.where(expected.notna(), None).to_dict("records")
+            assert [{key: x[key] for key in keys} for x in e[field]] == expected, (e["customer_id"], kind)
+            for reason in e[field]:  # a reason's SHAP is its group's, summed
+                assert reason["contribution"] == pytest.approx(contrib[k][signal == reason["signal"]].sum())
+                for v in reason["values"].values():
                     assert quotes(reason["sentence"], v), reason
-            assert not any(word in reason["sentence"] for word in ("_", "nan", "None")), reason["sentence"]
+        assert all(x["contribution"] > 0 and x["kind"] == "problem" for x in e["reasons"])
+        assert all(x["play"] is None for x in e["protective"] + e["context"])
+    assert any(x["play"] for e in r.json()["explanations"] for x in e["reasons"])
 
 
 BAD_INPUTS = [

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from churnml.catalogue import build_catalogue
-from churnml.features import FeatureSet
+from churnml.features.catalogue import build_catalogue
+from churnml.features.sets import FeatureSet
 from churnml.snapshot import holdout_mask, load_snapshot_table, train_snapshot
 from churnml.train import TrainConfig
 

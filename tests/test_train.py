@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from churnml.catalogue import build_catalogue
-from churnml.features import FEATURE_DEFINITION, FeatureSet, training_table
+from churnml.features.batch import training_table
+from churnml.features.catalogue import build_catalogue
+from churnml.features.sets import FEATURE_DEFINITION, FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
+from churnml.schema import EVENT_TYPES
 from churnml.spec import load_spec
 from churnml.train import (
     TrainConfig,
@@ -178,8 +180,12 @@ def test_model_save_load_gives_identical_predictions_and_shap(trained, tmp_path:
         ChurnModel.load(tmp_path / "m")
 
 
-def test_a_model_trained_on_older_feature_definitions_warns_on_load(trained, tmp_path: Path, caplog) -> None:
-    """A model saved before definitions were numbered (no ``definition``) loads, and says what changed."""
+def test_a_model_trained_on_definitions_no_longer_computed_is_refused_and_one_still_computed_warns(
+    trained, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """Definitions 3 gave event values meanings: a model on 1 or 2 has columns this churnml no longer
+    computes (summed feature ids, an NPS detractor flag) and is refused with what changed; a model on
+    definitions still computed but since changed loads with a warning naming the change."""
     _, _, result = trained
     folder = result.model.save(tmp_path / "m")
     assert json.loads((folder / "model.json").read_text())["feature_set"]["definition"] == FEATURE_DEFINITION
@@ -187,23 +193,32 @@ def test_a_model_trained_on_older_feature_definitions_warns_on_load(trained, tmp
         assert ChurnModel.load(folder).feature_set.definition == FEATURE_DEFINITION
     assert not caplog.records
     meta = json.loads((folder / "model.json").read_text())
-    del meta["feature_set"]["definition"]
-    (folder / "model.json").write_text(json.dumps(meta))
+    for saved in (2, None):
+        old = json.loads(json.dumps(meta))
+        if saved is None:  # saved before definitions were numbered
+            del old["feature_set"]["definition"]
+        else:
+            old["feature_set"]["definition"] = saved
+        (folder / "model.json").write_text(json.dumps(old))
+        with pytest.raises(ValueError, match=rf"feature definitions {saved or 1}, whose columns .* no longer computes "
+                                             r"\(.*event values have meanings.*\): retrain it"):  # fmt: skip
+            ChurnModel.load(folder)
+    import churnml.features.sets
+
+    monkeypatch.setattr(churnml.features.sets, "COMPUTABLE_FROM", 2)  # as if 2's columns were still computed
+    old = json.loads(json.dumps(meta))
+    old["feature_set"]["definition"] = 2
+    (folder / "model.json").write_text(json.dumps(old))
     with caplog.at_level(logging.WARNING, logger="churnml.model"):
-        old = ChurnModel.load(folder)
-    assert old.feature_set.definition == 1 and old.feature_set.columns == result.model.feature_set.columns
-    assert "feature definitions 1" in caplog.text and "latest event with a value" in caplog.text
+        ChurnModel.load(folder)
+    assert "feature definitions 2" in caplog.text and "event values have meanings" in caplog.text
 
 
-def test_feature_definitions_warn_only_for_changed_columns_and_refuse_newer_ones(
-    trained, tmp_path: Path
-) -> None:
+def test_feature_definitions_refuse_newer_ones_and_unknown_fields(trained, tmp_path: Path) -> None:
     _, fs, result = trained
-    assert any(c.endswith("_last_value") for c in fs.columns)
-    assert FeatureSet(("login",), (), definition=1).definition_changes() == []  # no valued type: unaffected
-    assert FeatureSet(("login",), ("login",), definition=1).definition_changes()
-    assert FeatureSet(("nps_response",), (), definition=1).definition_changes()  # nps_detractor changed
-    assert FeatureSet(("login",), ("login",)).definition_changes() == []
+    assert FeatureSet(("login",), definition=2).definition_changes() == []  # no valued type: unaffected
+    assert FeatureSet(("nps_response",), (("nps_response", EVENT_TYPES["nps_response"].values),),
+                      definition=2).definition_changes()  # fmt: skip
     folder = result.model.save(tmp_path / "m")
     meta = json.loads((folder / "model.json").read_text())
     newer = json.loads(json.dumps(meta))

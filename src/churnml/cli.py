@@ -20,11 +20,13 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from churnml.catalogue import build_catalogue, catalogue_frame
 from churnml.config import Settings
 from churnml.data import DataError
 from churnml.engine import connect
-from churnml.features import build_features, infer_feature_set, latest_date, scoring_rows, training_table
+from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.catalogue import build_catalogue, catalogue_frame
+from churnml.features.engine import build_features
+from churnml.features.inference import infer_feature_set, resolve_event_values
 from churnml.labels import build_labels, label_margin
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import DatasetSpec, SpecError, load_spec
@@ -178,8 +180,25 @@ def validate_command(
     loaded = _load_spec(spec, data)
     quarantine = quarantine or _settings().data_dir / "quarantine" / loaded.name
     con, _ = _validate(loaded, quarantine, _settings())
-    con.close()
+    try:
+        _print_event_values(con, loaded)
+    finally:
+        con.close()
     console.print("[green]valid[/]")
+
+
+def _print_event_values(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+    """What each event type's value means (it decides its features), and where that came from."""
+    table = Table(title="Event values (declare them under event_values: in the spec to change them)")
+    for col in ("event type", "value means", "from", "data"):
+        table.add_column(col)
+    for m in resolve_event_values(con, spec):
+        meaning = m.value.meaning + (f" {m.value.scale[0]:g}-{m.value.scale[1]:g}" if m.value.scale else "")
+        source = {"spec": "the spec", "vocabulary": "built-in vocabulary", "data": "inferred"}[m.source]
+        table.add_row(
+            m.event_type, meaning, source, m.note + (f" [yellow]({m.warning})[/]" if m.warning else "")
+        )
+    console.print(table)
 
 
 @app.command("labels")
@@ -445,7 +464,7 @@ def score_command(
     data: DataOpt = None,
 ) -> None:
     """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
-    from churnml.playbook import load_playbook
+    from churnml.explain.playbook import load_playbook
     from churnml.retention import retention_tables
     from churnml.score import RiskPolicy, score_customers, write_workspace
 

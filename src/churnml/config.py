@@ -33,7 +33,7 @@ class Settings:
     model_source: str = (
         "registry"  # CHURNML_MODEL_SOURCE: "registry" (import the alias) or "bento" (packaged)
     )
-    playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.playbook)
+    playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.explain.playbook)
     max_inflight: int = 64  # requests in progress per worker before the service sheds load with 503
     # risk tiers: the calibrated churn probability (within the model's horizon) from which an account
     # is "high" / "medium" risk. Set them for the business: with a 5% base rate few accounts reach 0.5.

@@ -6,7 +6,18 @@ import duckdb
 
 from churnml.config import Settings
 
-__all__ = ["connect", "quote_ident", "quote_literal"]
+__all__ = ["NUMERIC_TYPES", "connect", "is_numeric_type", "quote_ident", "quote_literal"]
+
+# DuckDB's number types (DECIMAL(p, s) besides): what validation reads as a number, and attributes as one
+NUMERIC_TYPES = frozenset({
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+    "UHUGEINT", "FLOAT", "DOUBLE", "REAL",
+})  # fmt: skip
+
+
+def is_numeric_type(dtype: str) -> bool:
+    """Whether a DuckDB column type holds numbers."""
+    return dtype in NUMERIC_TYPES or dtype.startswith("DECIMAL")
 
 
 def connect(

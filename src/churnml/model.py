@@ -18,8 +18,9 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from churnml.catalogue import FeatureInfo
-from churnml.features import FEATURE_DEFINITION, FeatureSet
+from churnml.features.catalogue import FeatureInfo
+from churnml.features.reference import FeatureReference
+from churnml.features.sets import FEATURE_DEFINITION, FeatureSet, IncomputableDefinitions
 
 __all__ = ["Calibrator", "ChurnModel", "encode_features"]
 
@@ -97,6 +98,8 @@ class ChurnModel:
     calibrator: Calibrator
     catalogue: list[FeatureInfo]
     metadata: dict[str, object] = field(default_factory=dict)
+    # how accounts that stayed looked at training time, per feature: reasons are compared with it
+    reference: FeatureReference | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -135,14 +138,16 @@ class ChurnModel:
             "feature_set": json.loads(self.feature_set.to_json()),
             "categories": self.categories,
             "calibrator": asdict(self.calibrator),
-            "catalogue": [asdict(i) for i in self.catalogue],
+            "catalogue": [i.to_dict() for i in self.catalogue],
             "metadata": self.metadata,
+            "reference": self.reference.to_dict() if self.reference else None,
         }
         (folder / "model.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         return folder
 
     @classmethod
     def load(cls, folder: Path) -> ChurnModel:
+        """The model saved in ``folder``, checked: files whole, definitions computable, columns consistent."""
         folder = Path(folder)
         for name in ("booster.txt", "model.json"):
             if not (folder / name).is_file():
@@ -152,41 +157,59 @@ class ChurnModel:
             booster = lgb.Booster(model_file=str(folder / "booster.txt"))
         except (ValueError, lgb.basic.LightGBMError) as err:
             raise ValueError(f"churn model at {folder} is corrupt: {err}") from None
-        saved = meta.get("feature_set")
-        definition = saved.get("definition", 1) if isinstance(saved, dict) else None
-        if type(definition) is not int:
-            raise ValueError(
-                f"churn model at {folder}: feature set definition must be a number, got {definition!r}"
-            )
-        snapshot = bool(saved.get("table_numeric") or saved.get("table_categorical"))
-        if definition > FEATURE_DEFINITION and not snapshot:
-            # first: a newer model's other differences (fields, columns) all come from the same cause, and
-            # its inputs mean something this code does not compute (serving it would score wrong inputs)
-            raise ValueError(
-                f"churn model at {folder} was trained on feature definitions {definition}, newer than this "
-                f"churnml's {FEATURE_DEFINITION}: upgrade churnml to use it"
-            )
-        try:
-            feature_set = FeatureSet.from_json(json.dumps(saved))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"churn model at {folder}: unreadable feature set: {err}") from None
+        feature_set = _read_feature_set(folder, meta.get("feature_set"))
         if booster.num_feature() != len(feature_set.columns):
             raise ValueError(
                 f"churn model at {folder} is inconsistent: booster has {booster.num_feature()} features, "
                 f"feature set {len(feature_set.columns)}"
             )
-        changes = feature_set.definition_changes()
-        if changes:
-            log.warning(
-                "churn model at %s was trained on feature definitions %s, and this churnml computes %s: %s. "
-                "Retrain it so its inputs mean what it learnt.",
-                folder, feature_set.definition, FEATURE_DEFINITION, "; ".join(changes),
-            )  # fmt: skip
+        try:
+            catalogue = [FeatureInfo.from_dict(i) for i in meta["catalogue"]]
+            reference = FeatureReference.from_dict(meta["reference"]) if meta.get("reference") else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"churn model at {folder}: unreadable catalogue or reference: {err}") from None
+        if [i.name for i in catalogue] != feature_set.columns:
+            raise ValueError(
+                f"churn model at {folder} is inconsistent: its catalogue does not list its columns"
+            )
         return cls(
             booster=booster,
             feature_set=feature_set,
             categories={k: list(v) for k, v in meta["categories"].items()},
             calibrator=Calibrator(**meta["calibrator"]),
-            catalogue=[FeatureInfo(**i) for i in meta["catalogue"]],
+            catalogue=catalogue,
             metadata=meta.get("metadata", {}),
+            reference=reference,
         )
+
+
+def _read_feature_set(folder: Path, saved: object) -> FeatureSet:
+    """The saved feature set, refused when this churnml cannot compute its columns as they were meant."""
+    definition = saved.get("definition", 1) if isinstance(saved, dict) else None
+    if type(definition) is not int:
+        raise ValueError(
+            f"churn model at {folder}: feature set definition must be a number, got {definition!r}"
+        )
+    assert isinstance(saved, dict)
+    snapshot = bool(saved.get("table_numeric") or saved.get("table_categorical"))
+    if definition > FEATURE_DEFINITION and not snapshot:
+        # first: a newer model's other differences (fields, columns) all come from the same cause, and
+        # its inputs mean something this code does not compute (serving it would score wrong inputs)
+        raise ValueError(
+            f"churn model at {folder} was trained on feature definitions {definition}, newer than this "
+            f"churnml's {FEATURE_DEFINITION}: upgrade churnml to use it"
+        )
+    try:
+        feature_set = FeatureSet.from_json(json.dumps(saved))
+    except IncomputableDefinitions as err:
+        raise ValueError(f"churn model at {folder} was trained on {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"churn model at {folder}: unreadable feature set: {err}") from None
+    changes_since = feature_set.definition_changes()
+    if changes_since:
+        log.warning(
+            "churn model at %s was trained on feature definitions %s, and this churnml computes %s: %s. "
+            "Retrain it so its inputs mean what it learnt.",
+            folder, feature_set.definition, FEATURE_DEFINITION, "; ".join(changes_since),
+        )  # fmt: skip
+    return feature_set

@@ -18,7 +18,6 @@ import contextlib
 import csv
 import hmac
 import io
-import json
 import logging
 import math
 import threading
@@ -264,47 +263,53 @@ def export_rows(con: duckdb.DuckDBPyConnection, filters: RiskFilters, capacity: 
         yield buffer.getvalue()
 
 
-def _feature_list(text: Any) -> list[str]:
-    """score_history.reasons: a JSON list of feature names (anything else reads as no reasons)."""
-    try:
-        value = json.loads(text) if isinstance(text, str) else []
-    except json.JSONDecodeError:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else []
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    sql = "SELECT column_name FROM information_schema.columns WHERE table_catalog = 'workspace' AND table_name = ?"
+    return {r[0] for r in con.execute(sql, [table]).fetchall()}
 
 
-def _feature_labels(con: duckdb.DuckDBPyConnection, features: list[str]) -> dict[str, str]:
-    """Plain labels for feature names, from any account's reasons (a gone reason may be nobody's now)."""
-    if not features:
-        return {}
-    rows = con.execute(
-        "SELECT feature, min(label) FROM reasons WHERE list_contains(?, feature) GROUP BY feature", [features]
-    ).fetchall()
-    found = {str(f): str(label) for f, label in rows if label}
-    return {f: found.get(f, f.replace("_", " ")) for f in features}
+def _reasons_by_kind(con: duckdb.DuckDBPyConnection, customer_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The account's problems, protective factors and context (a workspace from before kinds: all problems)."""
+    kind = "" if "kind" in _columns(con, "reasons") else ", 'problem' AS kind"
+    rows = _records(con, f"SELECT *{kind} FROM reasons WHERE customer_id = ? ORDER BY rank", [customer_id])
+    out: dict[str, list[dict[str, Any]]] = {"problem": [], "protective": [], "context": []}
+    for r in rows:
+        out.setdefault(r["kind"], []).append(r)
+    return out
 
 
 def account(con: duckdb.DuckDBPyConnection, customer_id: str) -> dict[str, Any] | None:
-    """Score, reasons with plays, score history and what changed since the previous score; None if unknown."""
+    """Score, reasons by kind with plays, score history and what changed since the previous score; None
+    if unknown. Below the medium tier no action is needed: the page leads with what keeps risk low."""
     found = _records(con, "SELECT * FROM scores WHERE customer_id = ?", [customer_id])
     if not found:
         return None
-    reasons = _records(con, "SELECT * FROM reasons WHERE customer_id = ? ORDER BY rank", [customer_id])
+    reasons = _reasons_by_kind(con, customer_id)
     history = _records(
         con, "SELECT * FROM score_history WHERE customer_id = ? ORDER BY observation_date", [customer_id]
     )
     change = None
     if len(history) >= 2:
         before, now = history[-2], history[-1]
-        then_features, now_features = _feature_list(before["reasons"]), _feature_list(now["reasons"])
-        new = [f for f in now_features if f not in then_features]
-        gone = [f for f in then_features if f not in now_features]
-        labels = _feature_labels(con, new + gone)
+        lines = (
+            _records(
+                con,
+                "SELECT * FROM reason_changes WHERE customer_id = ? ORDER BY status = 'gone', status, signal",
+                [customer_id],
+            )  # fmt: skip
+            if "reason_changes" in _tables(con)
+            else []
+        )
         change = {
-            "before": before, "now": now, "delta": now["probability"] - before["probability"],
-            "new": [labels[f] for f in new], "gone": [labels[f] for f in gone],
-        }  # fmt: skip
-    return {"score": found[0], "reasons": reasons, "history": history, "change": change}
+            "before": before,
+            "now": now,
+            "delta": now["probability"] - before["probability"],
+            "lines": lines,
+        }
+    score = found[0]
+    return {"score": score, "problems": reasons["problem"], "protective": reasons["protective"],
+            "context": reasons["context"], "action_needed": score["risk_tier"] != "low", "history": history,
+            "change": change}  # fmt: skip
 
 
 def overview(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -340,11 +345,16 @@ def account_charts(data: dict[str, Any]) -> dict[str, str]:
             [_day(h["observation_date"]) for h in history], [h["probability"] for h in history],
             "Churn probability at each score",
         )  # fmt: skip
-    if data["reasons"]:
+    shown = data["problems"] if data["action_needed"] else data["protective"]
+    if shown:
+        title = (
+            "What drives this account's risk"
+            if data["action_needed"]
+            else "What keeps this account's risk low"
+        )
         out["reasons"] = charts.contributions_chart(
-            [r["label"] or r["feature"] for r in data["reasons"]], [r["contribution"] for r in data["reasons"]],
-            "What drives this account's risk",
-        )  # fmt: skip
+            [r["label"] or r["feature"] for r in shown], [r["contribution"] for r in shown], title
+        )
     return out
 
 

@@ -36,9 +36,9 @@ from mlflow.models import infer_signature  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from churnml.catalogue import catalogue_frame  # noqa: E402
 from churnml.config import Settings  # noqa: E402
 from churnml.evaluate import churn_metrics, comparable_metric, paired_win_share, reliability_table  # noqa: E402
+from churnml.features.catalogue import catalogue_frame  # noqa: E402
 from churnml.model import ChurnModel  # noqa: E402
 from churnml.train import TrainConfig, TrainResult  # noqa: E402
 

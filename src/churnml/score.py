@@ -1,8 +1,9 @@
 """From a probability to what a CSM acts on: health score, risk tier, revenue at risk, reasons, play.
 
-``score_features`` is shared by the online endpoint and batch scoring; ``score_customers`` is the
-batch path (every active customer at a date, plus their recent history) and ``write_workspace``
-stores its result in the DuckDB file the CSM pages read.
+``score_features`` and ``explain_scored`` are shared by the online endpoint and batch scoring, so the
+API and the account page say the same thing; ``score_customers`` is the batch path (every active
+customer at a date, plus their recent history and what changed since the previous score) and
+``write_workspace`` stores its result in the DuckDB file the CSM pages read.
 """
 
 from __future__ import annotations
@@ -16,14 +17,25 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.explain import Reason, explain_rows
-from churnml.features import build_features, scoring_rows
+from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playbook
+from churnml.explain.changes import reason_changes
+from churnml.features.batch import scoring_rows
+from churnml.features.engine import build_features
 from churnml.labels import build_labels, data_window, observation_dates
 from churnml.model import ChurnModel
-from churnml.playbook import DEFAULT_PLAYBOOK, Playbook
 from churnml.spec import DatasetSpec
 
-__all__ = ["RiskPolicy", "ScoreResult", "score_customers", "score_features", "write_workspace"]
+__all__ = [
+    "RiskPolicy",
+    "ScoreResult",
+    "explain_scored",
+    "health_score",
+    "reason_records",
+    "revenue_at_risk",
+    "score_customers",
+    "score_features",
+    "write_workspace",
+]
 
 DAYS_PER_MONTH = 365.25 / 12
 
@@ -79,53 +91,52 @@ def score_features(
     )
 
 
-def reasons_with_plays(
-    model: ChurnModel,
-    features: pd.DataFrame,
-    k: int,
-    playbook: Playbook,
-    only_raising: bool,
-    num_threads: int = 1,
-    contributions: np.ndarray | None = None,
-) -> list[list[tuple[Reason, str | None, str | None]]]:
-    """Top reasons per row with the playbook's play (name, action) for each."""
+def explain_scored(
+    model: ChurnModel, features: pd.DataFrame, scored: pd.DataFrame, k: int, playbook: Playbook = DEFAULT_PLAYBOOK,
+    num_threads: int = 1, contributions: np.ndarray | None = None,
+) -> list[AccountReasons]:  # fmt: skip
+    """Each scored row's reasons: problems with plays (accounts below the medium tier need no action),
+    protective factors and context (`churnml.explain`)."""
     contrib = contributions if contributions is not None else model.contributions(features, num_threads)[0]
-    event_type = {i.name: i.event_type for i in model.catalogue}
-    plays: dict[
-        tuple[str, bool], tuple[str | None, str | None]
-    ] = {}  # the play depends on feature and sign only
-    out = []
-    for reasons in explain_rows(features, contrib, model.catalogue, k, only_raising):
-        row = []
-        for r in reasons:
-            key = (r.feature, r.contribution > 0)
-            if key not in plays:
-                play = playbook.play_for(r, event_type.get(r.feature))
-                plays[key] = (play.name, play.action) if play else (None, None)
-            row.append((r, *plays[key]))
-        out.append(row)
-    return out
+    explainer = Explainer(model.catalogue, model.reference, playbook)
+    return explainer.explain(features, contrib, (scored["risk_tier"] != "low").to_numpy(), k)
 
 
 @dataclass
 class ScoreResult:
     as_of: pd.Timestamp
     scores: pd.DataFrame  # one row per active customer, ranked by revenue at risk
-    reasons: pd.DataFrame  # long: customer_id, rank, feature, sentence, contribution, play...
+    reasons: pd.DataFrame  # long: customer_id, kind, rank, signal, feature, sentence, contribution, play...
     history: pd.DataFrame  # customer_id, observation_date, probability, risk_tier, revenue_at_risk, reasons
     model_info: dict[str, str]
+    changes: pd.DataFrame | None = None  # what changed since each account's previous score, per reason
 
 
-def _reason_records(customer_ids: np.ndarray, as_of: pd.Timestamp, reasons: list) -> pd.DataFrame:
+REASON_COLUMNS = [
+    "customer_id", "as_of", "kind", "rank", "signal", "feature", "label", "sentence", "value", "contribution",
+    "direction", "strength", "actionable", "group", "values", "comparison", "percentile", "play", "play_action",
+    "play_condition", "play_facts",
+]  # fmt: skip
+
+
+def reason_records(
+    customer_ids: np.ndarray, as_of: pd.Timestamp, explained: list[AccountReasons]
+) -> pd.DataFrame:
+    """Every account's reasons as one long table (problems, protective factors, context; ranked per kind)."""
     records = [
-        (cid, as_of, rank, r.feature, r.label, r.sentence, None if r.value is None else str(r.value), r.contribution,
-         r.direction, r.strength, r.actionable, r.group, json.dumps(r.values), play, action)
-        for cid, row in zip(customer_ids, reasons, strict=True)
-        for rank, (r, play, action) in enumerate(row, start=1)
+        (cid, as_of, kind, rank, r.signal, r.feature, r.label, r.sentence, None if r.value is None else str(r.value),
+         r.contribution, r.direction, r.strength, r.actionable, r.group, json.dumps(r.values), r.comparison,
+         r.percentile, r.play, r.play_action, r.play_condition, json.dumps(r.play_facts))
+        for cid, account in zip(customer_ids, explained, strict=True)
+        for kind, reasons in (("problem", account.problems), ("protective", account.protective),
+                              ("context", account.context))
+        for rank, r in enumerate(reasons, start=1)
     ]  # fmt: skip
-    columns = ["customer_id", "as_of", "rank", "feature", "label", "sentence", "value", "contribution", "direction",
-               "strength", "actionable", "group", "values", "play", "play_action"]  # fmt: skip
-    return pd.DataFrame.from_records(records, columns=columns)
+    return pd.DataFrame.from_records(records, columns=REASON_COLUMNS)
+
+
+def _problem_signals(explained: list[AccountReasons]) -> list[str]:
+    return [json.dumps([r.signal for r in a.problems]) for a in explained]
 
 
 def score_customers(
@@ -139,7 +150,8 @@ def score_customers(
     policy: RiskPolicy = RiskPolicy(),
     playbook: Playbook = DEFAULT_PLAYBOOK,
 ) -> ScoreResult:
-    """Score every customer active at ``as_of`` with reasons and plays, and the ``history`` dates before."""
+    """Score every customer active at ``as_of`` with reasons and plays, the ``history`` dates before,
+    and what changed in each account's reasons since its previous score."""
     as_of = pd.Timestamp(as_of).normalize()
     rows = scoring_rows(con, spec, as_of)
     if rows.empty:
@@ -147,7 +159,29 @@ def score_customers(
     features = build_features(con, rows, model.feature_set)
     scored = score_features(model, features, policy, num_threads=0)
     ids = features["customer_id"].to_numpy()
-    all_reasons = reasons_with_plays(model, features, k, playbook, only_raising=True, num_threads=0)
+    explained = explain_scored(model, features, scored, k, playbook, num_threads=0)
+    scores = _score_table(con, features, scored, ids, as_of, explained)
+    now = scores[["customer_id", "as_of", "probability", "risk_tier", "revenue_at_risk"]].rename(
+        columns={"as_of": "observation_date"}
+    )
+    signals = pd.Series(_problem_signals(explained), index=ids)
+    now["reasons"] = signals.reindex(now["customer_id"]).to_numpy()
+    past, past_features, past_explained = _past_scores(
+        con, spec, model, as_of, ids, k, history, policy, playbook
+    )
+    hist = pd.concat([past, now], ignore_index=True).sort_values(
+        ["customer_id", "observation_date"], kind="stable"
+    )
+    changes = reason_changes(model.catalogue, features, explained, past_features, past_explained)
+    return ScoreResult(as_of, scores, reason_records(ids, as_of, explained), hist.reset_index(drop=True),
+                       model_info or {}, changes)  # fmt: skip
+
+
+def _score_table(
+    con: duckdb.DuckDBPyConnection, features: pd.DataFrame, scored: pd.DataFrame, ids: np.ndarray,
+    as_of: pd.Timestamp, explained: list[AccountReasons],
+) -> pd.DataFrame:  # fmt: skip
+    """One row per account, ranked by revenue at risk, with its headline reason and play."""
     profile = con.execute(
         "SELECT customer_id, csm_owner, segment FROM customers"
     ).df().drop_duplicates("customer_id").set_index("customer_id")  # fmt: skip
@@ -155,48 +189,42 @@ def score_customers(
     scores["plan"] = features["plan"].to_numpy() if "plan" in features else None
     scores["segment"] = profile["segment"].reindex(ids).to_numpy()
     scores["csm_owner"] = profile["csm_owner"].reindex(ids).to_numpy()
-    scores["top_reason"] = [r[0][0].sentence if r else None for r in all_reasons]
-    scores["top_play"] = [r[0][1] if r else None for r in all_reasons]
-    top3 = pd.Series(
-        [json.dumps([r.feature for r, _, _ in rr[:3]]) for rr in all_reasons], index=scores.index
-    )
+    scores["top_reason"] = [a.headline for a in explained]
+    scores["top_play"] = [a.problems[0].play if a.action_needed and a.problems else None for a in explained]
     scores = scores.sort_values(["revenue_at_risk", "customer_id"], ascending=[False, True], kind="stable")
     scores["rank"] = np.arange(1, len(scores) + 1)
-    reasons = _reason_records(ids, as_of, all_reasons)
+    return scores.reset_index(drop=True)
 
+
+def _past_scores(
+    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp, ids: np.ndarray,
+    k: int, history: int, policy: RiskPolicy, playbook: Playbook,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[AccountReasons]]:  # fmt: skip
+    """The accounts' scores and reasons at the ``history`` observation dates before ``as_of``, explained
+    exactly as today's (same k, same rules), so a reason's presence can be compared across dates."""
+    empty = pd.DataFrame(columns=["customer_id", "observation_date", "probability", "risk_tier", "revenue_at_risk",
+                                  "reasons"])  # fmt: skip
     dates = [d for d in observation_dates(spec, data_window(con), labelled_only=False) if d < as_of][
         -history:
     ]
-    frames = []
-    if dates and history > 0:
-        past = build_labels(con, spec, dates=dates)[["customer_id", "observation_date"]]
-        past = past[past["customer_id"].isin(set(ids))].reset_index(drop=True)
-        if not past.empty:
-            past_features = build_features(con, past, model.feature_set)
-            past_scored = score_features(model, past_features, policy, num_threads=0)
-            past_reasons = reasons_with_plays(
-                model, past_features, 3, playbook, only_raising=True, num_threads=0
-            )
-            frames.append(
-                past[["customer_id", "observation_date"]].join(
-                    past_scored[["probability", "risk_tier", "revenue_at_risk"]].reset_index(drop=True)
-                ).assign(reasons=[json.dumps([r.feature for r, _, _ in rr]) for rr in past_reasons])
-            )  # fmt: skip
-    now = scores[["customer_id", "as_of", "probability", "risk_tier", "revenue_at_risk"]].rename(
-        columns={"as_of": "observation_date"}
+    if not dates or history <= 0:
+        return empty, None, []
+    past = build_labels(con, spec, dates=dates)[["customer_id", "observation_date"]]
+    past = past[past["customer_id"].isin(set(ids))].reset_index(drop=True)
+    if past.empty:
+        return empty, None, []
+    past_features = build_features(con, past, model.feature_set)
+    past_scored = score_features(model, past_features, policy, num_threads=0)
+    past_explained = explain_scored(model, past_features, past_scored, k, playbook, num_threads=0)
+    frame = past[["customer_id", "observation_date"]].join(
+        past_scored[["probability", "risk_tier", "revenue_at_risk"]].reset_index(drop=True)
     )
-    now["reasons"] = top3.reindex(now.index).to_numpy()
-    frames.append(now)
-    hist = pd.concat(frames, ignore_index=True).sort_values(
-        ["customer_id", "observation_date"], kind="stable"
-    )
-    return ScoreResult(
-        as_of, scores.reset_index(drop=True), reasons, hist.reset_index(drop=True), model_info or {}
-    )
+    frame["reasons"] = _problem_signals(past_explained)
+    return frame, past_features, past_explained
 
 
 def write_workspace(result: ScoreResult, path: Path, extra: dict[str, pd.DataFrame] | None = None) -> Path:
-    """Write scores, reasons and history to a DuckDB file atomically (readers never see half a file)."""
+    """Write scores, reasons, history and changes to a DuckDB file atomically (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -204,7 +232,7 @@ def write_workspace(result: ScoreResult, path: Path, extra: dict[str, pd.DataFra
     try:
         with duckdb.connect(str(tmp)) as con:
             tables = {"scores": result.scores, "reasons": result.reasons, "score_history": result.history,
-                      **(extra or {})}  # fmt: skip
+                      **({"reason_changes": result.changes} if result.changes is not None else {}), **(extra or {})}  # fmt: skip
             for name, frame in tables.items():
                 con.register("_frame", frame)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,11 +30,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from churnml.config import Settings
-from churnml.features import features_from_frames, slug
+from churnml.explain import AccountReasons, Explainer, Playbook, Reason, load_playbook
+from churnml.features.definitions import slug
+from churnml.features.online import features_from_frames
 from churnml.model import ChurnModel
 from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE  # the login form lets browsers in with a cookie
-from churnml.playbook import Playbook, load_playbook
-from churnml.score import RiskPolicy, reasons_with_plays, score_features
+from churnml.score import RiskPolicy, score_features
 
 __all__ = [
     "MAX_BATCH",
@@ -175,23 +176,44 @@ class Prediction(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    feature: str
+    signal: str = Field(description="The reason's key: its group (usage, billing, ...) or a context column.")
+    feature: str = Field(description="The feature whose value the sentence states.")
     label: str
-    sentence: str
+    sentence: str = Field(description="The fact in plain words, as the account page shows it.")
     value: float | str | None
-    values: dict[str, float | str | None] = Field(description="The numbers the sentence quotes.")
-    contribution: float = Field(description="SHAP value in log-odds; positive raises churn risk.")
+    values: dict[str, float | str | None] = Field(description="The numbers (and dates) the sentence quotes.")
+    contribution: float = Field(
+        description="SHAP value of the reason (its features summed), log-odds; > 0 raises risk."
+    )
     direction: Literal["raises risk", "lowers risk"]
     strength: Literal["strong", "moderate", "slight"]
+    kind: Literal["problem", "protective", "context"]
+    group: str = Field(
+        description="usage, support, billing, feedback, onboarding, account, context or table."
+    )
     actionable: bool
+    comparison: str | None = Field(description="How the value compares with accounts that stayed.")
+    percentile: float | None = Field(description="Share of accounts that stayed with a lower value, 0-100.")
     play: str | None = None
     play_action: str | None = None
+
+    @classmethod
+    def of(cls, r: Reason) -> ReasonOut:
+        return cls(**{k: getattr(r, k) for k in cls.model_fields})
 
 
 class Explanation(Prediction):
     base_value: float = Field(description="SHAP base value (log-odds); base + all contributions = raw score.")
     raw_log_odds: float
-    reasons: list[ReasonOut]
+    action_needed: bool = Field(description="False below the medium tier: the account needs no call.")
+    summary: str = Field(description="What the risk list says: the first problem, or 'No action needed'.")
+    reasons: list[ReasonOut] = Field(
+        description="Problems: risk-raising reasons a CSM can act on, with plays."
+    )
+    protective: list[ReasonOut] = Field(description="What lowers this account's risk.")
+    context: list[ReasonOut] = Field(
+        description="Facts a CSM cannot change (plan, segment, tenure...): no play."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -341,9 +363,6 @@ def _naive_utc(ts: datetime) -> pd.Timestamp:
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
 
 
-_NON_NEGATIVE_UNITS = {"count", "days", "users", "seats", "ratio", "flag"}
-
-
 @dataclass
 class Predictor:
     """Validated requests in, predictions and explanations out; one per service worker."""
@@ -367,6 +386,8 @@ class Predictor:
         self._names = self.model.feature_names
         self._known = set(self._names)
         self._units = {i.name: i.unit for i in self.model.catalogue}
+        self._signed = {i.name: i.signed for i in self.model.catalogue}
+        self._explainer = Explainer(self.model.catalogue, self.model.reference, self.playbook)
         fs = self.model.feature_set
         self._event_types = set(fs.event_types)
         self._attributes = set(fs.attributes)
@@ -398,10 +419,8 @@ class Predictor:
                 continue
             if isinstance(value, str):
                 errors.add((*loc, name), "expected a number or null", value)
-            elif self._units.get(name) in _NON_NEGATIVE_UNITS and not name.endswith("_delta") and value < 0:
+            elif not self._signed.get(name, True) and value < 0:
                 errors.add((*loc, name), f"must not be negative (a {self._units[name]})", value)
-            elif name == "mrr" and value < 0:
-                errors.add((*loc, name), "must not be negative", value)
 
     def _check_raw(self, i: int, c: CustomerIn, errors: RequestErrors) -> None:
         for j, e in enumerate(c.events or []):
@@ -557,21 +576,22 @@ class Predictor:
         return PredictResponse(model=self.info, predictions=[Prediction(**p) for p in preds])
 
     def explain(self, customers: list[CustomerIn], top_k: int = 3) -> ExplainResponse:
+        """Predictions with the reasons the account page shows (`churnml.explain`): the same sentences,
+        groups, comparisons and plays."""
         features, scored, as_ofs = self._predictions(customers)
         contrib, base = self.model.contributions(features)
-        reasons = reasons_with_plays(self.model, features, top_k, self.playbook, only_raising=False,
-                                     contributions=contrib)  # fmt: skip
+        explained: list[AccountReasons] = self._explainer.explain(
+            features, contrib, (scored["risk_tier"] != "low").to_numpy(), top_k, as_of=as_ofs
+        )
         out = []
         for i, c in enumerate(customers):
-            rs = [
-                ReasonOut(
-                    **{k: v for k, v in asdict(r).items() if k != "group"}, play=play, play_action=action
-                )
-                for r, play, action in reasons[i]
-            ]
+            a = explained[i]
             out.append(Explanation(**self._prediction(c.customer_id, as_ofs[i], scored.iloc[i]),
                                    base_value=float(base[i]), raw_log_odds=float(base[i] + contrib[i].sum()),
-                                   reasons=rs))  # fmt: skip
+                                   action_needed=a.action_needed, summary=a.headline,
+                                   reasons=[ReasonOut.of(r) for r in a.problems],
+                                   protective=[ReasonOut.of(r) for r in a.protective],
+                                   context=[ReasonOut.of(r) for r in a.context]))  # fmt: skip
         return ExplainResponse(model=self.info, explanations=out)
 
 

@@ -69,6 +69,21 @@ DRIVERS: dict[str, tuple[float, str]] = {
     "failed_payment": (1.8, "an invoice failed last month and was not recovered"),
     "incomplete_onboarding": (1.2, "onboarding not completed, account younger than 6 months"),
 }
+# what each simulated event's value is (the spec declares them, so nothing about them is inferred)
+SIMULATED_EVENT_VALUES = {
+    "login": "none",
+    "feature_use": "identifier",  # which feature (1-11)
+    "onboarding_step": "category",  # which step (1-5)
+    "onboarding_completed": "none",
+    "support_ticket": {"meaning": "score", "scale": [1, 5], "bands": {"unhappy": [1, 2], "neutral": [3, 3],
+                                                                      "happy": [4, 5]}},
+    "nps_response": {"meaning": "score", "scale": [0, 10], "bands": {"detractor": [0, 6], "passive": [7, 8],
+                                                                    "promoter": [9, 10]}},
+    "payment_succeeded": "amount",
+    "payment_failed": "amount",
+    "seat_change": {"meaning": "quantity", "unit": "seats"},
+    "plan_change": {"meaning": "quantity", "unit": "of MRR", "up": "gained from upgrades", "down": "lost to downgrades"},
+}  # fmt: skip
 LAPSE_SHARE = 0.06  # churn decisions that are really a lapse: resubscribe within 3-20 days (not churn)
 
 
@@ -476,6 +491,7 @@ def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
                 "seats": "seats",
             },
         },
+        "event_values": SIMULATED_EVENT_VALUES,
         "churn": {"definition": "cancellation", "grace_days": 30},
         "observation": {
             "start": (start + pd.DateOffset(months=3)).date().isoformat(),

@@ -20,10 +20,10 @@ import optuna
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from churnml.catalogue import FeatureInfo
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import bootstrap_intervals, churn_metrics
-from churnml.features import FeatureSet
+from churnml.features.catalogue import FeatureInfo
+from churnml.features.sets import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.train import (
     TrainConfig,
@@ -34,6 +34,7 @@ from churnml.train import (
     _inverse_churn_rate,
     _params,
     logistic_baseline,
+    retained_reference,
     tune_lightgbm,
 )
 
@@ -209,7 +210,8 @@ def train_snapshot(
     model = ChurnModel(final, fs, categories, calibrator, catalogue,
                        {"mode": "table", "cv_folds": folds, "best_params": best.params, "rounds": rounds,
                         "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame),
-                        "table_holdout": config.table_holdout, "id_column": id_column})  # fmt: skip
+                        "table_holdout": config.table_holdout, "id_column": id_column},
+                       reference=retained_reference(frame, fs, "accounts that stayed in the training rows"))  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
     return TrainResult(

@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from churnml.schema import CONTRACT
+from churnml.schema import CONTRACT, EventValue
 
 __all__ = [
     "SpecError",
@@ -27,6 +27,7 @@ __all__ = [
     "LookupSpec",
     "SubscriptionsSpec",
     "EventLabel",
+    "EventValueSpec",
     "CancellationChurn",
     "InactivityChurn",
     "ObservationSpec",
@@ -136,13 +137,65 @@ class SubscriptionsSpec(TableSpec):
 
 
 class EventLabel(_Strict):
-    """How CSM-facing text names an event type the built-in vocabulary does not know."""
+    """How CSM-facing text names an event type, and how it reads for risk (the built-in vocabulary or
+    a neutral default fills what is not given)."""
 
-    plural: str
-    singular: str
-    value: str = "value"
-    actionable: bool = True
+    plural: str | None = None
+    singular: str | None = None
+    value: str | None = Field(None, description="What the value is called: 'CSAT', 'minutes watched'.")
+    actionable: bool | None = None
     description: str = ""
+    group: str | None = Field(
+        None, description="Reason group plays are chosen by: usage, support, billing, feedback, onboarding..."
+    )
+    more_is: Literal["safer", "riskier", "either"] | None = Field(
+        None, description="More of these events is safer (logins), riskier (failed payments) or either."
+    )
+    distinct: str | None = Field(
+        None,
+        description="Identifiers and categories: how to say their distinct count ('different features used').",
+    )
+
+
+class EventValueSpec(_Strict):
+    """What an event type's ``value`` means (``churnml.schema.EventValue``); a bare word is the meaning."""
+
+    meaning: Literal["amount", "score", "quantity", "identifier", "category", "none"]
+    scale: tuple[float, float] | None = Field(None, description="score: lowest and highest, e.g. [0, 10].")
+    bands: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="score: named ranges, e.g. {detractor: [0, 6]}."
+    )
+    unit: str = Field("", description="quantity: what changes ('seats').")
+    up: str = Field("added", description="quantity: the verb of an increase.")
+    down: str = Field("removed", description="quantity: the verb of a decrease.")
+    up_is: Literal["safer", "riskier", "either"] = "safer"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_meaning(cls, data: object) -> object:
+        return {"meaning": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventValueSpec:
+        if self.meaning == "score":
+            if self.scale is None:
+                raise ValueError("a score needs its scale, e.g. {meaning: score, scale: [0, 10]}")
+            lo, hi = self.scale
+            if not lo < hi:
+                raise ValueError(f"scale must run from low to high, got {list(self.scale)}")
+            for name, (b_lo, b_hi) in self.bands.items():
+                if not lo <= b_lo <= b_hi <= hi:
+                    raise ValueError(
+                        f"band {name!r} {[b_lo, b_hi]} is not inside the scale {list(self.scale)}"
+                    )
+        elif self.scale is not None or self.bands:
+            raise ValueError(f"scale and bands belong to scores, not to a {self.meaning}")
+        return self
+
+    def to_value(self) -> EventValue:
+        bands = tuple((name, float(lo), float(hi)) for name, (lo, hi) in self.bands.items())
+        scale = (float(self.scale[0]), float(self.scale[1])) if self.scale else None
+        return EventValue(self.meaning, scale, bands, self.unit, self.up, self.down, self.up_is)
 
 
 class CancellationChurn(_Strict):
@@ -214,6 +267,11 @@ class DatasetSpec(_Strict):
     observation: ObservationSpec
     validation: ValidationSpec = ValidationSpec()
     event_labels: dict[str, EventLabel] = Field(default_factory=dict)
+    event_values: dict[str, EventValueSpec] = Field(
+        default_factory=dict,
+        description="Per event type, what its value means (amount, score, quantity, identifier, category, "
+        "none); inferred from the data when absent.",
+    )
     base_dir: Path = Field(Path("."), exclude=True, description="Folder the spec was read from.")
 
     @model_validator(mode="after")

@@ -34,9 +34,11 @@ from sklearn.metrics import average_precision_score, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from churnml.catalogue import FeatureInfo
 from churnml.evaluate import bootstrap_intervals, churn_metrics, comparable_metric
-from churnml.features import FeatureSet
+from churnml.features.catalogue import FeatureInfo
+from churnml.features.definitions import column_name, slug
+from churnml.features.reference import FeatureReference
+from churnml.features.sets import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "tune_lightgbm",
     "logistic_baseline",
     "train_model",
+    "retained_reference",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,7 +259,7 @@ def _choose_calibrator(oof: pd.DataFrame, methods: list[str]) -> Calibrator:
 
 def _recency_score(frame: pd.DataFrame, fs: FeatureSet) -> np.ndarray:
     """Baseline heuristic: days since the account's most recent event of any type (longer = riskier)."""
-    cols = [c for c in fs.columns if c.startswith("days_since_last_")]
+    cols = [column_name("days_since_last", slug(t)) for t in fs.event_types]
     days = frame[cols].to_numpy(float) if cols else np.zeros((len(frame), 1))
     score = np.nanmin(np.where(np.isnan(days), np.inf, days), axis=1)
     return np.where(np.isinf(score), 1e6, score)
@@ -369,6 +372,13 @@ def tune_lightgbm(
     return study
 
 
+def retained_reference(rows: pd.DataFrame, fs: FeatureSet, description: str) -> FeatureReference:
+    """How the rows' accounts that stayed look, per feature: what reasons compare an account with."""
+    retained = rows[rows["churned"] == 0]
+    numeric = [c for c in fs.columns if c not in fs.categorical_columns]
+    return FeatureReference.fit(retained, numeric, list(fs.categorical_columns), description)
+
+
 def train_model(
     table: pd.DataFrame,
     fs: FeatureSet,
@@ -430,6 +440,10 @@ def train_model(
         booster=final, feature_set=fs, categories=categories, calibrator=calibrator, catalogue=catalogue,
         metadata={"horizon_days": horizon_days, "trained_through": str(max(dev_dates).date()),
                   "test_dates": [str(d.date()) for d in test_dates], "best_params": best.params, "rounds": rounds},
+        # the latest labelled date's retained accounts, the nearest to the dates scored next: descriptive
+        # (what reasons compare an account with), it changes no prediction and no test metric
+        reference=retained_reference(table[table["observation_date"] == max(test_dates)], fs,
+                                     f"accounts that stayed at {max(test_dates).date()}"),
     )  # fmt: skip
     test_mask = table["observation_date"].isin(test_dates).to_numpy()
     p_test = model.predict_proba(table[test_mask])

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from churnml.data import DataError, RawTable, register_raw_tables
-from churnml.engine import quote_ident, quote_literal
-from churnml.schema import CONTRACT, KIND_LABELS
+from churnml.engine import is_numeric_type, quote_ident, quote_literal
+from churnml.schema import CONTRACT, EVENT_VOLUME_SQL, KIND_LABELS
 from churnml.spec import CustomersSpec, DatasetSpec, EventSourceSpec, TableSpec
 
 __all__ = [
@@ -149,13 +149,6 @@ def _is_temporal(dtype: str) -> bool:
     return dtype.startswith("TIMESTAMP") or dtype == "DATE"
 
 
-def _is_numeric(dtype: str) -> bool:
-    return dtype in {
-        "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-        "UBIGINT", "FLOAT", "DOUBLE", "REAL",
-    } or dtype.startswith("DECIMAL")  # fmt: skip
-
-
 def _to_utc(expr: str, timezone: str) -> str:
     return expr if timezone == "UTC" else f"timezone('UTC', timezone({quote_literal(timezone)}, {expr}))"
 
@@ -169,12 +162,12 @@ def _typed_expr(kind: str, src: str, dtype: str, table: TableSpec) -> tuple[str,
     if dtype.strip('"') == "NULL":  # an all-empty column (e.g. Parquet null type) fits any contract type
         return ("NULL", None)
     if kind in ("id", "string"):
-        if kind == "id" and not (dtype == "VARCHAR" or _is_numeric(dtype)):
+        if kind == "id" and not (dtype == "VARCHAR" or is_numeric_type(dtype)):
             return f"found {dtype}"
         text = f"CAST({col} AS VARCHAR)"
         return (f"NULLIF(TRIM({text}), '')", None)
     if kind == "number":
-        if _is_numeric(dtype):
+        if is_numeric_type(dtype):
             typed = f"CAST({col} AS DOUBLE)"
         elif dtype == "VARCHAR":
             typed = f"TRY_CAST(NULLIF(TRIM({col}), '') AS DOUBLE)"
@@ -915,13 +908,11 @@ def _volume_spikes(con: duckdb.DuckDBPyConnection) -> list[Issue]:
 
     A 10x day is usually a duplicated export or a replayed pipeline; the CSM would otherwise see a
     usage surge that never happened. The daily volumes stay in the small table ``event_volume``
-    (day, event_type, events, valued: events with a value), so reading which types exist and carry
-    values (`churnml.features.infer_feature_set`) does not scan the events again.
+    (`churnml.schema.EVENT_VOLUME_SQL`: per day and type, events, how many carry a value and
+    how those values look), so reading which types exist and what their values mean
+    (`churnml.features.infer_feature_set`) does not scan the events again.
     """
-    con.execute(
-        'CREATE OR REPLACE TABLE event_volume AS SELECT "timestamp"::DATE AS day, event_type, '
-        "count(*) AS events, count(value) AS valued FROM events GROUP BY ALL ORDER BY ALL"
-    )
+    con.execute(f"CREATE OR REPLACE TABLE event_volume AS {EVENT_VOLUME_SQL} ORDER BY ALL")
     rows = con.execute(
         f"""
         WITH typical AS (SELECT event_type, median(events) AS med FROM event_volume GROUP BY ALL)

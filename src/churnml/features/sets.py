@@ -1,0 +1,199 @@
+"""The feature set: which columns a model has, fixed when it is trained and saved with it.
+
+It names the event types, what each type's value means (`churnml.schema.EventValue`), the customer
+attributes, and the definitions number the columns were computed with; the columns themselves come
+from the registry (`churnml.features.definitions`). It imports nothing heavy, so a model loads (and
+the MLflow pyfunc imports) without the feature engine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+from churnml.features.definitions import ACCOUNT_FAMILIES, event_families, slug
+from churnml.schema import EventValue
+
+__all__ = [
+    "FEATURE_DEFINITION",
+    "COMPUTABLE_FROM",
+    "DEFINITION_CHANGES",
+    "CATEGORICAL",
+    "DefinitionChange",
+    "FeatureSet",
+    "IncomputableDefinitions",
+]
+
+CATEGORICAL = ("plan", "segment")
+# Bumped when a feature's meaning changes, so a model trained on the old meaning can say so
+FEATURE_DEFINITION = 3
+# The oldest definitions whose columns this churnml still computes: an older model is refused on load
+COMPUTABLE_FROM = 3
+
+
+class IncomputableDefinitions(ValueError):
+    """A feature set built with definitions whose columns this churnml no longer computes."""
+
+
+@dataclass(frozen=True)
+class DefinitionChange:
+    """What one feature definition number changed, and the columns (by name ending) it touched."""
+
+    description: str
+    column_endings: tuple[str, ...]
+
+
+DEFINITION_CHANGES = {
+    2: DefinitionChange(
+        "an event type's last value comes from its latest event with a value (it was empty when the "
+        "latest active day had none), and so does the NPS detractor flag",
+        ("_last_value", "nps_detractor"),
+    ),
+    3: DefinitionChange(
+        "event values have meanings: identifiers and categories are counted as distinct values instead of "
+        "summed, scores keep their latest value, its date, mean and lowest, quantities are net changes; "
+        "the NPS detractor flag is gone (the latest NPS score says it)",
+        # the columns of the value families (every one new or renamed in 3)
+        (
+            "_amount_sum_30d",
+            "_amount_sum_90d",
+            "_amount_mean_30d",
+            "_amount_mean_90d",
+            "_amount_last",
+            "_amount_sum_total",
+            "_score_last",
+            "_score_mean_30d",
+            "_score_mean_90d",
+            "_score_min_90d",
+            "_score",
+            "_net_30d",
+            "_net_90d",
+            "_net_total",
+            "_last_change",
+            "_distinct_30d",
+            "_distinct_90d",
+            "_distinct_total",
+        ),
+    ),  # fmt: skip
+}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The shape of the feature table, fixed when a model is trained and saved with it."""
+
+    event_types: tuple[str, ...]
+    event_values: tuple[tuple[str, EventValue], ...] = ()  # what each type's value means (default: none)
+    attributes: tuple[str, ...] = ()
+    categorical_attributes: tuple[str, ...] = ()
+    term_months: int = 1
+    # snapshot mode (`churnml train --table`): a ready feature table's own columns, no event features
+    table_numeric: tuple[str, ...] = ()
+    table_categorical: tuple[str, ...] = ()
+    definition: int = FEATURE_DEFINITION  # of the features this set was built with
+
+    @property
+    def is_snapshot(self) -> bool:
+        return bool(self.table_numeric or self.table_categorical)
+
+    def __post_init__(self) -> None:
+        if not self.event_types and not self.is_snapshot:
+            raise ValueError("feature set: no event types; features are built from behaviour events")
+        slugs = [slug(t) for t in self.event_types]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"event types {list(self.event_types)} collide once made column-safe: {slugs}")
+        unknown = sorted({t for t, _ in self.event_values} - set(self.event_types))
+        if unknown:
+            raise ValueError(f"feature set: value meanings for unknown event types {unknown}")
+        # one order whatever the caller's, so a set equals itself after a JSON round trip
+        object.__setattr__(self, "event_values", tuple(sorted(self.event_values, key=lambda p: p[0])))
+
+    def value(self, event_type: str) -> EventValue:
+        """What ``event_type``'s value means (``none`` when it carries none)."""
+        return dict(self.event_values).get(event_type, EventValue("none"))
+
+    @property
+    def valued_types(self) -> tuple[str, ...]:
+        """Event types whose value is used."""
+        return tuple(t for t in self.event_types if self.value(t).meaning != "none")
+
+    def event_columns(self, event_type: str) -> list[str]:
+        s = slug(event_type)
+        return [c for f in event_families(self.value(event_type).meaning) for c in f.columns(s=s)]
+
+    @property
+    def account_columns(self) -> list[str]:
+        return [f.pattern for f in ACCOUNT_FAMILIES if not f.categorical]
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        if self.is_snapshot:
+            return list(self.table_categorical)
+        return [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
+
+    @property
+    def numeric_attribute_columns(self) -> list[str]:
+        return [f"attr_{slug(a)}" for a in self.attributes if a not in self.categorical_attributes]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every feature column, in model order."""
+        if self.is_snapshot:
+            return [*self.table_numeric, *self.table_categorical]
+        cols = [c for t in self.event_types for c in self.event_columns(t)]
+        return cols + self.account_columns + self.numeric_attribute_columns + self.categorical_columns
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["event_values"] = {t: asdict(v) for t, v in self.event_values}
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSet:
+        data = json.loads(text)
+        data.setdefault("definition", 1)  # saved before definitions were numbered
+        snapshot = bool(data.get("table_numeric") or data.get("table_categorical"))
+        if data["definition"] < COMPUTABLE_FROM and not snapshot:
+            raise IncomputableDefinitions(
+                f"feature definitions {data['definition']}, whose columns this churnml ({FEATURE_DEFINITION}) no "
+                f"longer computes ({'; '.join(_changes_since(data['definition']))}): retrain it"
+            )
+        for key in ("windows", "valued_types", "extra"):  # fields of earlier releases, fixed or unused
+            data.pop(key, None)
+        for key in (
+            "event_types",
+            "attributes",
+            "categorical_attributes",
+            "table_numeric",
+            "table_categorical",
+        ):
+            data[key] = tuple(data.get(key, ()))
+        data["event_values"] = tuple(
+            (t, _event_value(v)) for t, v in sorted(dict(data.get("event_values") or {}).items())
+        )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"feature set has fields this churnml does not know: {unknown} (saved by a newer one?)"
+            )
+        return cls(**data)
+
+    def definition_changes(self) -> list[str]:
+        """What changed in the meaning of this set's columns since the definitions it was built with."""
+        if self.is_snapshot:  # a ready table's columns mean what the table says
+            return []
+        return [
+            change.description
+            for number, change in DEFINITION_CHANGES.items()
+            if number > self.definition and any(c.endswith(change.column_endings) for c in self.columns)
+        ]
+
+
+def _changes_since(definition: int) -> list[str]:
+    return [c.description for n, c in DEFINITION_CHANGES.items() if n > definition]
+
+
+def _event_value(data: dict) -> EventValue:
+    scale = tuple(data["scale"]) if data.get("scale") is not None else None
+    bands = tuple((str(n), float(lo), float(hi)) for n, lo, hi in data.get("bands", ()))
+    return EventValue(**{**data, "scale": scale, "bands": bands})
