@@ -16,7 +16,7 @@ import pandas as pd
 from churnml.explain.reasons import AccountReasons, Reason
 from churnml.features.catalogue import FeatureInfo
 from churnml.features.definitions import family
-from churnml.features.sentences import cap, format_number
+from churnml.features.sentences import as_number, cap, format_number
 
 __all__ = ["CHANGE_COLUMNS", "reason_changes", "tracked_column"]
 
@@ -77,12 +77,5 @@ def _record(
     column = tracked_column(by_name[reason.feature])
     info = by_name[column]
     before, after = past.at[j, column], now[column].iloc[i]
-    return (cid, dates[0], dates[1], status, reason.signal, column, info.label, _plain(before), _plain(after),
+    return (cid, dates[0], dates[1], status, reason.signal, column, info.label, as_number(before), as_number(after),
             _line(info, before, after), reason.sentence)  # fmt: skip
-
-
-def _plain(value: object) -> float | None:
-    if value is None or isinstance(value, str):
-        return None
-    f = float(value)  # type: ignore[arg-type]
-    return None if math.isnan(f) else f

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from churnml.features.sentences import as_number
 
 __all__ = ["DEFAULT_PLAYBOOK", "Condition", "Match", "Play", "Playbook", "condition", "load_playbook"]
 
@@ -40,16 +41,6 @@ _OPS = {
     "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
     "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
 }  # fmt: skip
-
-
-def _number(value: object) -> float | None:
-    if value is None or isinstance(value, str):
-        return None
-    try:
-        f = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 class Condition:
@@ -75,7 +66,7 @@ class Condition:
         try:
             return float(token)
         except ValueError:
-            return _number(row.get(token.replace("{s}", s)))
+            return as_number(row.get(token.replace("{s}", s)))
 
     def columns(self, s: str) -> list[str]:
         """The columns it reads, for a reason of event type slug ``s``."""
@@ -89,8 +80,8 @@ class Condition:
         if self.op in ("missing", "present"):
             if name not in row:
                 return False
-            return (_number(row[name]) is None and not isinstance(row[name], str)) == (self.op == "missing")
-        left, right = _number(row.get(name)), self._operand(self.right or "", row, s)
+            return (as_number(row[name]) is None and not isinstance(row[name], str)) == (self.op == "missing")
+        left, right = as_number(row.get(name)), self._operand(self.right or "", row, s)
         return left is not None and right is not None and bool(_OPS[self.op](left, right))
 
 
@@ -159,7 +150,7 @@ class Play(BaseModel):
     def facts(self, row: Mapping[str, object], s: str = "") -> dict[str, float | None]:
         """The values its conditions read, as they were for this account."""
         names = [n for c in (*self.require, *self.require_any) for n in condition(c).columns(s)]
-        return {n: _number(row.get(n)) for n in dict.fromkeys(names)}
+        return {n: as_number(row.get(n)) for n in dict.fromkeys(names)}
 
 
 class Playbook(BaseModel):

@@ -53,18 +53,22 @@ class Reading:
 
     def num(self, name: str) -> float | None:
         """The value as a number; None when missing, NaN or not a number."""
-        v = self.row.get(name)
-        if v is None or isinstance(v, str | bool):
-            return None
-        try:
-            f = float(v)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-        return None if math.isnan(f) else f
+        return as_number(self.row.get(name))
 
     def sibling(self, info: FeatureInfo, key: str, window: int | None = None) -> float | None:
         """Another family's value for the same event type ("the count in 30 days" beside a trend)."""
         return self.num(info.sibling(key, window))
+
+
+def as_number(value: object) -> float | None:
+    """A feature value as a number: None when missing, NaN, text or a flag, so "unknown" is never a 0."""
+    if value is None or isinstance(value, str | bool):
+        return None
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
 
 
 def format_number(x: float) -> str:
