@@ -21,6 +21,8 @@ __all__ = [
     "churn_metrics",
     "reliability_table",
     "weighted_ranking_metrics",
+    "grouped_ranking_metrics",
+    "score_groups",
     "bootstrap_intervals",
     "paired_win_share",
     "PROMOTION_METRICS",
@@ -104,7 +106,7 @@ def churn_metrics(
     return metrics
 
 
-def _score_groups(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_groups(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order by descending score, start of each tied-score group in that order, group of each row)."""
     order = np.argsort(-p, kind="stable")
     ps = p[order]
@@ -123,10 +125,16 @@ def weighted_ranking_metrics(
     """
     y, p = np.asarray(y, float), np.asarray(p, float)
     weights = np.atleast_2d(np.asarray(weights, float))
-    order, starts, _ = _score_groups(y, p)
+    order, starts, _ = score_groups(y, p)
     w = weights[:, order]
     pos = np.add.reduceat(w * y[order], starts, axis=1)  # positive weight per tied-score group
     neg = np.add.reduceat(w * (1 - y[order]), starts, axis=1)
+    return grouped_ranking_metrics(pos, neg)
+
+
+def grouped_ranking_metrics(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and average precision from the positive and negative weight of each tied-score group, in
+    descending score order (one row per weighting, labelling or bootstrap draw)."""
     tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
     n_pos, n_neg = tp[:, -1], fp[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -19,6 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from churnml.features.catalogue import FeatureInfo
+from churnml.features.profile import PopulationProfile
 from churnml.features.reference import FeatureReference
 from churnml.features.sets import FEATURE_DEFINITION, FeatureSet, IncomputableDefinitions
 
@@ -100,6 +101,8 @@ class ChurnModel:
     metadata: dict[str, object] = field(default_factory=dict)
     # how accounts that stayed looked at training time, per feature: reasons are compared with it
     reference: FeatureReference | None = None
+    # the whole population at training time, in fixed bins: drift is measured against it
+    profile: PopulationProfile | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -141,6 +144,7 @@ class ChurnModel:
             "catalogue": [i.to_dict() for i in self.catalogue],
             "metadata": self.metadata,
             "reference": self.reference.to_dict() if self.reference else None,
+            "profile": self.profile.to_dict() if self.profile else None,
         }
         (folder / "model.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         return folder
@@ -166,6 +170,7 @@ class ChurnModel:
         try:
             catalogue = [FeatureInfo.from_dict(i) for i in meta["catalogue"]]
             reference = FeatureReference.from_dict(meta["reference"]) if meta.get("reference") else None
+            profile = PopulationProfile.from_dict(meta["profile"]) if meta.get("profile") else None
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"churn model at {folder}: unreadable catalogue or reference: {err}") from None
         if [i.name for i in catalogue] != feature_set.columns:
@@ -180,6 +185,7 @@ class ChurnModel:
             catalogue=catalogue,
             metadata=meta.get("metadata", {}),
             reference=reference,
+            profile=profile,
         )
 
 

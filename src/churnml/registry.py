@@ -48,6 +48,7 @@ __all__ = [
     "tracking_uri",
     "check_tracking_server",
     "log_training",
+    "experiment_id",
     "load_model",
     "promote_challenger",
     "promotion_lock",
@@ -91,14 +92,15 @@ def check_tracking_server(uri: str) -> MlflowClient:
     return client
 
 
-def _experiment_id(client: MlflowClient, settings: Settings) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
+def experiment_id(client: MlflowClient, settings: Settings, name: str = EXPERIMENT) -> str:
+    """The id of experiment ``name``, created if new (a local store keeps artifacts under CHURNML_HOME)."""
+    found = client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
     location = None
     if client.tracking_uri.startswith("sqlite:"):  # a local store keeps artifacts beside it, absolute
         location = (settings.home / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _plots(result: TrainResult, folder: Path) -> list[Path]:
@@ -184,7 +186,7 @@ def log_training(
     Returns (run_id, model version).
     """
     mlflow.set_tracking_uri(client.tracking_uri)
-    experiment_id = _experiment_id(client, settings)
+    experiment = experiment_id(client, settings)
     if "observation_date" in result.test_frame:  # out-of-time test rows
         test_mask = table["observation_date"].isin(
             pd.to_datetime(result.test_frame["observation_date"].unique())
@@ -194,7 +196,7 @@ def log_training(
         test_features = table[table["customer_id"].isin(result.test_frame["customer_id"])].reset_index(
             drop=True
         )
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}")
+    run = mlflow.start_run(experiment_id=experiment, run_name=f"train-{dataset_name}")
     try:
         with _terminate_as_exit():
             run_id, version = _log_run(

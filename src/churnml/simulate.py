@@ -42,8 +42,11 @@ DAY_US = 86_400_000_000
 
 SEGMENTS = np.array(["SMB", "Mid-Market", "Enterprise"])
 SEGMENT_P = [0.6, 0.3, 0.1]
-PLANS = np.array(["starter", "team", "business", "enterprise"])
-PRICE_PER_SEAT = np.array([15.0, 30.0, 50.0, 80.0])
+PLANS = np.array(
+    ["starter", "team", "business", "enterprise", "growth"]
+)  # growth: the covariate-drift scenario's
+PRICE_PER_SEAT = np.array([15.0, 30.0, 50.0, 80.0, 40.0])
+GROWTH = 4
 INDUSTRIES = np.array(
     ["software", "retail", "finance", "healthcare", "education", "media", "manufacturing", "services"]
 )
@@ -87,19 +90,49 @@ SIMULATED_EVENT_VALUES = {
 LAPSE_SHARE = 0.06  # churn decisions that are really a lapse: resubscribe within 3-20 days (not churn)
 
 
+# The concept-drift scenario's driver weights from its month on: what used to matter most (failed payments,
+# detractors, seat cuts) matters little, and an unfinished onboarding and declining use matter far more
+CONCEPT_DRIFT_WEIGHTS = {"engagement_decline": 1.7, "seat_contraction": 0.2, "support_friction": 0.3,
+                         "detractor_nps": 0.2, "failed_payment": 0.3, "incomplete_onboarding": 2.6}  # fmt: skip
+GROWTH_SHARE = 0.5  # of the signups from the covariate-drift month on, on the new growth plan
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
+    """What to simulate. ``drift`` starts a scenario at month ``drift_month`` (0 = the first month):
+
+    - ``covariate``: half the accounts that sign up from then on take a new plan, *growth*, and use the
+      product differently (twice the engagement, half the support tickets); churn still follows the same
+      drivers with the same weights, so only who is scored changes;
+    - ``concept``: the drivers' weights change (`CONCEPT_DRIFT_WEIGHTS`): the same behaviour now means
+      another risk.
+
+    Without ``drift`` the output is the same as before scenarios existed (no extra random draws).
+    """
+
     customers: int = 2_000
     months: int = 18
     seed: int = 0
     start: dt.date = dt.date(2024, 1, 1)
     founding_share: float = 0.3  # accounts that exist from the first month
+    drift: str | None = None  # None | "covariate" | "concept"
+    drift_month: int = 12
 
     def __post_init__(self) -> None:
         if self.customers < 1:
             raise ValueError(f"customers must be >= 1, got {self.customers}")
         if not 3 <= self.months <= 120:
             raise ValueError(f"months must be between 3 and 120, got {self.months}")
+        if self.drift not in (None, "covariate", "concept"):
+            raise ValueError(f"drift must be 'covariate' or 'concept', got {self.drift!r}")
+        if self.drift and not 1 <= self.drift_month < self.months:
+            raise ValueError(f"drift_month must be between 1 and {self.months - 1}, got {self.drift_month}")
+
+    def weights(self, month: int) -> np.ndarray:
+        """The drivers' weights on the monthly churn logit in ``month``."""
+        if self.drift == "concept" and month >= self.drift_month:
+            return np.array([CONCEPT_DRIFT_WEIGHTS[k] for k in DRIVERS])
+        return np.array([w for w, _ in DRIVERS.values()])
 
 
 @dataclass(frozen=True)
@@ -176,6 +209,13 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     friction_prone = rng.random(n) < 0.2
     support_rate = rng.gamma(1.5, 0.25, n) * seats**0.25 * np.where(friction_prone, 1.8, 1.0)
     payment_risk = np.where(rng.random(n) < 0.15, 0.22, 0.01) * np.array([1.5, 1.0, 0.5])[segment]
+    if (
+        config.drift == "covariate"
+    ):  # a new plan from the drift month on, whose accounts use the product differently
+        growth = (signup >= bounds[config.drift_month]) & (rng.random(n) < GROWTH_SHARE)
+        plan[growth] = GROWTH
+        base_engagement[growth] *= 2.0
+        support_rate[growth] *= 0.5
 
     events = _Events()
     # ---- onboarding: steps in the first 3 weeks; incomplete accounts stop early and never finish
@@ -201,7 +241,6 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     sub_rows: list[tuple[np.ndarray, ...]] = []
     truth: list[pd.DataFrame] = []
     billing_offset = signup % 28.0
-    weights = np.array([w for w, _ in DRIVERS.values()])
 
     def close_rows(who: np.ndarray, at: np.ndarray) -> None:
         sub_rows.append(
@@ -224,6 +263,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
             failed_open.astype(float),
             (onboarding_incomplete & (tenure_months < 6)).astype(float),
         ])  # fmt: skip
+        weights = config.weights(m)
         logit = BASE_LOGIT + drivers @ weights
         fire = at_risk[rng.random(len(at_risk)) < 1.0 / (1.0 + np.exp(-logit[at_risk]))]
         lapse = fire[rng.random(len(fire)) < LAPSE_SHARE]
@@ -320,6 +360,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         expand &= ~in_gap
         unhappy = (d > 0) | ((nps_score[act] <= 6) & (m - nps_month[act] <= 3))
         downgrade = ~shrink & ~expand & ~in_gap & unhappy & (rng.random(len(act)) < 0.04) & (plan[act] > 0)
+        downgrade &= plan[act] != GROWTH  # the growth plan has no plan below it
         change_day = lo_a + rng.random(len(act)) * (hi_a - lo_a)
         changed = shrink | expand | downgrade
         if changed.any():

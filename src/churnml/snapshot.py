@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import bootstrap_intervals, churn_metrics
 from churnml.features.catalogue import FeatureInfo
+from churnml.features.profile import fit_population_profile
 from churnml.features.sets import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.train import (
@@ -214,6 +215,7 @@ def train_snapshot(
                        reference=retained_reference(frame, fs, "accounts that stayed in the training rows"))  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
+    model.profile = fit_population_profile(frame, fs, calibrated, y)
     return TrainResult(
         model=model, params={**params, "num_boost_round": rounds},
         test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),

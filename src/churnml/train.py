@@ -37,6 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from churnml.evaluate import bootstrap_intervals, churn_metrics, comparable_metric
 from churnml.features.catalogue import FeatureInfo
 from churnml.features.definitions import column_name, slug
+from churnml.features.profile import REFERENCE_DATES, fit_population_profile
 from churnml.features.reference import FeatureReference
 from churnml.features.sets import FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
@@ -104,6 +105,7 @@ def load_train_config(path: Path | None) -> TrainConfig:
         raise ValueError(f"training config {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"training config {path}: expected a mapping of fields, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k != "monitor"}  # that section is `churnml.monitor`'s
     try:
         return TrainConfig.model_validate(data)
     except Exception as err:  # pydantic's message names the field
@@ -447,6 +449,13 @@ def train_model(
     )  # fmt: skip
     test_mask = table["observation_date"].isin(test_dates).to_numpy()
     p_test = model.predict_proba(table[test_mask])
+    recent = table[
+        table["observation_date"].isin(sorted(table["observation_date"].unique())[-REFERENCE_DATES:])
+    ]
+    model.profile = fit_population_profile(  # what drift is measured against (`churnml monitor`)
+        recent, fs, model.predict_proba(recent), recent["churned"].to_numpy(int),
+        unseen=recent["observation_date"].isin(test_dates).to_numpy(),
+    )
     mrr = table.loc[test_mask, "mrr"].to_numpy(float) if "mrr" in table else None
     test_metrics = churn_metrics(y_all[test_mask], p_test, mrr, config.capacity)
     test_frame = table.loc[test_mask, ["customer_id", "observation_date", "churned"]].assign(

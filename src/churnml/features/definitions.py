@@ -85,6 +85,9 @@ class Family:
     # what "what changed since the last score" quotes for it: another family of the same type (a
     # trend's 30-day count, an overdue ratio's days since), or itself
     tracked_by: tuple[str, int | None] | None = None
+    # its distribution moves with the calendar by construction (tenure, totals since the account started):
+    # drift monitoring reports it without raising an alarm
+    grows_with_time: bool = False
 
     def columns(self, s: str = "{s}", a: str = "{a}") -> list[str]:
         if self.windows:
@@ -115,7 +118,7 @@ FAMILIES: tuple[Family, ...] = (
            "Days since the last {singular} (empty if there never was one).", "days since the last {singular}",
            say.days_since, "against_type", missing_is="high"),
     Family("count_total", "{s}_count_total", "event", "count", "Number of {plural} since the account started.",
-           "{plural} since the account started", say.count_total, "as_type", missing_is="low"),
+           "{plural} since the account started", say.count_total, "as_type", missing_is="low", grows_with_time=True),
     Family("mean_gap_days", "{s}_mean_gap_days", "event", "days",
            "Typical days between {plural} (first to last, per gap).", "typical days between {plural}",
            say.mean_gap),
@@ -134,7 +137,7 @@ FAMILIES: tuple[Family, ...] = (
            "latest {singular} ({value})", say.amount_last, "either", meanings=_AMOUNT, signed=True),
     Family("amount_sum_total", "{s}_amount_sum_total", "event", "{value}",
            "Total {value} of {plural} since the account started.", "{plural} since the account started ({value})",
-           say.amount_total, "as_type", meanings=_AMOUNT, signed=True),
+           say.amount_total, "as_type", meanings=_AMOUNT, signed=True, grows_with_time=True),
     # scores: the latest and when, the mean, the lowest
     Family("score_last", "{s}_score_last", "event", "score", "The latest {value} given.", "latest {value}",
            say.score_last, "safer", meanings=_SCORE),
@@ -150,17 +153,17 @@ FAMILIES: tuple[Family, ...] = (
            "net change in {value} in the last {w} days", say.net, "up_is", windows=VALUE_WINDOWS,
            meanings=_QUANTITY, signed=True),
     Family("net_change_total", "{s}_net_total", "event", "{value}", "Net change in {value} since the account started.",
-           "net change in {value} since the account started", say.net, "up_is", meanings=_QUANTITY, signed=True),
+           "net change in {value} since the account started", say.net, "up_is", meanings=_QUANTITY, signed=True, grows_with_time=True),
     Family("last_change", "{s}_last_change", "event", "{value}", "Change in {value} of the latest {singular}.",
            "latest change in {value}", say.last_change, "up_is", meanings=_QUANTITY, signed=True),
     # identifiers and categories: how many different ones
     Family("distinct", "{s}_distinct_{w}d", "event", "count", "Number of {distinct} in the last {w} days.",
            "{distinct} in the last {w} days", say.distinct, "as_type", windows=VALUE_WINDOWS, meanings=_DISTINCT),
     Family("distinct_total", "{s}_distinct_total", "event", "count", "Number of {distinct} since the account started.",
-           "{distinct} since the account started", say.distinct, "as_type", meanings=_DISTINCT),
+           "{distinct} since the account started", say.distinct, "as_type", meanings=_DISTINCT, grows_with_time=True),
     # the account as of the date
     Family("tenure_days", "tenure_days", "account", "days", "Days since the account started.", "account age",
-           say.tenure, group="context", context=True, actionable=False),
+           say.tenure, group="context", context=True, actionable=False, grows_with_time=True),
     Family("active_days_30d", "active_days_30d", "account", "days", "Days with any activity in the last 30 days.",
            "active days in the last 30 days", say.account_active_days, "safer",
            group="usage", actionable=True),

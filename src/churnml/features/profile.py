@@ -1,0 +1,209 @@
+"""The training population as drift is measured against it: fixed bins, shares, missing rates, volumes.
+
+Fitted when a model is trained, on every row of its latest labelled dates (churners included: drift is
+about who is scored, not who stayed), and saved with the model, so `churnml monitor` compares a later
+population with what the model learnt from, wherever the model is served:
+
+- numbers: up to `BINS` bins cut at the reference's quantiles, plus a bin for missing values; the bins are
+  fixed here, so a later population is counted in the same bins (tools that re-bin per sample drift with
+  it); categories: the reference's levels, plus "other" for levels it never saw; the calibrated churn
+  probability binned like a number (prediction drift);
+- how much each of those moved **between the reference's own dates** (PSI or JS of each date against the
+  pooled dates, and each date's missing rate): a business is not a stationary sample (a quarterly NPS
+  survey wave, onboarding cohorts), and what it did month to month while the model was right is not drift;
+- per event type, the mean events per account in the last 30 days, on each date (volume);
+- a recalibration of the probabilities on the latest labelled date, whose outcome is known: performance
+  estimated from probabilities (CBPE) needs them calibrated on the population the model is scored on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from churnml.features.definitions import TREND, column_name, slug
+from churnml.features.sets import FeatureSet
+
+__all__ = [
+    "BINS", "PREDICTION", "REFERENCE_DATES", "ColumnProfile", "PopulationProfile", "fit_population_profile",
+    "js_distance", "psi", "volume_columns",
+]  # fmt: skip
+
+BINS = 10
+PREDICTION = "__prediction__"
+REFERENCE_DATES = 6  # latest labelled dates pooled as the reference (two quarters of monthly dates)
+EPS = 1e-4  # smoothing of empty bins (PSI and JS take logs)
+
+
+def _smooth(shares: np.ndarray) -> np.ndarray:
+    shares = np.asarray(shares, float) + EPS
+    return shares / shares.sum(axis=-1, keepdims=True)
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Population stability index of each row of ``current`` against ``reference`` (shares per bin)."""
+    p, q = _smooth(reference), _smooth(current)
+    return np.sum((q - p) * np.log(q / p), axis=-1)
+
+
+def js_distance(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon distance (the square root of the divergence, base 2: 0 to 1)."""
+    p, q = _smooth(reference), _smooth(current)
+    m = (p + q) / 2
+    divergence = 0.5 * np.sum(p * np.log2(p / m), axis=-1) + 0.5 * np.sum(q * np.log2(q / m), axis=-1)
+    return np.sqrt(np.maximum(divergence, 0.0))
+
+
+@dataclass(frozen=True)
+class ColumnProfile:
+    """One column's reference distribution over fixed bins (numbers) or levels (categories)."""
+
+    edges: tuple[float, ...] = ()  # inner cut points of the number bins
+    levels: tuple[str, ...] = ()  # categories, most common first; then "other"
+    shares: tuple[float, ...] = ()  # per bin or level (and other), then missing
+    missing: float = 0.0
+    between: tuple[float, ...] = ()  # the statistic (PSI or JS) of each reference date against the pool
+    missing_between: tuple[float, ...] = ()  # each reference date's missing rate
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.levels)
+
+    def counts(self, values: pd.Series) -> np.ndarray:
+        """How many of ``values`` fall in each bin (or level, other, missing)."""
+        if self.categorical:
+            missing = values.isna().to_numpy()
+            codes = (
+                pd.Index(list(self.levels)).get_indexer(values.astype("string").fillna("")).astype(np.int64)
+            )
+            codes = np.where(codes < 0, len(self.levels), codes)  # a level never seen: "other"
+            codes[missing] = len(self.levels) + 1
+            return np.bincount(codes, minlength=len(self.levels) + 2).astype(float)
+        x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        missing = np.isnan(x)
+        bins = np.searchsorted(np.asarray(self.edges), x[~missing], side="right")
+        counts = np.bincount(bins, minlength=len(self.edges) + 1).astype(float)
+        return np.append(counts, missing.sum())
+
+    def statistic(self, values: pd.Series) -> float:
+        """PSI (numbers) or JS distance (categories) of ``values`` against the reference."""
+        counts = self.counts(values)
+        current = counts / max(counts.sum(), 1.0)
+        return float((js_distance if self.categorical else psi)(np.asarray(self.shares), current))
+
+    def new_levels(self, values: pd.Series, min_share: float = 0.01) -> dict[str, float]:
+        """Levels the reference never saw, with their share (from ``min_share``)."""
+        if not self.categorical or values.empty:
+            return {}
+        shares = values.dropna().astype(str).value_counts() / len(values)
+        return {str(k): float(v) for k, v in shares.items() if k not in self.levels and v >= min_share}
+
+    @classmethod
+    def fit(cls, values: pd.Series, dates: np.ndarray, categorical: bool) -> ColumnProfile:
+        """Bins (or levels) and shares of the pooled values, and how each date stood against them."""
+        if categorical:
+            levels = tuple(str(v) for v in values.dropna().astype(str).value_counts().index[:50])
+            shape = cls(levels=levels or ("",))
+        else:
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            present = x[~np.isnan(x)]
+            cuts = np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]) if len(present) else []
+            shape = cls(edges=tuple(float(e) for e in np.unique(cuts)))
+        counts = shape.counts(values)
+        total = max(counts.sum(), 1.0)
+        stat = js_distance if categorical else psi
+        between, missing = [], []
+        if len(np.unique(dates)) > 1:  # each date against the other dates pooled (left out: out of sample)
+            for d in np.unique(dates):
+                own = shape.counts(values[dates == d])
+                rest = counts - own
+                between.append(float(stat(rest / max(rest.sum(), 1.0), own / max(own.sum(), 1.0))))
+                missing.append(float(own[-1] / max(own.sum(), 1.0)))
+        return cls(shape.edges, shape.levels, tuple(float(c / total) for c in counts), float(counts[-1] / total),
+                   tuple(between), tuple(missing))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PopulationProfile:
+    """Every feature column's reference, the prediction's, event types and volumes, and a recalibration."""
+
+    columns: dict[str, ColumnProfile]
+    rows: int
+    date: str  # the reference's dates
+    event_types: tuple[str, ...] = ()
+    volume: dict[str, tuple[float, ...]] | None = (
+        None  # event type -> its mean 30-day count per account, per date
+    )
+    calibration: tuple[float, float] = (1.0, 0.0)  # slope and intercept on the logit of the probability
+
+    def recalibrate(self, p: np.ndarray) -> np.ndarray:
+        """The probabilities recalibrated on the reference's latest date (for performance estimates)."""
+        p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+        a, b = self.calibration
+        return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "date": self.date, "event_types": list(self.event_types),
+                "volume": {t: list(v) for t, v in (self.volume or {}).items()}, "calibration": list(self.calibration),
+                "columns": {c: {"edges": list(p.edges), "levels": list(p.levels), "shares": list(p.shares),
+                                "missing": p.missing, "between": list(p.between),
+                                "missing_between": list(p.missing_between)} for c, p in self.columns.items()}}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PopulationProfile:
+        def floats(values: object) -> tuple[float, ...]:
+            return tuple(float(v) for v in (values or ()))  # type: ignore[union-attr]
+
+        columns = {
+            c: ColumnProfile(floats(p.get("edges")), tuple(str(v) for v in p.get("levels", ())), floats(p.get("shares")),
+                             float(p.get("missing", 0.0)), floats(p.get("between")), floats(p.get("missing_between")))
+            for c, p in data.get("columns", {}).items()
+        }  # fmt: skip
+        volume = {str(t): floats(v) for t, v in (data.get("volume") or {}).items()}
+        a, b = data.get("calibration") or (1.0, 0.0)
+        return cls(columns, int(data.get("rows", 0)), str(data.get("date", "")), tuple(data.get("event_types", ())),
+                   volume, (float(a), float(b)))  # fmt: skip
+
+
+def volume_columns(fs: FeatureSet) -> dict[str, str]:
+    """Each event type's 30-day count column: its volume per account."""
+    return {t: column_name("count_window", slug(t), TREND) for t in fs.event_types}
+
+
+def _calibration(probability: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling of the probabilities on labelled rows: (slope, intercept) on their logit."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels, int)
+    if len(np.unique(y)) < 2:
+        return 1.0, 0.0
+    p = np.clip(np.asarray(probability, float), 1e-6, 1 - 1e-6)
+    fit = LogisticRegression(C=1e6).fit(np.log(p / (1 - p)).reshape(-1, 1), y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def fit_population_profile(
+    rows: pd.DataFrame, fs: FeatureSet, probability: np.ndarray, labels: np.ndarray | None = None
+) -> PopulationProfile:
+    """The profile of a model's reference rows (its latest labelled dates) and their probabilities;
+    ``labels`` of the latest date recalibrate the probabilities for performance estimates."""
+    dates = rows["observation_date"].to_numpy() if "observation_date" in rows else np.zeros(len(rows))
+    columns = {c: ColumnProfile.fit(rows[c], dates, c in fs.categorical_columns) for c in fs.columns}
+    columns[PREDICTION] = ColumnProfile.fit(pd.Series(probability, index=rows.index), dates, False)
+    volume = {}
+    for t, col in volume_columns(fs).items():
+        x = pd.to_numeric(rows[col], errors="coerce").fillna(0.0)
+        volume[t] = tuple(float(x[dates == d].mean()) for d in np.unique(dates))
+    latest = dates == dates.max() if len(dates) else np.zeros(0, bool)
+    probability = np.asarray(probability, float)
+    calibration = (
+        _calibration(probability[latest], np.asarray(labels)[latest]) if labels is not None else (1.0, 0.0)
+    )
+    span = (
+        f"{pd.Timestamp(dates.min()).date()} to {pd.Timestamp(dates.max()).date()}"
+        if "observation_date" in rows
+        else ""
+    )
+    return PopulationProfile(columns, len(rows), span, tuple(fs.event_types), volume, calibration)
