@@ -453,7 +453,10 @@ def train_model(
         table["observation_date"].isin(sorted(table["observation_date"].unique())[-REFERENCE_DATES:])
     ]
     model.profile = fit_population_profile(  # what drift is measured against (`churnml monitor`)
-        recent, fs, model.predict_proba(recent), recent["churned"].to_numpy(int),
+        recent,
+        fs,
+        model.predict_proba(recent),
+        recent["churned"].to_numpy(int),
         unseen=recent["observation_date"].isin(test_dates).to_numpy(),
     )
     mrr = table.loc[test_mask, "mrr"].to_numpy(float) if "mrr" in table else None
