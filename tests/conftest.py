@@ -337,8 +337,11 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def served(champion_home: Path) -> Iterator[Server]:
-    """The real service for the champion model, with token auth on (token 'test-token')."""
-    server = start_server(champion_home, token="test-token", **RISK_ENV)
+    """The real service for the champion model, with token auth on (token 'test-token').
+
+    Several test modules send it a wrong credential on purpose; the lockout (5 by default) has its own
+    servers in tests/reliability, so here it allows more before it answers 429."""
+    server = start_server(champion_home, token="test-token", CHURNML_AUTH_ATTEMPTS="50", **RISK_ENV)
     if server.process.poll() is not None:
         raise RuntimeError(f"service exited:\n{server.log()[-3000:]}")
     yield server

@@ -497,22 +497,22 @@ def serve_command(
     settings = _settings()
     env = _serving_env(settings)
     os.environ.update(env)
-    from churnml.serve import import_registered_model
+    from churnml.service import import_registered_model
 
     try:
         tag = model_tag or import_registered_model(settings)
     except (RuntimeError, LookupError, ValueError) as err:
         raise _fail(str(err)) from None
+    if settings.api_token is not None and len(settings.api_token) < 24:
+        log.warning("CHURNML_API_TOKEN has %d characters: use a long random one (`churnml users add` "
+                    "makes 43-character tokens)", len(settings.api_token))  # fmt: skip
     env |= {"CHURNML_BENTO_MODEL": tag, "CHURNML_SERVE_WORKERS": str(workers)}
     console.print(f"serving {tag} on http://{host}:{port} (pages: http://{host}:{port}/ui/)", highlight=False)
     sys.stdout.flush()
-    argv = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService", "--host", host,
-            "--port", str(port), "--working-dir", str(_repo_root())]  # fmt: skip
+    # the service module is in the installed package: no checkout needed, CHURNML_HOME as working dir
+    argv = [sys.executable, "-m", "bentoml", "serve", "churnml.service.bento:ChurnService", "--host", host,
+            "--port", str(port), "--working-dir", str(settings.home)]  # fmt: skip
     os.execve(sys.executable, argv, {**os.environ, **env})
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def _serving_env(settings: Settings) -> dict[str, str]:
@@ -521,7 +521,6 @@ def _serving_env(settings: Settings) -> dict[str, str]:
         "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(settings.bentoml_home)),
         "CHURNML_HOME": str(settings.home),
         "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(_repo_root()), os.environ.get("PYTHONPATH", "")) if p),
     }
 
 

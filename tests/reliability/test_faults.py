@@ -189,7 +189,7 @@ def _worker_pids(server_pid: int) -> list[int]:
 
 _IMPORT = """
 from churnml.config import Settings
-from churnml.serve import import_registered_model
+from churnml.service import import_registered_model
 print(import_registered_model(Settings.from_env()))
 """
 
