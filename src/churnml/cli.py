@@ -524,6 +524,48 @@ def _serving_env(settings: Settings) -> dict[str, str]:
     }
 
 
+users_app = typer.Typer(help="Named users of the service and its pages, each with their own token.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(users_app, name="users")
+
+
+def _user_store():  # noqa: ANN202
+    from churnml.service.users import UserStore
+
+    return UserStore(_settings().users_path)
+
+
+@users_app.command("add")
+def users_add_command(
+    name: Annotated[str, typer.Argument(help="Who the token is for (letters, digits, . _ @ -).")],
+    replace: Annotated[bool, typer.Option(help="Issue a new token to an existing user.")] = False,
+) -> None:
+    """Create a user and print their token (shown once; only its SHA-256 is stored)."""
+    store = _user_store()
+    try:
+        token = store.add(name, replace=replace)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    err_console.print(f"user {name} added to {store.path}; give them this token (it is not shown again):",
+                      highlight=False)  # fmt: skip
+    console.print(token, highlight=False, soft_wrap=True)
+
+
+@users_app.command("list")
+def users_list_command() -> None:
+    """The users and when their tokens were issued."""
+    for user in _user_store().users():
+        console.print(f"{user.name}  {user.created}", highlight=False)
+
+
+@users_app.command("remove")
+def users_remove_command(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove a user: their token and page sessions stop working at once."""
+    if not _user_store().remove(name):
+        raise _fail(f"no user {name!r}")
+    console.print(f"removed user {name}", highlight=False)
+
+
 @app.command("run")
 def run_command(
     customers: Annotated[int, typer.Option(min=1)] = 2_000,
