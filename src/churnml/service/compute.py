@@ -39,9 +39,6 @@ class Stop:
     def set(self) -> None:
         self._event.set()
 
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
     def check(self) -> None:
         """Raise :class:`RequestEnded` if the request has ended (call between steps of long work)."""
         if self._event.is_set():

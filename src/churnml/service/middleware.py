@@ -231,9 +231,13 @@ _ERRORS = {
 def fix_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     """Describe the errors the service really returns (BentoML documents ``detail`` as a string), and
     say what the service is rather than which framework version runs it."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    spec["info"] = {"title": "churnml churn prediction API", "version": version("churnml"),
+    try:
+        release = version("churnml")
+    except PackageNotFoundError:  # a bento runs the package from its source folder, not installed
+        release = "unreleased"
+    spec["info"] = {"title": "churnml churn prediction API", "version": release,
                     "description": "Churn probability, risk tier and reasons per customer (see README)."}  # fmt: skip
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["InvalidArgument"] = _ERROR_SCHEMA
