@@ -92,22 +92,31 @@ class HTTPMetrics:
             return await self.app(scope, receive, send)
         if scope.get("path") == "/metrics":
             return await self._serve(send)
-        route, began, status = self.routes(scope.get("path", "")), time.perf_counter(), 0
+        route, method, began = (
+            self.routes(scope.get("path", "")),
+            scope.get("method", ""),
+            time.perf_counter(),
+        )
+        status, recorded = 0, False
 
-        async def without_server_header(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+        async def counted(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, recorded
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not recorded:
+                recorded = True  # counted before the last byte leaves: a client sees its request in /metrics
+                self._record(route, method, status, time.perf_counter() - began)
             await send(message)
 
         try:
-            await self.app(scope, receive, without_server_header)
+            await self.app(scope, receive, counted)
         except anyio.get_cancelled_exc_class():
             status = status or 504  # cancelled by the request timeout, which answers 504
             raise
         finally:
-            self._record(route, scope.get("method", ""), status or 500, time.perf_counter() - began)
+            if not recorded:
+                self._record(route, method, status or 500, time.perf_counter() - began)
 
     def render(self) -> bytes:
         """The Prometheus text, at most ``max_bytes`` (cut at a line)."""
