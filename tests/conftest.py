@@ -230,6 +230,13 @@ def service_env(home: Path, **extra: str) -> dict[str, str]:
             "BENTOML_DO_NOT_TRACK": "True", "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB", **extra}  # fmt: skip
 
 
+def own_bentoml_home(folder: Path) -> dict[str, str]:
+    """Environment giving a server started beside ``served`` a BentoML store of its own (it imports the
+    champion into it): BentoML keeps the Prometheus files of /metrics in BENTOML_HOME and empties them
+    when a server starts, which would leave the running one's /metrics blank."""
+    return {"BENTOML_HOME": str(folder / "bentoml")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,7 +67,7 @@ def test_serve_runs_from_an_installed_wheel_without_the_checkout(
     home = tmp_path_factory.mktemp("wheel-home")
     (home / "reports").symlink_to(champion_home / "reports")
     env = {k: v for k, v in service_env(home).items() if k != "PYTHONPATH"}
-    env |= {"BENTOML_HOME": str(champion_home / "bentoml"), "MLFLOW_TRACKING_URI": home_store(champion_home)}
+    env["MLFLOW_TRACKING_URI"] = home_store(champion_home)  # the champion, imported into this home's store
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import churnml.service.bento as b; print(b.__file__)"],
                            env=env, cwd=home, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert where.stdout.startswith(str(site)), (where.stdout, where.stderr[-2000:])

@@ -29,10 +29,10 @@ CHURNML = str(Path(sys.executable).parent / "churnml")
 
 
 def _start(champion_home: Path, home: Path, **env: str) -> Server:
-    """A service with a home of its own (users, session key) that serves the champion and its scores."""
+    """A service with a home of its own (users, session key, BentoML store) serving the champion and its scores."""
     (home / "reports").symlink_to(champion_home / "reports")
-    server = start_server(home, token=TOKEN, BENTOML_HOME=str(champion_home / "bentoml"),
-                          MLFLOW_TRACKING_URI=home_store(champion_home), **env, **RISK_ENV)  # fmt: skip
+    # its own BentoML store (see own_bentoml_home), the champion imported from champion_home's registry
+    server = start_server(home, token=TOKEN, MLFLOW_TRACKING_URI=home_store(champion_home), **env, **RISK_ENV)
     assert server.process.poll() is None, server.log()[-3000:]
     return server
 

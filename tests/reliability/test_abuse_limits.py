@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import RISK_ENV, Server, start_server, stop_server
+from tests.conftest import RISK_ENV, Server, own_bentoml_home, start_server, stop_server
 from tests.reliability.attacks import ReadyProbe, chunked, raw_request
 from tests.test_serving import feature_record
 
@@ -29,10 +29,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def limited(champion_home: Path) -> Iterator[Server]:
+def limited(champion_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(champion_home, token=TOKEN, CHURNML_MAX_BODY_BYTES=str(16 * MiB), CHURNML_BODY_TIMEOUT="1",
                           CHURNML_HEADER_TIMEOUT="1", CHURNML_MAX_INFLIGHT="4", CHURNML_REQUEST_TIMEOUT="2",
-                          **RISK_ENV)  # fmt: skip
+                          **own_bentoml_home(tmp_path_factory.mktemp("limited")), **RISK_ENV)  # fmt: skip
     assert server.process.poll() is None, server.log()[-3000:]
     yield server
     stop_server(server)
