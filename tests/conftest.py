@@ -230,6 +230,13 @@ def service_env(home: Path, **extra: str) -> dict[str, str]:
             "BENTOML_DO_NOT_TRACK": "True", "CHURNML_DUCKDB_MEMORY_LIMIT": "1GB", **extra}  # fmt: skip
 
 
+def own_bentoml_home(folder: Path) -> dict[str, str]:
+    """Environment giving a server started beside ``served`` a BentoML store of its own (it imports the
+    champion into it): BentoML keeps the Prometheus files of /metrics in BENTOML_HOME and empties them
+    when a server starts, which would leave the running one's /metrics blank."""
+    return {"BENTOML_HOME": str(folder / "bentoml")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -337,8 +344,11 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def served(champion_home: Path) -> Iterator[Server]:
-    """The real service for the champion model, with token auth on (token 'test-token')."""
-    server = start_server(champion_home, token="test-token", **RISK_ENV)
+    """The real service for the champion model, with token auth on (token 'test-token').
+
+    Several test modules send it a wrong credential on purpose; the lockout (5 by default) has its own
+    servers in tests/reliability, so here it allows more before it answers 429."""
+    server = start_server(champion_home, token="test-token", CHURNML_AUTH_ATTEMPTS="50", **RISK_ENV)
     if server.process.poll() is not None:
         raise RuntimeError(f"service exited:\n{server.log()[-3000:]}")
     yield server

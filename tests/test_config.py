@@ -29,6 +29,29 @@ def test_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert (s.risk_high, s.risk_medium, s.max_inflight) == (0.25, 0.05, 8)
 
 
+def test_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "CHURNML_TRUSTED_PROXIES",
+        "CHURNML_AUTH_ATTEMPTS",
+        "CHURNML_MAX_BODY_BYTES",
+        "CHURNML_ACCESS_LOG",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.trusted_proxies, s.auth_attempts, s.max_body_bytes, s.access_log) == (
+        (),
+        5,
+        64 * 1024 * 1024,
+        False,
+    )
+    monkeypatch.setenv("CHURNML_TRUSTED_PROXIES", " 10.0.0.0/8 , ::1,192.0.2.7")
+    monkeypatch.setenv("CHURNML_AUTH_ATTEMPTS", "3")
+    monkeypatch.setenv("CHURNML_ACCESS_LOG", "1")
+    s = Settings.from_env()
+    assert (s.trusted_proxies, s.auth_attempts, s.access_log) == (("10.0.0.0/8", "::1", "192.0.2.7"), 3, True)
+    assert "secret" not in repr(Settings(session_secret="secret", api_token="secret"))
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -39,6 +62,12 @@ def test_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         ({"CHURNML_MAX_INFLIGHT": "2.5"}, "CHURNML_MAX_INFLIGHT: expected an integer, got '2.5'"),
         ({"CHURNML_MAX_INFLIGHT": "0"}, "CHURNML_MAX_INFLIGHT: expected an integer >= 1"),
         ({"CHURNML_DUCKDB_THREADS": "-1"}, "CHURNML_DUCKDB_THREADS: expected an integer >= 1"),
+        (
+            {"CHURNML_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"},
+            "CHURNML_TRUSTED_PROXIES: expected IP addresses",
+        ),
+        ({"CHURNML_COMPUTE_THREADS": "0"}, "CHURNML_COMPUTE_THREADS: expected an integer >= 1"),
+        ({"CHURNML_BODY_TIMEOUT": "soon"}, "CHURNML_BODY_TIMEOUT: expected a number, got 'soon'"),
     ],
 )
 def test_malformed_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict, message: str) -> None:

@@ -23,7 +23,8 @@ import pytest
 
 from churnml import charts
 from churnml.config import Settings
-from churnml.pages import PUBLIC_PATHS, TOKEN_COOKIE, LoginThrottle, create_pages_app, open_workspace
+from churnml.pages import PUBLIC_PATHS, create_pages_app, open_workspace
+from churnml.service.sessions import CSRF_COOKIE, SESSION_COOKIE
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -421,21 +422,37 @@ def secured(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Callable:
     return lambda: make_client(create_pages_app(), follow_redirects=False)
 
 
-def test_login_sets_an_httponly_strict_cookie_that_opens_the_pages(secured: Callable) -> None:
+def form_csrf(html: str) -> str:
+    """The CSRF token a page's form carries."""
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def sign_in(c: TestClient, token: str, target: str = "/ui/", **headers: str):  # noqa: ANN201
+    """Through the form, as a browser does: load it (CSRF cookie and field), then post it."""
+    csrf = form_csrf(c.get(f"/ui/login?next={target}").text)
+    return c.post("/ui/login", data={"token": token, "next": target, "csrf": csrf}, headers=headers)
+
+
+def test_login_sets_a_signed_session_cookie_not_the_token(secured: Callable) -> None:
     c = secured()
     assert PUBLIC_PATHS == ("/ui/login",)
     form = c.get("/ui/login?next=/ui/overview")
     assert form.status_code == 200 and 'type="password" name="token"' in form.text
     assert 'name="next" value="/ui/overview"' in form.text
-    r = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/overview"})
+    assert f"{CSRF_COOKIE}=" in form.headers["set-cookie"]
+    r = sign_in(c, TOKEN, "/ui/overview")
     assert r.status_code == 303 and r.headers["location"] == "/ui/overview"
-    cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};")
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}="))
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert TOKEN not in value and "." in value  # a signed session id, not the token
     for attribute in ("HttpOnly", "SameSite=strict", "Path=/ui", "Max-Age="):
         assert attribute in cookie
-    assert c.get("/ui/overview").status_code == 200  # the client now sends the cookie
-    out = c.post("/ui/logout")
-    assert out.status_code == 303 and f'{TOKEN_COOKIE}=""' in out.headers["set-cookie"]
+    page = c.get("/ui/overview")  # the client now sends the cookie
+    assert page.status_code == 200 and "Signed in as application token" in page.text
+    out = c.post("/ui/logout", data={"csrf": form_csrf(page.text)})
+    assert out.status_code == 303 and f'{SESSION_COOKIE}=""' in out.headers["set-cookie"]
+    c.cookies.set(SESSION_COOKIE, value)  # the signed-out session, replayed: dead
+    assert c.get("/ui/overview").status_code == 401
 
 
 def test_without_a_configured_token_there_is_nothing_to_sign_in_to(client: TestClient) -> None:
@@ -446,33 +463,55 @@ def test_without_a_configured_token_there_is_nothing_to_sign_in_to(client: TestC
 
 def test_wrong_or_missing_token_is_refused(secured: Callable) -> None:
     c = secured()
-    r = c.post("/ui/login", data={"token": "guess", "next": "/ui/"})
-    assert r.status_code == 401 and "set-cookie" not in r.headers and "That token is not right" in r.text
+    r = sign_in(c, "guess")
+    assert r.status_code == 401 and SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    assert "That token is not right" in r.text
     assert c.get("/ui/", headers={"accept": "application/json"}).status_code == 401
     browser = c.get("/ui/accounts/C0001?x=1", headers={"accept": "text/html"})
     assert browser.status_code == 303
     assert browser.headers["location"] == "/ui/login?next=%2Fui%2Faccounts%2FC0001%3Fx%3D1"
-    c.cookies.set(TOKEN_COOKIE, "guess")
+    c.cookies.set(SESSION_COOKIE, "guess.guess")
+    assert c.get("/ui/export.csv").status_code == 401
+    c.cookies.set(SESSION_COOKIE, TOKEN)  # the token itself is no session
     assert c.get("/ui/export.csv").status_code == 401
     assert c.get("/ui/", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200  # API clients
     # after login, only a path inside the pages: never another site
     for target in ("https://evil.example/", "//evil.example/ui/", "/elsewhere"):
-        r = secured().post("/ui/login", data={"token": TOKEN, "next": target})
+        r = sign_in(secured(), TOKEN, target)
         assert r.headers["location"] == "/ui/", target
 
 
-def test_repeated_wrong_tokens_lock_the_login_for_a_while(
+def test_sign_in_and_out_refuse_forms_from_other_sites(secured: Callable) -> None:
+    c = secured()
+    csrf = form_csrf(c.get("/ui/login").text)
+    no_token = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/"})
+    assert no_token.status_code == 403 and SESSION_COOKIE not in no_token.headers.get("set-cookie", "")
+    forged = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/", "csrf": "x" + csrf[1:]})
+    assert forged.status_code == 403
+    elsewhere = sign_in(c, TOKEN, origin="https://evil.example")
+    assert elsewhere.status_code == 403 and SESSION_COOKIE not in elsewhere.headers.get("set-cookie", "")
+    assert sign_in(c, TOKEN).status_code == 303
+    assert c.post("/ui/logout", data={}).status_code == 403  # no CSRF token: still signed in
+    assert c.post("/ui/logout", data={"csrf": "guess"}).status_code == 403
+    assert c.get("/ui/").status_code == 200
+
+
+def test_repeated_wrong_tokens_lock_out_the_client_but_never_the_right_token(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CHURNML_API_TOKEN", TOKEN)
-    c = make_client(create_pages_app(throttle=LoginThrottle(attempts=3, window=1.5)), follow_redirects=False)
+    monkeypatch.setenv("CHURNML_AUTH_ATTEMPTS", "3")
+    monkeypatch.setenv("CHURNML_AUTH_WINDOW", "1.5")
+    c = make_client(create_pages_app(), follow_redirects=False)
     for _ in range(3):
-        assert c.post("/ui/login", data={"token": "guess", "next": "/ui/"}).status_code == 401
-    locked = c.post("/ui/login", data={"token": TOKEN, "next": "/ui/"})  # even the right token waits
-    assert locked.status_code == 429 and "set-cookie" not in locked.headers
+        assert sign_in(c, "guess").status_code == 401
+    locked = sign_in(c, "guess")
+    assert locked.status_code == 429 and SESSION_COOKIE not in locked.headers.get("set-cookie", "")
     assert 1 <= int(locked.headers["retry-after"]) <= 2 and "Too many wrong tokens" in locked.text
+    assert c.get("/ui/", headers={"authorization": "Bearer guess"}).status_code == 429  # every route
+    assert sign_in(c, TOKEN).status_code == 303  # the right token is never locked out
     time.sleep(1.6)
-    assert c.post("/ui/login", data={"token": TOKEN, "next": "/ui/"}).status_code == 303
+    assert sign_in(make_client(create_pages_app(), follow_redirects=False), "guess").status_code == 401
 
 
 # ------------------------------------------------------------------------------------------ charts

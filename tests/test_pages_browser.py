@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from churnml.config import Settings
-from churnml.pages import TOKEN_COOKIE, create_pages_app
+from churnml.pages import create_pages_app
+from churnml.service.sessions import SESSION_COOKIE
 from tests.conftest import free_port
 from tests.test_pages import TOKEN, workspace_tables, write_workspace
 
@@ -152,7 +153,7 @@ def test_clicking_an_account_shows_its_reasons_and_charts(page: Page, site: Page
 
 def test_without_the_token_the_pages_are_blocked(browser: Browser, site: PagesSite) -> None:
     assert httpx.get(f"{site.url}/ui/", timeout=30).status_code == 401
-    forged = httpx.get(f"{site.url}/ui/export.csv", timeout=30, cookies={TOKEN_COOKIE: "guess"})
+    forged = httpx.get(f"{site.url}/ui/export.csv", timeout=30, cookies={SESSION_COOKIE: "guess.guess"})
     assert forged.status_code == 401
     assert site.get("/ui/export.csv").status_code == 200  # the bearer token works for scripts
 
@@ -166,6 +167,20 @@ def test_without_the_token_the_pages_are_blocked(browser: Browser, site: PagesSi
         tab.fill("input[name=token]", "wrong")
         tab.click("button[type=submit]")
         assert "That token is not right" in tab.content()
-        assert not [c for c in context.cookies() if c["name"] == TOKEN_COOKIE]
+        assert not [c for c in context.cookies() if c["name"] == SESSION_COOKIE]
         tab.screenshot(path=str(SCREENSHOTS / "login-refused.png"))
     context.close()
+
+
+def test_the_header_names_who_is_signed_in_and_signing_out_ends_the_session(
+    page: Page, site: PagesSite
+) -> None:
+    assert "Signed in as application token" in page.inner_text("header")
+    session = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+    assert session and site.token not in session[0]["value"]  # a signed session id, never the token
+    page.click("header button[type=submit]")  # Sign out (a form with its CSRF token)
+    page.wait_for_url(re.compile(r".*/ui/login.*"))
+    replayed = httpx.get(f"{site.url}/ui/", timeout=30, cookies={SESSION_COOKIE: session[0]["value"]})
+    assert replayed.status_code == 401  # signed out for good, not only forgotten by this browser
+    response = page.goto(f"{site.url}/ui/overview")
+    assert response.status == 401 or page.url.startswith(f"{site.url}/ui/login")

@@ -621,22 +621,22 @@ def serve_command(
     settings = _settings()
     env = _serving_env(settings)
     os.environ.update(env)
-    from churnml.serve import import_registered_model
+    from churnml.service import import_registered_model
 
     try:
         tag = model_tag or import_registered_model(settings)
     except (RuntimeError, LookupError, ValueError) as err:
         raise _fail(str(err)) from None
+    if settings.api_token is not None and len(settings.api_token) < 24:
+        log.warning("CHURNML_API_TOKEN has %d characters: use a long random one (`churnml users add` "
+                    "makes 43-character tokens)", len(settings.api_token))  # fmt: skip
     env |= {"CHURNML_BENTO_MODEL": tag, "CHURNML_SERVE_WORKERS": str(workers)}
     console.print(f"serving {tag} on http://{host}:{port} (pages: http://{host}:{port}/ui/)", highlight=False)
     sys.stdout.flush()
-    argv = [sys.executable, "-m", "bentoml", "serve", "serving.service:ChurnService", "--host", host,
-            "--port", str(port), "--working-dir", str(_repo_root())]  # fmt: skip
+    # the service module is in the installed package: no checkout needed, CHURNML_HOME as working dir
+    argv = [sys.executable, "-m", "bentoml", "serve", "churnml.service.bento:ChurnService", "--host", host,
+            "--port", str(port), "--working-dir", str(settings.home)]  # fmt: skip
     os.execve(sys.executable, argv, {**os.environ, **env})
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def _serving_env(settings: Settings) -> dict[str, str]:
@@ -645,8 +645,49 @@ def _serving_env(settings: Settings) -> dict[str, str]:
         "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(settings.bentoml_home)),
         "CHURNML_HOME": str(settings.home),
         "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(_repo_root()), os.environ.get("PYTHONPATH", "")) if p),
     }
+
+
+users_app = typer.Typer(help="Named users of the service and its pages, each with their own token.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(users_app, name="users")
+
+
+def _user_store():  # noqa: ANN202
+    from churnml.service.users import UserStore
+
+    return UserStore(_settings().users_path)
+
+
+@users_app.command("add")
+def users_add_command(
+    name: Annotated[str, typer.Argument(help="Who the token is for (letters, digits, . _ @ -).")],
+    replace: Annotated[bool, typer.Option(help="Issue a new token to an existing user.")] = False,
+) -> None:
+    """Create a user and print their token (shown once; only its SHA-256 is stored)."""
+    store = _user_store()
+    try:
+        token = store.add(name, replace=replace)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    err_console.print(f"user {name} added to {store.path}; give them this token (it is not shown again):",
+                      highlight=False)  # fmt: skip
+    console.print(token, highlight=False, soft_wrap=True)
+
+
+@users_app.command("list")
+def users_list_command() -> None:
+    """The users and when their tokens were issued."""
+    for user in _user_store().users():
+        console.print(f"{user.name}  {user.created}", highlight=False)
+
+
+@users_app.command("remove")
+def users_remove_command(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove a user: their token and page sessions stop working at once."""
+    if not _user_store().remove(name):
+        raise _fail(f"no user {name!r}")
+    console.print(f"removed user {name}", highlight=False)
 
 
 @app.command("run")

@@ -35,6 +35,24 @@ class Settings:
     )
     playbook: Path | None = None  # CHURNML_PLAYBOOK: YAML playbook (default: churnml.explain.playbook)
     max_inflight: int = 64  # requests in progress per worker before the service sheds load with 503
+    # the service's limits and authentication (churnml.service): see README "Serving"
+    serve_workers: int = 1  # CHURNML_SERVE_WORKERS: service worker processes
+    access_log: bool = False  # CHURNML_ACCESS_LOG=1: one log line per request
+    request_timeout: int = 30  # CHURNML_REQUEST_TIMEOUT: seconds to the first byte of a response (504)
+    max_body_bytes: int = 64 * 1024 * 1024  # CHURNML_MAX_BODY_BYTES: received bytes, whatever the framing
+    header_timeout: float = 10.0  # CHURNML_HEADER_TIMEOUT: seconds to send the request line and headers
+    body_timeout: float = 20.0  # CHURNML_BODY_TIMEOUT: seconds to send the whole body (408 after)
+    compute_threads: int = 1  # CHURNML_COMPUTE_THREADS: worker threads for large requests, per worker
+    metrics_max_bytes: int = 128 * 1024  # CHURNML_METRICS_MAX_BYTES: /metrics is cut beyond this
+    auth_attempts: int = 5  # CHURNML_AUTH_ATTEMPTS: wrong credentials per client and window before 429
+    auth_window: float = 60.0  # CHURNML_AUTH_WINDOW: seconds
+    trusted_proxies: tuple[
+        str, ...
+    ] = ()  # CHURNML_TRUSTED_PROXIES: addresses/networks whose X-Forwarded-For counts
+    session_secret: str | None = field(
+        default=None, repr=False
+    )  # CHURNML_SESSION_SECRET (default: a key file)
+    session_max_age: int = 12 * 3600  # CHURNML_SESSION_MAX_AGE: seconds a page session lasts
     # risk tiers: the calibrated churn probability (within the model's horizon) from which an account
     # is "high" / "medium" risk. Set them for the business: with a 5% base rate few accounts reach 0.5.
     risk_high: float = 0.5  # CHURNML_RISK_HIGH
@@ -61,6 +79,11 @@ class Settings:
     def bentoml_home(self) -> Path:
         return self.home / "bentoml"
 
+    @property
+    def users_path(self) -> Path:
+        """Named users and the SHA-256 of their tokens (`churnml users`)."""
+        return self.home / "users.json"
+
     @classmethod
     def from_env(cls) -> Settings:
         """Settings from ``CHURNML_*`` variables; a malformed value is a ValueError naming the variable."""
@@ -84,7 +107,43 @@ class Settings:
             max_inflight=_env_number("CHURNML_MAX_INFLIGHT", 64, int, 1),
             risk_high=risk_high,
             risk_medium=risk_medium,
+            **_service_env(),
         )
+
+
+def _service_env() -> dict:
+    """The service's limits and authentication settings from ``CHURNML_*`` variables."""
+    env = os.environ
+    return dict(
+        serve_workers=_env_number("CHURNML_SERVE_WORKERS", 1, int, 1),
+        access_log=env.get("CHURNML_ACCESS_LOG", "0").strip() == "1",
+        request_timeout=_env_number("CHURNML_REQUEST_TIMEOUT", 30, int, 1),
+        max_body_bytes=_env_number("CHURNML_MAX_BODY_BYTES", 64 * 1024 * 1024, int, 1024),
+        header_timeout=_env_number("CHURNML_HEADER_TIMEOUT", 10.0, float, 0.1),
+        body_timeout=_env_number("CHURNML_BODY_TIMEOUT", 20.0, float, 0.1),
+        compute_threads=_env_number("CHURNML_COMPUTE_THREADS", 1, int, 1),
+        metrics_max_bytes=_env_number("CHURNML_METRICS_MAX_BYTES", 128 * 1024, int, 16 * 1024),
+        auth_attempts=_env_number("CHURNML_AUTH_ATTEMPTS", 5, int, 1),
+        auth_window=_env_number("CHURNML_AUTH_WINDOW", 60.0, float, 0.1),
+        trusted_proxies=_networks("CHURNML_TRUSTED_PROXIES"),
+        session_secret=env.get("CHURNML_SESSION_SECRET") or None,
+        session_max_age=_env_number("CHURNML_SESSION_MAX_AGE", 12 * 3600, int, 60),
+    )
+
+
+def _networks(name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (``10.0.0.0/8``), each checked."""
+    import ipaddress
+
+    parts = [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{name}: expected IP addresses or networks (10.0.0.0/8), got {part!r}"
+            ) from None
+    return tuple(parts)
 
 
 def _env_number(name: str, default: float, kind: type, minimum: float | None = None):  # noqa: ANN202

@@ -6,22 +6,20 @@ read-only per request: a re-score replaces the file atomically, so the next requ
 scores and a request in flight keeps the file it opened. Pages are rendered on the server (Jinja2,
 autoescaped) with matplotlib SVG charts and need no JavaScript or external network.
 
-Auth: the service middleware checks ``Authorization: Bearer <token>``. Browsers cannot send that
-header on navigation, so ``/login`` exchanges the token for an HttpOnly, SameSite=Strict cookie
-(:data:`TOKEN_COOKIE`). The app checks the same token itself too, so it is never served
-unprotected wherever it is mounted.
+Auth is :mod:`churnml.service.auth`, shared with the API: ``Authorization: Bearer <token>`` or a
+page session. Browsers cannot send that header on navigation, so ``/login`` exchanges a token for a
+signed, expiring session cookie (:mod:`churnml.service.sessions`); sign-in and sign-out forms carry a
+CSRF token and refuse other sites' origins. The app checks credentials itself too, so it is never
+served unprotected wherever it is mounted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hmac
 import io
 import logging
 import math
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,27 +31,25 @@ from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from churnml import charts
 from churnml.config import Settings
 from churnml.engine import connect, quote_literal
+from churnml.service.auth import Authenticator, AuthMiddleware
+from churnml.service.signin import SignIn, signed_in_context
 
 __all__ = [
     "DEFAULT_CAPACITY",
     "PAGE_SIZE",
     "PUBLIC_PATHS",
-    "TOKEN_COOKIE",
     "RiskFilters",
     "WorkspaceMissing",
     "account",
     "create_pages_app",
-    "LoginThrottle",
     "export_rows",
-    "has_valid_token",
     "open_workspace",
     "overview",
     "parse_list_params",
@@ -62,12 +58,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOKEN_COOKIE = "churnml_token"
 PUBLIC_PATHS = ("/ui/login",)  # full paths in the service: the middleware lets these through without a token
 PAGE_SIZE = 100  # rows per page of the risk list: 200k accounts must not render at once
 DEFAULT_CAPACITY = 20  # accounts a CSM team can call in a week, until they say otherwise
 MAX_CAPACITY = 1_000_000
-COOKIE_MAX_AGE = 12 * 3600  # a working day: a forgotten browser does not stay signed in for ever
 TIERS = ("high", "medium", "low")
 
 # Pages hold customer data and run no scripts: forbid scripts outright, keep them out of frames and caches.
@@ -407,46 +401,6 @@ def cohort_table(cohorts: list[dict[str, Any]]) -> tuple[list[int], list[dict[st
 # ------------------------------------------------------------------------------------------ auth
 
 
-def has_valid_token(scope: Scope, token: str) -> bool:
-    """True if the request carries ``token`` as ``Authorization: Bearer`` or in the :data:`TOKEN_COOKIE` cookie."""
-    connection = HTTPConnection(scope)
-    scheme, _, credential = connection.headers.get("authorization", "").partition(" ")
-    expected = token.encode()
-    if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), expected):
-        return True
-    cookie = connection.cookies.get(TOKEN_COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), expected)
-
-
-def _relative_path(scope: Scope) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] or "/" if root and path.startswith(root) else path
-
-
-class _RequireToken:
-    """Token check inside the pages app (the service checks too): login is open, the rest is not."""
-
-    def __init__(self, app: ASGIApp, settings: Settings | None) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        token = _settings(self.settings).api_token
-        if token is None or _relative_path(scope) == "/login" or has_valid_token(scope, token):
-            return await self.app(scope, receive, send)
-        request = Request(scope)
-        if "text/html" in request.headers.get("accept", ""):
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            login = f"{_base(request)}/login?{urlencode({'next': target})}"
-            response: Response = RedirectResponse(login, status_code=303)
-        else:
-            response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"}, 401,
-                                    headers={"WWW-Authenticate": 'Bearer realm="churnml"'})  # fmt: skip
-        await response(scope, receive, send)
-
-
 def _safe_next(request: Request, target: str) -> str:
     """Where to go after login: only a path inside these pages (never another site)."""
     base = _base(request)
@@ -481,48 +435,12 @@ def _environment():  # noqa: ANN202 - jinja2 stays an implementation detail
     return env
 
 
-class LoginThrottle:
-    """At most ``attempts`` wrong tokens per client address in ``window`` seconds; then 429 until the
-    window passes (right token or not), so the login form cannot be used to guess the token."""
-
-    def __init__(self, attempts: int = 5, window: float = 60.0) -> None:
-        self.attempts, self.window = attempts, window
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> list[float]:
-        kept = [t for t in self._failures.get(client, []) if now - t < self.window]
-        if kept:
-            self._failures[client] = kept
-        else:
-            self._failures.pop(client, None)
-        return kept
-
-    def retry_after(self, client: str) -> int:
-        """Seconds until ``client`` may try again; 0 if it may now."""
-        now = time.monotonic()
-        with self._lock:
-            recent = self._recent(client, now)
-            if len(recent) < self.attempts:
-                return 0
-            return max(1, math.ceil(self.window - (now - recent[0])))
-
-    def failed(self, client: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._failures[client] = [*self._recent(client, now), now]
-            if len(self._failures) > 10_000:  # many addresses: forget the oldest, keep memory bounded
-                oldest = min(self._failures, key=lambda c: self._failures[c][-1])
-                del self._failures[oldest]
-
-
 class _Pages:
     """The route handlers; holds the template environment and, if given, fixed settings."""
 
-    def __init__(self, settings: Settings | None, throttle: LoginThrottle | None = None) -> None:
+    def __init__(self, settings: Settings | None) -> None:
         self.fixed_settings = settings
         self.env = _environment()
-        self.throttle = throttle or LoginThrottle()
         # the overview's charts take most of a second to draw: drawn once per workspace file
         self._overview: tuple[tuple, dict[str, Any]] | None = None
 
@@ -535,12 +453,7 @@ class _Pages:
         return open_workspace(settings.workspace_path, settings)
 
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context = {
-            "base": _base(request),
-            "signed_in": self.settings.api_token is not None,
-            "meta": {},
-            **context,
-        }
+        context = {"base": _base(request), "meta": {}, **signed_in_context(request), **context}
         html = self.env.get_template(template).render(context)
         return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
 
@@ -604,39 +517,6 @@ class _Pages:
                 self._overview = (key, context)
         return self.render(request, "overview.html", **context)
 
-    # ---------------------------------------------------------------------- sign in and out
-
-    async def login(self, request: Request) -> Response:
-        token = self.settings.api_token
-        fields = request.query_params if request.method == "GET" else await request.form()
-        target = _safe_next(request, str(fields.get("next", "")))
-        if token is None:  # no token configured: nothing to sign in to
-            return RedirectResponse(target, status_code=303)
-        if request.method == "GET":
-            return self.render(request, "login.html", next=target, error=None, signed_in=False)
-        client = request.client.host if request.client else "?"
-        wait = self.throttle.retry_after(client)
-        if wait:
-            log.warning("pages: login from %s refused for %d s after repeated wrong tokens", client, wait)
-            response = self.render(request, "login.html", 429, next=target, signed_in=False,
-                                   error=f"Too many wrong tokens. Try again in {wait} seconds.")  # fmt: skip
-            response.headers["Retry-After"] = str(wait)
-            return response
-        if not hmac.compare_digest(str(fields.get("token", "")).encode(), token.encode()):
-            self.throttle.failed(client)
-            log.warning("pages: wrong token at login from %s", client)
-            return self.render(request, "login.html", 401, next=target, error="That token is not right.",
-                               signed_in=False)  # fmt: skip
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE, path=_base(request) or "/", httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
-        return response
-
-    def logout(self, request: Request) -> Response:
-        response = RedirectResponse(f"{_base(request)}/login", status_code=303)
-        response.delete_cookie(TOKEN_COOKIE, path=_base(request) or "/", httponly=True, samesite="strict")
-        return response
-
     # ---------------------------------------------------------------------- errors as pages
 
     async def no_workspace(self, request: Request, exc: Exception) -> Response:
@@ -659,26 +539,31 @@ class _Pages:
         return self.message(request, 404, "Not found", f"There is no page at {request.url.path}.")
 
 
-def create_pages_app(settings: Settings | None = None, throttle: LoginThrottle | None = None) -> Starlette:
+def create_pages_app(
+    settings: Settings | None = None, authenticator: Authenticator | None = None
+) -> Starlette:
     """The pages as an ASGI app, to mount at ``/ui``.
 
     Args:
         settings: fixed settings (tests, embedding); by default ``Settings.from_env()`` is read per
-            request, so the workspace path and token follow the service's environment.
-        throttle: the login limit (default: 5 wrong tokens per address per minute, per worker).
+            request, so the workspace path follows the service's environment.
+        authenticator: who may read the pages; by default the service's (when mounted in it), else one
+            made from the settings at the first request.
     """
-    pages = _Pages(settings, throttle)
+    pages = _Pages(settings)
+    sign_in = SignIn(pages.render, _safe_next)
     routes = [
         Route("/", pages.risk_page, name="risk_list"),
         Route("/export.csv", pages.export_csv, name="export_csv"),
         Route("/accounts/{customer_id:path}", pages.account_page, name="account"),
         Route("/overview", pages.overview_page, name="overview"),
-        Route("/login", pages.login, methods=["GET", "POST"], name="login"),
-        Route("/logout", pages.logout, methods=["POST"], name="logout"),
+        Route("/login", sign_in.login, methods=["GET", "POST"], name="login"),
+        Route("/logout", sign_in.logout, methods=["POST"], name="logout"),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_RequireToken, settings=settings)],
+        middleware=[Middleware(AuthMiddleware, make_auth=authenticator or (lambda: Authenticator.from_settings(
+            _settings(settings))), public=("/login",))],
         exception_handlers={
             WorkspaceMissing: pages.no_workspace, duckdb.Error: pages.unreadable, BadRequest: pages.bad_request,
             HTTPException: pages.http_error,

@@ -30,7 +30,7 @@ from churnml.registry import (
     promotion_lock,
 )
 from churnml.train import TrainConfig
-from tests.conftest import free_port, home_store, service_env, start_server, stop_server
+from tests.conftest import free_port, home_store, own_bentoml_home, service_env, start_server, stop_server
 from tests.test_serving import feature_record
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _worker_pids(server_pid: int) -> list[int]:
 
 _IMPORT = """
 from churnml.config import Settings
-from churnml.serve import import_registered_model
+from churnml.service import import_registered_model
 print(import_registered_model(Settings.from_env()))
 """
 
@@ -220,11 +220,11 @@ def test_imports_started_together_write_the_model_once(champion_home: Path, tmp_
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_under_load(champion_home: Path, trained) -> None:
+def test_a_killed_worker_is_replaced_under_load(champion_home: Path, trained, tmp_path: Path) -> None:
     table, _, result = trained
     record = feature_record(table, 0, result.model.feature_names)
     body = {"customers": [{"customer_id": "load", "features": record}]}
-    server = start_server(champion_home, workers=2)
+    server = start_server(champion_home, workers=2, **own_bentoml_home(tmp_path))
     outcomes: list[int] = []
     stop = threading.Event()
 
@@ -274,7 +274,7 @@ def _report(name: str, figures: dict) -> None:
 
 @pytest.mark.slow
 def test_sustained_load_has_no_errors_and_overload_is_shed_with_503(
-    served, champion_home: Path, trained
+    served, champion_home: Path, trained, tmp_path: Path
 ) -> None:
     """60 s at a sustainable rate (bounded: at most 60 s and 3,000 requests), then a burst beyond capacity
     against a server that admits only 4 requests in progress."""
@@ -301,7 +301,7 @@ def test_sustained_load_has_no_errors_and_overload_is_shed_with_503(
                             "p99_ms": round(float(np.percentile(ms, 99)), 1)})  # fmt: skip
     assert errors == 0 and len(ms) >= 0.9 * rate * seconds
 
-    small = start_server(champion_home, CHURNML_MAX_INFLIGHT="4")
+    small = start_server(champion_home, CHURNML_MAX_INFLIGHT="4", **own_bentoml_home(tmp_path))
     try:
         import asyncio
 
@@ -327,9 +327,9 @@ def test_sustained_load_has_no_errors_and_overload_is_shed_with_503(
         stop_server(small)
 
 
-def test_no_customer_data_in_logs_and_no_pickle(champion_home: Path, trained) -> None:
+def test_no_customer_data_in_logs_and_no_pickle(champion_home: Path, trained, tmp_path: Path) -> None:
     table, _, result = trained
-    server = start_server(champion_home)
+    server = start_server(champion_home, **own_bentoml_home(tmp_path))
     try:
         secret_id, secret_value = "SECRET-CUSTOMER-4242", "SECRET-PLAN-9999"
         record = feature_record(table, 2, result.model.feature_names)
@@ -354,7 +354,8 @@ def test_no_customer_data_in_logs_and_no_pickle(champion_home: Path, trained) ->
         text = server.log()
         assert secret_id not in text and secret_value not in text
         assert "rejected request on /predict" in text
-        stored = champion_home / "bentoml" / "models" / "churn"
-        assert not [p for p in stored.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
+        stored = [tmp_path / "bentoml" / "models" / "churn", champion_home / "bentoml" / "models" / "churn"]
+        assert stored[0].is_dir()
+        assert not [p for d in stored for p in d.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
     finally:
         stop_server(server)
