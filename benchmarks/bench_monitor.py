@@ -41,7 +41,8 @@ from churnml.features.engine import build_features
 from churnml.features.profile import PREDICTION
 from churnml.labels import build_labels, label_margin
 from churnml.monitor.drift import DriftSettings, drift_table
-from churnml.monitor.estimate import estimate_performance, realised_performance
+from churnml.monitor.estimate import realised_performance
+from churnml.monitor.run import estimate_for
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
 from churnml.train import load_train_config, train_model
@@ -79,7 +80,7 @@ def run_scenario(drift: str | None, args: argparse.Namespace, work: Path) -> pd.
             )
             p = model.predict_proba(features, num_threads=0)
             y = chunk["churned"].to_numpy(int)
-            estimates = estimate_performance(p, config.capacity, chance=model.profile.recalibrate(p))
+            estimates = estimate_for(model, p, config.capacity, {"high": 0.5, "medium": 0.2})
             realised = realised_performance(y, p, config.capacity)
             est, real = estimates["roc_auc"], realised["roc_auc"]
             rate = estimates["churn_rate"]

@@ -215,7 +215,9 @@ def train_snapshot(
                        reference=retained_reference(frame, fs, "accounts that stayed in the training rows"))  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
-    model.profile = fit_population_profile(frame, fs, calibrated, y)
+    model.profile = fit_population_profile(
+        frame, fs, calibrated, y, importance=final.feature_importance("gain")
+    )
     return TrainResult(
         model=model, params={**params, "num_boost_round": rounds},
         test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),

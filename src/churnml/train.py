@@ -457,7 +457,10 @@ def train_model(
         fs,
         model.predict_proba(recent),
         recent["churned"].to_numpy(int),
-        unseen=recent["observation_date"].isin(test_dates).to_numpy(),
+        unseen=(
+            recent["observation_date"] > max(dev_dates)
+        ).to_numpy(),  # the purge gap's dates and the test's
+        importance=final.feature_importance("gain"),
     )
     mrr = table.loc[test_mask, "mrr"].to_numpy(float) if "mrr" in table else None
     test_metrics = churn_metrics(y_all[test_mask], p_test, mrr, config.capacity)

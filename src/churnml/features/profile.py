@@ -137,16 +137,26 @@ class PopulationProfile:
         None  # event type -> its mean 30-day count per account, per date
     )
     calibration: tuple[float, float] = (1.0, 0.0)  # slope and intercept on the logit of the probability
+    calibration_draws: tuple[tuple[float, float], ...] = ()  # the same fitted on bootstrap resamples
+    importance: dict[str, float] | None = None  # each column's share of the model's total split gain
+
+    def recalibrate_draws(self, p: np.ndarray) -> list[np.ndarray]:
+        """The probabilities under each bootstrap recalibration: how unsure the recalibration is."""
+        return [PopulationProfile._platt(p, a, b) for a, b in self.calibration_draws]
+
+    @staticmethod
+    def _platt(p: np.ndarray, a: float, b: float) -> np.ndarray:
+        p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+        return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
 
     def recalibrate(self, p: np.ndarray) -> np.ndarray:
         """The probabilities recalibrated on the reference's latest date (for performance estimates)."""
-        p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-        a, b = self.calibration
-        return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
+        return PopulationProfile._platt(p, *self.calibration)
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "date": self.date, "event_types": list(self.event_types),
                 "volume": {t: list(v) for t, v in (self.volume or {}).items()}, "calibration": list(self.calibration),
+                "calibration_draws": [list(d) for d in self.calibration_draws], "importance": self.importance or {},
                 "columns": {c: {"edges": list(p.edges), "levels": list(p.levels), "shares": list(p.shares),
                                 "missing": p.missing, "between": list(p.between),
                                 "missing_between": list(p.missing_between)} for c, p in self.columns.items()}}  # fmt: skip
@@ -163,8 +173,10 @@ class PopulationProfile:
         }  # fmt: skip
         volume = {str(t): floats(v) for t, v in (data.get("volume") or {}).items()}
         a, b = data.get("calibration") or (1.0, 0.0)
+        draws = tuple((float(x), float(y)) for x, y in data.get("calibration_draws") or ())
+        importance = {str(k): float(v) for k, v in (data.get("importance") or {}).items()} or None
         return cls(columns, int(data.get("rows", 0)), str(data.get("date", "")), tuple(data.get("event_types", ())),
-                   volume, (float(a), float(b)))  # fmt: skip
+                   volume, (float(a), float(b)), draws, importance)  # fmt: skip
 
 
 def volume_columns(fs: FeatureSet) -> dict[str, str]:
@@ -172,26 +184,40 @@ def volume_columns(fs: FeatureSet) -> dict[str, str]:
     return {t: column_name("count_window", slug(t), TREND) for t in fs.event_types}
 
 
-def _calibration(probability: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Platt scaling of the probabilities on labelled rows: (slope, intercept) on their logit."""
+CALIBRATION_DRAWS = 40
+
+
+def _calibration(
+    probability: np.ndarray, labels: np.ndarray
+) -> tuple[tuple[float, float], tuple[tuple[float, float], ...]]:
+    """Platt scaling of the probabilities on labelled rows, (slope, intercept) on their logit, and the
+    same on bootstrap resamples of them (a few hundred churners leave the slope uncertain)."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(labels, int)
     if len(np.unique(y)) < 2:
-        return 1.0, 0.0
+        return (1.0, 0.0), ()
     p = np.clip(np.asarray(probability, float), 1e-6, 1 - 1e-6)
-    fit = LogisticRegression(C=1e6).fit(np.log(p / (1 - p)).reshape(-1, 1), y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    x = np.log(p / (1 - p)).reshape(-1, 1)
+
+    def fit(rows: np.ndarray) -> tuple[float, float]:
+        model = LogisticRegression(C=1e6).fit(x[rows], y[rows])
+        return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+    rng = np.random.default_rng(0)
+    draws = tuple(fit(rng.integers(0, len(y), len(y))) for _ in range(CALIBRATION_DRAWS))
+    return fit(np.arange(len(y))), draws
 
 
 def fit_population_profile(
     rows: pd.DataFrame, fs: FeatureSet, probability: np.ndarray, labels: np.ndarray | None = None,
-    unseen: np.ndarray | None = None,
+    unseen: np.ndarray | None = None, importance: np.ndarray | None = None,
 ) -> PopulationProfile:  # fmt: skip
     """The profile of a model's reference rows (its latest labelled dates) and their probabilities.
 
     ``unseen`` marks the rows the model was not trained on (default: all): the prediction's reference and
     the recalibration (on ``labels``) use only those, since a model is surer of the rows it learnt from.
+    ``importance`` (the model's split gain per column) says which drift can move the model's scores.
     """
     dates = rows["observation_date"].to_numpy() if "observation_date" in rows else np.zeros(len(rows))
     columns = {c: ColumnProfile.fit(rows[c], dates, c in fs.categorical_columns) for c in fs.columns}
@@ -202,14 +228,23 @@ def fit_population_profile(
     for t, col in volume_columns(fs).items():
         x = pd.to_numeric(rows[col], errors="coerce").fillna(0.0)
         volume[t] = tuple(float(x[dates == d].mean()) for d in np.unique(dates))
-    latest = unseen & (dates == dates.max()) if len(dates) else np.zeros(0, bool)
+    latest = unseen  # every labelled row the model did not learn from
     probability = np.asarray(probability, float)
-    calibration = (
-        _calibration(probability[latest], np.asarray(labels)[latest]) if labels is not None else (1.0, 0.0)
+    calibration, draws = (
+        _calibration(probability[latest], np.asarray(labels)[latest])
+        if labels is not None
+        else ((1.0, 0.0), ())
     )
     span = (
         f"{pd.Timestamp(dates.min()).date()} to {pd.Timestamp(dates.max()).date()}"
         if "observation_date" in rows
         else ""
     )
-    return PopulationProfile(columns, len(rows), span, tuple(fs.event_types), volume, calibration)
+    gain = (
+        dict(zip(fs.columns, np.asarray(importance, float), strict=True)) if importance is not None else None
+    )
+    total = sum(gain.values()) if gain else 0.0
+    shares = {c: g / total for c, g in gain.items()} if gain and total > 0 else None
+    return PopulationProfile(
+        columns, len(rows), span, tuple(fs.event_types), volume, calibration, draws, shares
+    )

@@ -19,7 +19,9 @@ statistic must pass three bars, the highest wins:
 The first two read their tail from a scaled chi-square matched to the draws or dates, at a level
 Bonferroni-corrected over the columns tested, so a chunk without drift raises an alarm in about α of
 runs. Columns whose distribution moves with the calendar by construction (tenure, totals since the
-account started: `Family.grows_with_time`) are reported but raise no alarm.
+account started: `Family.grows_with_time`), and columns the model barely uses (under 1% of its split
+gain: their drift cannot move its scores, and prediction drift catches what does), are reported but
+raise no alarm.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DriftSettings:
     min_volume_change: float = 0.25
     draws: int = 300
     seed: int = 0
+    min_importance: float = 0.01  # drift in a feature the model barely uses cannot move its scores
 
 
 def tail(values: np.ndarray, alpha: float) -> float:
@@ -99,7 +102,7 @@ def _missing_moved(ref: ColumnProfile, now: float, n: int, alpha: float, setting
 
 def _column_row(
     name: str, ref: ColumnProfile, values: pd.Series, alpha: float, settings: DriftSettings,
-    rng: np.random.Generator, steady: bool,
+    rng: np.random.Generator, quiet: str,
 ) -> dict:  # fmt: skip
     n = len(values)
     value = ref.statistic(values)
@@ -110,9 +113,9 @@ def _column_row(
     kind = "prediction" if name == PREDICTION else "category" if ref.categorical else "number"
     return {
         "column": name, "kind": kind, "statistic": "js" if ref.categorical else "psi", "value": value,
-        "threshold": threshold, "drifted": bool(drifted), "alarm": bool((drifted or missing_moved) and not steady),
+        "threshold": threshold, "drifted": bool(drifted), "alarm": bool((drifted or missing_moved) and not quiet),
         "missing_before": ref.missing, "missing_now": missing_now, "missing_drifted": bool(missing_moved),
-        "new_levels": ref.new_levels(values), "note": "moves with the calendar: not an alarm" if steady else "",
+        "new_levels": ref.new_levels(values), "note": quiet,
     }  # fmt: skip
 
 
@@ -126,15 +129,25 @@ def drift_table(
     """
     rng = np.random.default_rng(settings.seed)
     columns = [c for c in profile.columns if c == PREDICTION or c in features.columns]
-    tested = [c for c in columns if c not in calendar_columns]
-    alpha = settings.alpha / max(len(tested), 1)
+    quiet = {c: _quiet(c, profile, settings, calendar_columns) for c in columns}
+    alpha = settings.alpha / max(sum(not q for q in quiet.values()), 1)
     rows = []
     for name in columns:
         values = pd.Series(probability) if name == PREDICTION else features[name]
-        rows.append(
-            _column_row(name, profile.columns[name], values, alpha, settings, rng, name in calendar_columns)
-        )
+        rows.append(_column_row(name, profile.columns[name], values, alpha, settings, rng, quiet[name]))
     return pd.DataFrame(rows, columns=DRIFT_COLUMNS)
+
+
+def _quiet(
+    column: str, profile: PopulationProfile, settings: DriftSettings, calendar_columns: set[str]
+) -> str:
+    """Why a column's drift is reported without an alarm ('' when it raises one)."""
+    if column in calendar_columns:
+        return "moves with the calendar: not an alarm"
+    share = (profile.importance or {}).get(column)
+    if column != PREDICTION and share is not None and share < settings.min_importance:
+        return f"{share:.1%} of the model's gain: not an alarm"
+    return ""
 
 
 def volume_table(

@@ -58,11 +58,13 @@ def _other_metrics(
 
 def estimate_performance(
     p: np.ndarray, capacity: int = 100, tiers: dict[str, float] | None = None, draws: int = 300, seed: int = 0,
-    chance: np.ndarray | None = None,
+    chance: np.ndarray | None = None, chance_draws: list[np.ndarray] | None = None,
 ) -> dict[str, Estimate]:  # fmt: skip
-    """Each metric's expected value with a 95% sampling band, for accounts ranked (and tiered) by ``p``
-    whose chance of churning is ``chance`` (default ``p``: a calibrated model; `churnml monitor` passes
-    the probabilities recalibrated on the model's latest labelled date)."""
+    """Each metric's expected value with a 95% band, for accounts ranked (and tiered) by ``p`` whose
+    chance of churning is ``chance`` (default ``p``: a calibrated model; `churnml monitor` passes the
+    probabilities recalibrated on the rows the model did not learn from). The band holds the labelling's
+    chance and, given ``chance_draws`` (the chances under bootstrap recalibrations), how unsure the
+    recalibration itself is."""
     p = np.clip(np.asarray(p, float), 0.0, 1.0)
     chance = p if chance is None else np.clip(np.asarray(chance, float), 0.0, 1.0)
     tiers = tiers or {"high": 0.5, "medium": 0.2}
@@ -73,12 +75,28 @@ def estimate_performance(
     drawn = (rng.random((draws, len(p))) < chance).astype(float)
     d_auc, d_ap = _grouped(p, drawn)
     spread = {"roc_auc": d_auc, "pr_auc": d_ap} | _other_metrics(p, drawn, capacity, tiers)
+    recalibrated = _recalibration_spread(p, chance_draws or [], capacity, tiers)
     out = {}
     for metric, value in values.items():
         sample = spread[metric][np.isfinite(spread[metric])]
+        v = float(value[0])
         low, high = np.percentile(sample, [2.5, 97.5]) if len(sample) else (np.nan, np.nan)
-        out[metric] = Estimate(metric, float(value[0]), float(low), float(high))
+        extra = 1.96 * recalibrated.get(metric, 0.0)  # independent sources: half-widths add in quadrature
+        low, high = v - np.hypot(v - low, extra), v + np.hypot(high - v, extra)
+        out[metric] = Estimate(metric, v, float(low), float(high))
     return out
+
+
+def _recalibration_spread(
+    p: np.ndarray, chance_draws: list[np.ndarray], capacity: int, tiers: dict[str, float]
+) -> dict[str, float]:
+    """Each metric's standard deviation over the recalibrations drawn (nothing without them)."""
+    if len(chance_draws) < 2:
+        return {}
+    expected = np.clip(np.vstack(chance_draws), 0.0, 1.0)
+    auc, ap = _grouped(p, expected)
+    values = {"roc_auc": auc, "pr_auc": ap} | _other_metrics(p, expected, capacity, tiers)
+    return {k: float(np.nanstd(v, ddof=1)) for k, v in values.items()}
 
 
 def realised_performance(

@@ -30,7 +30,7 @@ from churnml.monitor.drift import DriftSettings, drift_table, volume_table
 from churnml.monitor.estimate import Estimate, estimate_performance, realised_performance
 from churnml.spec import DatasetSpec
 
-__all__ = ["MonitorConfig", "MonitorReport", "load_monitor_config", "monitor_at"]
+__all__ = ["MonitorConfig", "MonitorReport", "estimate_for", "load_monitor_config", "monitor_at"]
 
 
 class MonitorConfig(BaseModel):
@@ -47,13 +47,20 @@ class MonitorConfig(BaseModel):
     min_js: float = Field(0.1, ge=0)
     min_missing: float = Field(0.05, ge=0, le=1)
     min_volume_change: float = Field(0.25, ge=0)
+    min_importance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Drift in a feature under this share of the model's split gain is reported, not alarmed.",
+    )
     max_drifted_features: int = Field(0, ge=0, description="Retrain when more features than this drift.")
     history_dates: int = Field(
         6, ge=0, description="Matured observation dates to measure realised performance on."
     )
 
     def drift_settings(self) -> DriftSettings:
-        return DriftSettings(self.alpha, self.min_psi, self.min_js, self.min_missing, self.min_volume_change)
+        return DriftSettings(self.alpha, self.min_psi, self.min_js, self.min_missing, self.min_volume_change,
+                             min_importance=self.min_importance)  # fmt: skip
 
 
 def load_monitor_config(path: Path | None) -> MonitorConfig:
@@ -95,6 +102,17 @@ def _score(
     return features, model.predict_proba(features, num_threads=0)
 
 
+def estimate_for(
+    model: ChurnModel, p: np.ndarray, capacity: int, tiers: dict[str, float]
+) -> dict[str, Estimate]:
+    """CBPE on the probabilities recalibrated on the rows the model did not learn from, with that
+    recalibration's own uncertainty in the band."""
+    profile = model.profile
+    assert profile is not None
+    return estimate_performance(p, capacity, tiers, chance=profile.recalibrate(p),
+                                chance_draws=profile.recalibrate_draws(p))  # fmt: skip
+
+
 def _history(
     con: duckdb.DuckDBPyConnection, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
     config: MonitorConfig, capacity: int, tiers: dict[str, float],
@@ -114,7 +132,7 @@ def _history(
     for date, rows in labels.groupby("observation_date"):
         _, p = _score(con, model, rows[["customer_id", "observation_date"]].reset_index(drop=True))
         y = rows["churned"].to_numpy(int)
-        estimated = estimate_performance(p, capacity, tiers, chance=model.profile.recalibrate(p))
+        estimated = estimate_for(model, p, capacity, tiers)
         realised = realised_performance(y, p, capacity, tiers)
         for metric, e in estimated.items():
             records.append(
@@ -183,7 +201,7 @@ def monitor_at(
         as_of=as_of, rows=len(rows), drift=drift_table(model.profile, features, p, settings, calendar),
         volume=volume_table(model.profile, features, volume_columns(fs), settings),
         new_event_types=sorted({m.event_type for m in resolve_event_values(con, spec)} - set(fs.event_types)),
-        estimates=estimate_performance(p, capacity, tiers, chance=model.profile.recalibrate(p)),
+        estimates=estimate_for(model, p, capacity, tiers),
         history=_history(con, spec, model, as_of, config, capacity, tiers),
     )  # fmt: skip
     report.reasons = _reasons(report, config)
