@@ -96,7 +96,11 @@ def _recalibration_spread(
     expected = np.clip(np.vstack(chance_draws), 0.0, 1.0)
     auc, ap = _grouped(p, expected)
     values = {"roc_auc": auc, "pr_auc": ap} | _other_metrics(p, expected, capacity, tiers)
-    return {k: float(np.nanstd(v, ddof=1)) for k, v in values.items()}
+    spread = {}
+    for metric, v in values.items():
+        finite = v[np.isfinite(v)]  # a tier nobody reaches has no precision in any draw
+        spread[metric] = float(np.std(finite, ddof=1)) if len(finite) >= 2 else 0.0
+    return spread
 
 
 def realised_performance(
