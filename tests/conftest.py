@@ -20,6 +20,7 @@ import pytest
 from churnml.config import Settings, shared_data_dir
 from churnml.engine import connect
 from churnml.spec import DatasetSpec, parse_spec
+from tests.pg import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -340,6 +341,14 @@ def stop_server(server: Server) -> None:
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/pg.py) for the whole run, on 127.0.0.1, stopped at the end."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

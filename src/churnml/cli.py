@@ -550,7 +550,7 @@ def monitor_command(
                                 train_config.capacity, tiers)  # fmt: skip
     version = info.get("model_version", "")
     run_id = log_monitoring(check_tracking_server(tracking_uri(settings)), settings, report, version)
-    saved = save_report(settings.reports_dir / "monitoring.duckdb", report, version, run_id)
+    saved = save_report(settings.monitoring_path, report, version, run_id)
     _print_monitor(report)
     console.print(f"MLflow run {run_id}; history {saved}", highlight=False)
     if not report.retrain:
