@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 
 from churnml.config import Settings
-from churnml.workspace.pages import PUBLIC_PATHS, charts, create_pages_app, open_workspace
 from churnml.service.sessions import CSRF_COOKIE, SESSION_COOKIE
+from churnml.workspace.pages import PUBLIC_PATHS, charts, create_pages_app, open_workspace
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from churnml.config import Settings
-from churnml.workspace.pages import create_pages_app
 from churnml.service.sessions import SESSION_COOKIE
+from churnml.workspace.pages import create_pages_app
 from tests.conftest import free_port
 from tests.test_pages import TOKEN, workspace_tables, write_workspace
 
