@@ -22,6 +22,7 @@ from urllib.parse import quote
 import duckdb
 import pandas as pd
 
+from churnml.workspace.csvout import BOM, csv_cell
 from churnml.workspace.store import AccountState, AlertSent, Store
 
 __all__ = ["AlertDeliveryError", "Crossing", "alerts_csv", "find_crossings", "post_webhook", "send_alerts"]
@@ -96,14 +97,14 @@ CSV_COLUMNS = ["owner", "customer_id", "name", "why", "previous_tier", "tier", "
 def alerts_csv(crossings: Sequence[Crossing], link: str = "") -> str:
     """The crossings as CSV (UTF-8 with a BOM, numbers as the pages show them, each account's link)."""
     buffer = io.StringIO()
-    buffer.write("\ufeff")
+    buffer.write(BOM)
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for c in crossings:
         row = asdict(c) | {"previous_probability": f"{c.previous_probability * 100:.1f}%",
                            "probability": f"{c.probability * 100:.1f}%", "revenue_at_risk": f"{c.revenue_at_risk:,.0f}",
                            "link": link + quote(c.customer_id, safe="")}  # fmt: skip
-        writer.writerow(["" if row[k] is None else row[k] for k in CSV_COLUMNS])
+        writer.writerow([csv_cell(row[k]) for k in CSV_COLUMNS])
     return buffer.getvalue()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from churnml.workspace.csvout import BOM, csv_cell
 from churnml.workspace.pages import charts
 from churnml.workspace.pages.charts import Band, Reference
 
@@ -23,8 +24,6 @@ __all__ = [
 ]  # fmt: skip
 
 TIER_COLOURS = {"low": "#2e7d32", "medium": "#b9770e", "high": "#c0392b"}
-# CSV cells a spreadsheet would run as a formula (OWASP "CSV injection"); text cells starting so get a quote.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def month(value: Any) -> str:
@@ -169,12 +168,6 @@ EXPORT_COLUMNS = ["position", "customer_id", "name", "revenue_at_risk", "probabi
                   "top_play", "in_call_list", "snoozed_until", "link", "as_of"]  # fmt: skip
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return "" if value is None else value
-
-
 def _export_row(r: dict[str, Any], link: str) -> list[Any]:
     shown = {"position": r["position"], "customer_id": r["customer_id"], "name": r.get("name"),
              "revenue_at_risk": amount(r["revenue_at_risk"]), "probability": charts.format_percent(r["probability"]),
@@ -184,7 +177,7 @@ def _export_row(r: dict[str, Any], link: str) -> list[Any]:
              "top_play": r.get("top_play"), "in_call_list": "yes" if r.get("in_call_list") else "no",
              "snoozed_until": day(r["snoozed_until"]) if r.get("snoozed_until") is not None else "",
              "link": link + quote(str(r["customer_id"]), safe=""), "as_of": day(r.get("as_of"))}  # fmt: skip
-    return [_cell(shown[c]) for c in EXPORT_COLUMNS]
+    return [csv_cell(shown[c]) for c in EXPORT_COLUMNS]
 
 
 def export_csv(batches: Iterable[list[dict[str, Any]]], link: str) -> Iterator[str]:
@@ -192,7 +185,7 @@ def export_csv(batches: Iterable[list[dict[str, Any]]], link: str) -> Iterator[s
     numbers as the page shows them, each account's page link."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    buffer.write("\ufeff")
+    buffer.write(BOM)
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue()
     for batch in batches:
