@@ -185,18 +185,24 @@ def _calibration(probability: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 
 
 def fit_population_profile(
-    rows: pd.DataFrame, fs: FeatureSet, probability: np.ndarray, labels: np.ndarray | None = None
-) -> PopulationProfile:
-    """The profile of a model's reference rows (its latest labelled dates) and their probabilities;
-    ``labels`` of the latest date recalibrate the probabilities for performance estimates."""
+    rows: pd.DataFrame, fs: FeatureSet, probability: np.ndarray, labels: np.ndarray | None = None,
+    unseen: np.ndarray | None = None,
+) -> PopulationProfile:  # fmt: skip
+    """The profile of a model's reference rows (its latest labelled dates) and their probabilities.
+
+    ``unseen`` marks the rows the model was not trained on (default: all): the prediction's reference and
+    the recalibration (on ``labels``) use only those, since a model is surer of the rows it learnt from.
+    """
     dates = rows["observation_date"].to_numpy() if "observation_date" in rows else np.zeros(len(rows))
     columns = {c: ColumnProfile.fit(rows[c], dates, c in fs.categorical_columns) for c in fs.columns}
-    columns[PREDICTION] = ColumnProfile.fit(pd.Series(probability, index=rows.index), dates, False)
+    unseen = np.ones(len(rows), bool) if unseen is None else np.asarray(unseen, bool)
+    predicted = pd.Series(np.asarray(probability, float)[unseen])
+    columns[PREDICTION] = ColumnProfile.fit(predicted, dates[unseen], False)
     volume = {}
     for t, col in volume_columns(fs).items():
         x = pd.to_numeric(rows[col], errors="coerce").fillna(0.0)
         volume[t] = tuple(float(x[dates == d].mean()) for d in np.unique(dates))
-    latest = dates == dates.max() if len(dates) else np.zeros(0, bool)
+    latest = unseen & (dates == dates.max()) if len(dates) else np.zeros(0, bool)
     probability = np.asarray(probability, float)
     calibration = (
         _calibration(probability[latest], np.asarray(labels)[latest]) if labels is not None else (1.0, 0.0)
