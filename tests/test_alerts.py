@@ -20,26 +20,7 @@ from churnml.workspace.alerts import AlertDeliveryError, find_crossings, send_al
 from churnml.workspace.pages import create_pages_app
 from churnml.workspace.pages.queries import open_workspace
 from churnml.workspace.store import open_store
-from tests.test_pages import Tables, make_client, workspace_tables, write_workspace
-
-
-@pytest.fixture(scope="module")
-def tables() -> Tables:
-    return workspace_tables()
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tables: Tables) -> Path:
-    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
-    for name in (
-        "CHURNML_API_TOKEN",
-        "CHURNML_DATABASE_URL",
-        "CHURNML_ALERT_WEBHOOK_URL",
-        "CHURNML_ALERT_MIN_RISE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    write_workspace(Settings.from_env().workspace_path, tables)
-    return tmp_path
+from tests.test_pages import Tables, make_client
 
 
 def expected(tables: Tables, rise: float) -> set[str]:
@@ -56,7 +37,7 @@ def crossings(rise: float = 10.0):  # noqa: ANN201
         return find_crossings(con, rise)
 
 
-def test_crossings_are_higher_tiers_or_a_rise_by_owner(home: Path, tables: Tables) -> None:
+def test_crossings_are_higher_tiers_or_a_rise_by_owner(workspace: Path, tables: Tables) -> None:
     found = crossings(10.0)
     assert {c.customer_id for c in found} == expected(tables, 10.0) and found
     assert {c.customer_id for c in crossings(25.0)} == expected(tables, 25.0) != expected(tables, 10.0)
@@ -92,7 +73,7 @@ def hook() -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_the_webhook_is_retried_and_a_crossing_is_sent_once(home: Path, hook: str) -> None:
+def test_the_webhook_is_retried_and_a_crossing_is_sent_once(workspace: Path, hook: str) -> None:
     store = open_store(Settings.from_env().store_url)
     found = crossings()
     _Hook.answers = [503, 503, 200]  # down twice, then up
@@ -103,7 +84,7 @@ def test_the_webhook_is_retried_and_a_crossing_is_sent_once(home: Path, hook: st
     assert send_alerts(store, found, hook, retries=3, sleep=lambda s: None) == [] and len(_Hook.bodies) == 3
 
 
-def test_an_undelivered_webhook_records_nothing(home: Path, hook: str) -> None:
+def test_an_undelivered_webhook_records_nothing(workspace: Path, hook: str) -> None:
     store = open_store(Settings.from_env().store_url)
     found = crossings()
     _Hook.answers = [500, 500, 500]
@@ -115,11 +96,11 @@ def test_an_undelivered_webhook_records_nothing(home: Path, hook: str) -> None:
     assert len(send_alerts(store, found, hook, retries=0, sleep=lambda s: None)) == len(found)  # sent now
 
 
-def test_the_command_writes_new_alerts_once_and_the_page_marks_them(home: Path, tables: Tables) -> None:
+def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: Path, tables: Tables) -> None:
     runner = CliRunner()
-    first = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(home / "a.csv")])
+    first = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(workspace.parent / "a.csv")])
     assert first.exit_code == 0, first.output
-    content = (home / "a.csv").read_bytes()
+    content = (workspace.parent / "a.csv").read_bytes()
     assert content.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
     assert {r["customer_id"] for r in rows} == expected(tables, 10.0)
@@ -127,9 +108,11 @@ def test_the_command_writes_new_alerts_once_and_the_page_marks_them(home: Path, 
     assert not any(r["owner"].startswith("=") for r in rows) and any(
         r["owner"].startswith("'=") for r in rows
     )
-    again = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(home / "b.csv")])
+    again = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(workspace.parent / "b.csv")])
     assert again.exit_code == 0 and "0 new alert(s)" in again.output
-    assert len((home / "b.csv").read_text(encoding="utf-8-sig").splitlines()) == 1  # the header only
+    assert (
+        len((workspace.parent / "b.csv").read_text(encoding="utf-8-sig").splitlines()) == 1
+    )  # the header only
     page = make_client(create_pages_app()).get("/ui/alerts?rise=10")
     assert page.status_code == 200 and page.text.count('<tr class="alert"') == len(rows)
     assert page.text.count('<span class="badge badge-sent">sent</span>') == len(rows)

@@ -173,24 +173,7 @@ def make_client(app: ASGIApp, follow_redirects: bool = True) -> TestClient:
     return TestClient(Starlette(routes=[Mount("/ui", app)]), follow_redirects=follow_redirects)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
-    monkeypatch.delenv("CHURNML_API_TOKEN", raising=False)
-    return tmp_path
-
-
 Tables = dict[str, pd.DataFrame]
-
-
-@pytest.fixture(scope="module")
-def tables() -> Tables:
-    return workspace_tables()
-
-
-@pytest.fixture
-def workspace(home: Path, tables: Tables) -> Path:
-    return write_workspace(Settings.from_env().workspace_path, tables)
 
 
 @pytest.fixture

@@ -16,23 +16,9 @@ from churnml.config import Settings
 from churnml.service.users import UserStore
 from churnml.workspace.pages import create_pages_app
 from churnml.workspace.store import open_store
-from tests.test_pages import Tables, list_rows, make_client, sign_in, workspace_tables, write_workspace
+from tests.test_pages import Tables, list_rows, make_client, sign_in
 
 TODAY = dt.date.today()
-
-
-@pytest.fixture(scope="module")
-def tables() -> Tables:
-    return workspace_tables()
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tables: Tables) -> Path:
-    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
-    for name in ("CHURNML_API_TOKEN", "CHURNML_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    write_workspace(Settings.from_env().workspace_path, tables)
-    return tmp_path
 
 
 def csrf_of(html: str) -> str:
@@ -50,7 +36,7 @@ def log_play(c, customer: str, csrf: str, **fields: str):  # noqa: ANN001, ANN20
 
 
 @pytest.fixture
-def ana(home: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def ana(workspace: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """A client signed in as the named user 'ana' (through the login form)."""
     token = UserStore(Settings.from_env().users_path).add("ana")
     c = make_client(create_pages_app(), follow_redirects=False)
@@ -120,7 +106,9 @@ def test_bad_fields_are_refused_naming_them_and_nothing_is_recorded(ana, tables:
     assert open_store(Settings.from_env().store_url).activities(customer) == []
 
 
-def test_without_sign_in_entries_say_so_and_still_need_the_form_token(home: Path, tables: Tables) -> None:
+def test_without_sign_in_entries_say_so_and_still_need_the_form_token(
+    workspace: Path, tables: Tables
+) -> None:
     c = make_client(create_pages_app(), follow_redirects=False)
     customer = first_high(tables)
     assert log_play(c, customer, "").status_code == 403

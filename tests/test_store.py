@@ -123,8 +123,8 @@ def test_the_same_crossing_is_recorded_once(store: Store) -> None:
     assert store.alerts_already_sent([("C0001", TODAY), ("C0002", TODAY)]) == {("C0001", TODAY)}
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as con:  # the database holds the line too
         con.execute(sa.text("INSERT INTO alerts_sent (customer_id, score_date, previous_date, previous_probability, "
-                            "probability, previous_tier, tier, sent_at, channel) VALUES ('C0001', :d, :d, 0.1, 0.7, "
-                            "'low', 'high', :t, 'x')"), {"d": TODAY, "t": dt.datetime(2025, 7, 3)})  # fmt: skip
+                            "probability, previous_tier, tier, recorded_at, author, channel) VALUES ('C0001', :d, :d, 0.1, "
+                            "0.7, 'low', 'high', :t, 'x', 'x')"), {"d": TODAY, "t": dt.datetime(2025, 7, 3)})  # fmt: skip
 
 
 def test_the_schema_is_migrated_once_and_versioned(store: Store, store_url: str) -> None:

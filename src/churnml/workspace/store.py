@@ -43,12 +43,23 @@ MAX_NOTE = 4000
 MAX_TEXT = 200
 
 METADATA = sa.MetaData()
-ACTIVITIES = sa.Table(
-    "activities", METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(200), nullable=False, index=True),
-    sa.Column("recorded_at", sa.DateTime, nullable=False),  # naive UTC
-    sa.Column("author", sa.String(200), nullable=False),
+
+
+def _entries(name: str, *columns: sa.Column, unique: tuple[str, ...] = ()) -> sa.Table:
+    """An append-only table: an id, the account, when and by whom, then its own columns."""
+    return sa.Table(
+        name, METADATA,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("customer_id", sa.String(200), nullable=False, index=not unique),
+        sa.Column("recorded_at", sa.DateTime, nullable=False),  # naive UTC
+        sa.Column("author", sa.String(200), nullable=False),
+        *columns,
+        *([sa.UniqueConstraint(*unique, name=f"uq_{name}_crossing")] if unique else []),
+    )  # fmt: skip
+
+
+ACTIVITIES = _entries(
+    "activities",
     sa.Column("play", sa.String(MAX_TEXT), nullable=False),
     sa.Column("play_suggested", sa.Boolean, nullable=False),
     sa.Column("done_on", sa.Date, nullable=False),
@@ -56,28 +67,15 @@ ACTIVITIES = sa.Table(
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("next_step_on", sa.Date, nullable=True),
     sa.Column("replaces", sa.Integer, sa.ForeignKey("activities.id"), nullable=True),
-)  # fmt: skip
-ASSIGNMENTS = sa.Table(
-    "assignments", METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(200), nullable=False, index=True),
-    sa.Column("recorded_at", sa.DateTime, nullable=False),
-    sa.Column("author", sa.String(200), nullable=False),
-    sa.Column("owner", sa.String(MAX_TEXT), nullable=True),  # NULL: back to the data's owner
-)  # fmt: skip
-SNOOZES = sa.Table(
-    "snoozes", METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(200), nullable=False, index=True),
-    sa.Column("recorded_at", sa.DateTime, nullable=False),
-    sa.Column("author", sa.String(200), nullable=False),
-    sa.Column("until", sa.Date, nullable=True),  # NULL: woken up early
-    sa.Column("reason", sa.Text, nullable=False),
-)  # fmt: skip
-ALERTS_SENT = sa.Table(
-    "alerts_sent", METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(200), nullable=False),
+)
+ASSIGNMENTS = _entries(
+    "assignments", sa.Column("owner", sa.String(MAX_TEXT), nullable=True)
+)  # NULL: the data's
+SNOOZES = _entries(
+    "snoozes", sa.Column("until", sa.Date, nullable=True), sa.Column("reason", sa.Text, nullable=False)
+)  # until NULL: woken up early
+ALERTS_SENT = _entries(
+    "alerts_sent",
     sa.Column("score_date", sa.Date, nullable=False),  # the score that crossed
     sa.Column("previous_date", sa.Date, nullable=False),
     sa.Column("previous_probability", sa.Float, nullable=False),
@@ -85,10 +83,9 @@ ALERTS_SENT = sa.Table(
     sa.Column("previous_tier", sa.String(20), nullable=False),
     sa.Column("tier", sa.String(20), nullable=False),
     sa.Column("owner", sa.String(MAX_TEXT), nullable=True),
-    sa.Column("sent_at", sa.DateTime, nullable=False),
     sa.Column("channel", sa.String(40), nullable=False),
-    sa.UniqueConstraint("customer_id", "score_date", name="uq_alerts_sent_crossing"),  # never sent twice
-)  # fmt: skip
+    unique=("customer_id", "score_date"),  # the same crossing is never sent twice
+)
 APPEND_ONLY = ("activities", "assignments", "snoozes", "alerts_sent")
 
 
@@ -346,7 +343,7 @@ class Store:
         """Record alerts as sent, in one transaction; those sent before are left out. Returns how many
         were new."""
         rows = [{**{f.name: getattr(a, f.name) for f in fields(AlertSent)}, "channel": channel,
-                 "sent_at": _utcnow()} for a in alerts]  # fmt: skip
+                 "recorded_at": _utcnow(), "author": "churnml alerts"} for a in alerts]  # fmt: skip
         done = self.alerts_already_sent((r["customer_id"], r["score_date"]) for r in rows)
         rows = [r for r in rows if (r["customer_id"], r["score_date"]) not in done]
         if rows:

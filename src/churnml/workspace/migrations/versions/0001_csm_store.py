@@ -15,18 +15,22 @@ depends_on = None
 APPEND_ONLY = ("activities", "assignments", "snoozes", "alerts_sent")
 
 
-def _stamp(table: str) -> list[sa.Column]:
-    return [
+def _entries(name: str, *columns: sa.Column, unique: tuple[str, ...] = ()) -> None:
+    """An append-only table as revision 0001 made it: id, account, when and by whom, its own columns."""
+    op.create_table(
+        name,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("customer_id", sa.String(200), nullable=False, index=table != "alerts_sent"),
-    ]
+        sa.Column("customer_id", sa.String(200), nullable=False, index=not unique),
+        sa.Column("recorded_at", sa.DateTime, nullable=False),
+        sa.Column("author", sa.String(200), nullable=False),
+        *columns,
+        *([sa.UniqueConstraint(*unique, name=f"uq_{name}_crossing")] if unique else []),
+    )
 
 
 def upgrade() -> None:
-    op.create_table(
-        "activities", *_stamp("activities"),
-        sa.Column("recorded_at", sa.DateTime, nullable=False),
-        sa.Column("author", sa.String(200), nullable=False),
+    _entries(
+        "activities",
         sa.Column("play", sa.String(200), nullable=False),
         sa.Column("play_suggested", sa.Boolean, nullable=False),
         sa.Column("done_on", sa.Date, nullable=False),
@@ -34,22 +38,13 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=False),
         sa.Column("next_step_on", sa.Date, nullable=True),
         sa.Column("replaces", sa.Integer, sa.ForeignKey("activities.id"), nullable=True),
-    )  # fmt: skip
-    op.create_table(
-        "assignments", *_stamp("assignments"),
-        sa.Column("recorded_at", sa.DateTime, nullable=False),
-        sa.Column("author", sa.String(200), nullable=False),
-        sa.Column("owner", sa.String(200), nullable=True),
-    )  # fmt: skip
-    op.create_table(
-        "snoozes", *_stamp("snoozes"),
-        sa.Column("recorded_at", sa.DateTime, nullable=False),
-        sa.Column("author", sa.String(200), nullable=False),
-        sa.Column("until", sa.Date, nullable=True),
-        sa.Column("reason", sa.Text, nullable=False),
-    )  # fmt: skip
-    op.create_table(
-        "alerts_sent", *_stamp("alerts_sent"),
+    )
+    _entries("assignments", sa.Column("owner", sa.String(200), nullable=True))
+    _entries(
+        "snoozes", sa.Column("until", sa.Date, nullable=True), sa.Column("reason", sa.Text, nullable=False)
+    )
+    _entries(
+        "alerts_sent",
         sa.Column("score_date", sa.Date, nullable=False),
         sa.Column("previous_date", sa.Date, nullable=False),
         sa.Column("previous_probability", sa.Float, nullable=False),
@@ -57,10 +52,9 @@ def upgrade() -> None:
         sa.Column("previous_tier", sa.String(20), nullable=False),
         sa.Column("tier", sa.String(20), nullable=False),
         sa.Column("owner", sa.String(200), nullable=True),
-        sa.Column("sent_at", sa.DateTime, nullable=False),
         sa.Column("channel", sa.String(40), nullable=False),
-        sa.UniqueConstraint("customer_id", "score_date", name="uq_alerts_sent_crossing"),
-    )  # fmt: skip
+        unique=("customer_id", "score_date"),
+    )
     _append_only()
 
 
