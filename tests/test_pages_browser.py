@@ -137,9 +137,10 @@ def test_risk_list_loads_sorted_and_a_filter_narrows_it(page: Page, site: PagesS
 def test_clicking_an_account_shows_its_reasons_and_charts(page: Page, site: PagesSite) -> None:
     first = page.locator("#risk-table tbody tr").first
     customer = first.get_attribute("data-customer")
+    name = first.locator("td").nth(1).inner_text().split("\n")[1].strip()  # the simulator names its accounts
     first.locator("a").click()
     page.wait_for_selector("#reasons")
-    assert page.inner_text("h1").startswith(customer)
+    assert page.inner_text("h1").startswith(name) and f"Account {customer}" in page.content()
     reasons = page.locator("#reasons tr.reason")
     assert reasons.count() >= 1 and reasons.first.locator("td").nth(1).inner_text().strip()
     assert page.locator("#reasons svg").count() == 1 and page.locator("#history svg").count() == 1
