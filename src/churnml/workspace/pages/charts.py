@@ -183,6 +183,8 @@ def small_multiples(
 ) -> str:  # fmt: skip
     """One small zero-based bar chart per series (events per month of each event type), side by side,
     each on its own axis: a type with 300 events a month must not flatten one with 3."""
+    from matplotlib.ticker import MaxNLocator
+
     columns = min(2, max(1, len(series)))
     rows = max(1, math.ceil(len(series) / columns))
     with _figure(6.4, 0.6 + 1.9 * rows) as fig:
@@ -198,6 +200,9 @@ def small_multiples(
             ax.set_title(_plain(name), loc="left", fontsize=9)
             ax.set_xticks([0, len(numbers) - 1] if numbers else [], [_plain(x[0]), _plain(x[-1])] if numbers else [],
                           fontsize=8)  # fmt: skip
+            ax.yaxis.set_major_locator(
+                MaxNLocator(nbins=4, integer=True)
+            )  # counts: whole ticks, never "1 1 1"
             ax.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
             ax.tick_params(axis="y", labelsize=8)
             ax.grid(axis="y", color="#e3e8ee", linewidth=0.6)
