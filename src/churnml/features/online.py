@@ -17,7 +17,7 @@ from churnml.features.sets import FeatureSet
 __all__ = ["features_from_frames", "load_contract_frames"]
 
 _FRAME_TYPES = {
-    "customers": {"customer_id": "VARCHAR", "name": "VARCHAR", "signup_date": "TIMESTAMP", "plan": "VARCHAR", "segment": "VARCHAR",
+    "customers": {"customer_id": "VARCHAR", "signup_date": "TIMESTAMP", "plan": "VARCHAR", "segment": "VARCHAR",
                   "mrr": "DOUBLE", "csm_owner": "VARCHAR"},
     "events": {"customer_id": "VARCHAR", "timestamp": "TIMESTAMP", "event_type": "VARCHAR", "value": "DOUBLE",
                "user_id": "VARCHAR"},
