@@ -20,6 +20,7 @@ import pytest
 from churnml.config import Settings, shared_data_dir
 from churnml.engine import connect
 from churnml.spec import DatasetSpec, parse_spec
+from tests.pg import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -150,6 +151,35 @@ def write_tiny(tmp_path: Path) -> TinyWriter:
         return parse_spec(spec, base_dir=tmp_path)
 
     return write
+
+
+# The CSM pages' workspace (tests/test_pages.py builds its tables), for the page, activity and alert tests.
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CHURNML_HOME in a temp folder, without a token, a database URL or alert settings from outside."""
+    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
+    for name in (
+        "CHURNML_API_TOKEN",
+        "CHURNML_DATABASE_URL",
+        "CHURNML_ALERT_WEBHOOK_URL",
+        "CHURNML_ALERT_MIN_RISE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    from tests.test_pages import workspace_tables
+
+    return workspace_tables()
+
+
+@pytest.fixture
+def workspace(home: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    from tests.test_pages import write_workspace
+
+    return write_workspace(Settings.from_env().workspace_path, tables)
 
 
 # A small simulated business and a model trained on it, shared by the training, registry, scoring,
@@ -340,6 +370,14 @@ def stop_server(server: Server) -> None:
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/pg.py) for the whole run, on 127.0.0.1, stopped at the end."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

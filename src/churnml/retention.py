@@ -60,14 +60,19 @@ def monthly_retention(
     monthly["retention_rate"] = 1 - monthly["churn_rate"]
     monthly = monthly.reset_index().rename(columns={"observation_date": "month"})
     monthly["nrr"] = _nrr(con, population, monthly["month"])
+    monthly["nrr_12m"] = _nrr(con, population, monthly["month"], months_back=12)
     nps = _nps(con)
     monthly = monthly.merge(nps, on="month", how="left")
     monthly["churned"] = monthly["churned"].astype(int)
     return monthly
 
 
-def _nrr(con: duckdb.DuckDBPyConnection, population: pd.DataFrame, months: pd.Series) -> np.ndarray:
-    """Net revenue retention: MRR a month later from the customers active at the month's start."""
+def _nrr(
+    con: duckdb.DuckDBPyConnection, population: pd.DataFrame, months: pd.Series, months_back: int = 1
+) -> np.ndarray:
+    """Net revenue retention: with ``months_back`` 1, MRR a month later from the customers active at the
+    month's start; with 12, MRR at the month's start from the customers active twelve months before (the
+    usual yearly NRR, NaN where the data does not reach that far back)."""
     has_mrr = con.execute("SELECT count(*) FROM subscriptions WHERE mrr IS NOT NULL").fetchall()[0][0]
     if not has_mrr:
         return np.full(len(months), np.nan)
@@ -76,7 +81,7 @@ def _nrr(con: duckdb.DuckDBPyConnection, population: pd.DataFrame, months: pd.Se
     try:
         frame = con.execute(
             """
-            WITH pts AS (SELECT customer_id, observation_date AS t, observation_date + INTERVAL 1 MONTH AS t1 FROM _pop),
+            WITH pts AS (SELECT customer_id, observation_date AS t, observation_date + INTERVAL (?) MONTH AS t1 FROM _pop),
             mrr_at AS (
                 SELECT p.t, p.customer_id,
                        (SELECT sum(s.mrr) FROM subscriptions s WHERE s.customer_id = p.customer_id
@@ -85,11 +90,15 @@ def _nrr(con: duckdb.DuckDBPyConnection, population: pd.DataFrame, months: pd.Se
                           AND s."start" <= p.t1 AND (s."end" IS NULL OR s."end" > p.t1)) AS m1
                 FROM pts p)
             SELECT t AS month, sum(coalesce(m1, 0)) / NULLIF(sum(m0), 0) AS nrr FROM mrr_at GROUP BY t
-            """
+            """,
+            [months_back],
         ).df()
     finally:
         con.unregister("_pop")
-    return frame.set_index("month")["nrr"].reindex(pd.DatetimeIndex(months)).to_numpy(float)
+    by_start = frame.set_index("month")["nrr"]
+    if months_back > 1:  # keyed by the month it ends in: the year up to that month
+        by_start.index = pd.DatetimeIndex(by_start.index) + pd.DateOffset(months=months_back)
+    return by_start.reindex(pd.DatetimeIndex(months)).to_numpy(float)
 
 
 def _nps(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -165,7 +174,10 @@ def retention_tables(
     population = _population(con, spec)
     labelled_until = data_window(con).end - label_margin(_monthly_spec(spec))
     profile = con.execute("SELECT customer_id, segment FROM customers").df().drop_duplicates("customer_id")
+    window = pd.DataFrame([{"data_end": data_window(con).end, "labelled_until": labelled_until,
+                            "margin_days": label_margin(_monthly_spec(spec)).days}])  # fmt: skip
     return {
+        "retention_window": window,  # why the monthly figures stop before the score date (the pages say it)
         "retention_monthly": monthly_retention(con, population, labelled_until),
         "cohort_retention": cohort_retention(population),
         "segment_summary": segment_summary(

@@ -55,6 +55,7 @@ CONTRACT: dict[str, TableContract] = {
         description="One row per customer (account) with static attributes.",
         columns=(
             Column("customer_id", "id", True, "Unique account id."),
+            Column("name", "string", False, "Account (company) name, as CSMs know it; never a feature."),
             Column("signup_date", "timestamp", False, "When the account started."),
             Column("plan", "string", False, "Current plan name."),
             Column("segment", "string", False, "Customer segment (e.g. SMB, Mid-Market, Enterprise)."),

@@ -34,10 +34,13 @@ __all__ = [
     "revenue_at_risk",
     "score_customers",
     "score_features",
+    "usage_by_month",
     "write_workspace",
 ]
 
 DAYS_PER_MONTH = 365.25 / 12
+USAGE_MONTHS = 6  # the account page's usage trend: the last full months before the score
+USAGE_TYPES = 4  # ... of the event types with the most events in them (the account's main activity)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class ScoreResult:
     history: pd.DataFrame  # customer_id, observation_date, probability, risk_tier, revenue_at_risk, reasons
     model_info: dict[str, str]
     changes: pd.DataFrame | None = None  # what changed since each account's previous score, per reason
+    usage: pd.DataFrame | None = None  # events per account, month and main event type (usage_by_month)
 
 
 REASON_COLUMNS = [
@@ -173,22 +177,83 @@ def score_customers(
         ["customer_id", "observation_date"], kind="stable"
     )
     changes = reason_changes(model.catalogue, features, explained, past_features, past_explained)
+    scores = _with_previous_score(scores, past)
+    info = {**(model_info or {}), "horizon_days": str(model.horizon_days), "currency": spec.currency,
+            "risk_high": str(policy.high), "risk_medium": str(policy.medium)}  # fmt: skip
     return ScoreResult(as_of, scores, reason_records(ids, as_of, explained), hist.reset_index(drop=True),
-                       model_info or {}, changes)  # fmt: skip
+                       info, changes, usage_by_month(con, ids, as_of))  # fmt: skip
+
+
+def _with_previous_score(scores: pd.DataFrame, past: pd.DataFrame) -> pd.DataFrame:
+    """Each account's previous score beside today's: the list sorts by the change and alerts read it."""
+    previous = (
+        past.sort_values("observation_date", kind="stable")
+        .groupby("customer_id")
+        .tail(1)
+        .set_index("customer_id")
+    )
+    ids = scores["customer_id"]
+    scores["previous_date"] = previous["observation_date"].reindex(ids).to_numpy()
+    scores["previous_probability"] = previous["probability"].reindex(ids).to_numpy(float)
+    scores["previous_tier"] = previous["risk_tier"].reindex(ids).to_numpy()
+    scores["probability_change"] = scores["probability"] - scores["previous_probability"]
+    return scores
+
+
+def usage_by_month(
+    con: duckdb.DuckDBPyConnection, ids: np.ndarray, as_of: pd.Timestamp, months: int = USAGE_MONTHS,
+    types: int = USAGE_TYPES,
+) -> pd.DataFrame:  # fmt: skip
+    """Events per account, calendar month and event type over the ``months`` full months before
+    ``as_of``, for the ``types`` event types with the most events then: what a CSM checks a usage
+    reason against. Months without events are absent (the page shows them as 0)."""
+    end = as_of.normalize().replace(day=1)
+    start = end - pd.DateOffset(months=months)
+    con.register("_usage_ids", pd.DataFrame({"customer_id": ids}))
+    try:
+        return con.execute(
+            """
+            WITH window_events AS (
+                SELECT e.customer_id, e.event_type, e."timestamp" FROM events e
+                JOIN _usage_ids USING (customer_id) WHERE e."timestamp" >= ? AND e."timestamp" < ?),
+            main AS (SELECT event_type FROM window_events GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT ?)
+            SELECT customer_id, date_trunc('month', "timestamp")::DATE AS month, event_type, count(*) AS events
+            FROM window_events WHERE event_type IN (SELECT event_type FROM main) GROUP BY ALL ORDER BY ALL
+            """,
+            [start.to_pydatetime(), end.to_pydatetime(), types],
+        ).df()
+    finally:
+        con.unregister("_usage_ids")
 
 
 def _score_table(
     con: duckdb.DuckDBPyConnection, features: pd.DataFrame, scored: pd.DataFrame, ids: np.ndarray,
     as_of: pd.Timestamp, explained: list[AccountReasons],
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per account, ranked by revenue at risk, with its headline reason and play."""
+    """One row per account, ranked by revenue at risk, with its headline reason and play, and the facts
+    a CSM checks a reason against (name, seats used of seats, renewal date, tenure)."""
     profile = con.execute(
-        "SELECT customer_id, csm_owner, segment FROM customers"
+        "SELECT customer_id, name, csm_owner, segment FROM customers"
     ).df().drop_duplicates("customer_id").set_index("customer_id")  # fmt: skip
     scores = pd.DataFrame({"customer_id": ids, "as_of": as_of}).join(scored.reset_index(drop=True))
+    scores["name"] = profile["name"].reindex(ids).to_numpy()
     scores["plan"] = features["plan"].to_numpy() if "plan" in features else None
     scores["segment"] = profile["segment"].reindex(ids).to_numpy()
     scores["csm_owner"] = profile["csm_owner"].reindex(ids).to_numpy()
+
+    def number(column: str) -> np.ndarray:
+        return (
+            pd.to_numeric(features[column], errors="coerce").to_numpy(float) if column in features else np.nan
+        )
+
+    scores["seats"] = number("seats")
+    scores["seats_used"] = number("active_users_30d")  # distinct users in the last 30 days
+    scores["tenure_days"] = number("tenure_days")
+    scores["renewal_date"] = (
+        (as_of + pd.to_timedelta(np.ceil(number("days_to_renewal")), unit="D")).normalize()
+        if "days_to_renewal" in features
+        else pd.NaT
+    )
     scores["top_reason"] = [a.headline for a in explained]
     scores["top_play"] = [a.problems[0].play if a.action_needed and a.problems else None for a in explained]
     scores = scores.sort_values(["revenue_at_risk", "customer_id"], ascending=[False, True], kind="stable")
@@ -231,8 +296,9 @@ def write_workspace(result: ScoreResult, path: Path, extra: dict[str, pd.DataFra
     tmp.unlink(missing_ok=True)
     try:
         with duckdb.connect(str(tmp)) as con:
+            optional = {"reason_changes": result.changes, "usage_monthly": result.usage}
             tables = {"scores": result.scores, "reasons": result.reasons, "score_history": result.history,
-                      **({"reason_changes": result.changes} if result.changes is not None else {}), **(extra or {})}  # fmt: skip
+                      **{k: v for k, v in optional.items() if v is not None}, **(extra or {})}  # fmt: skip
             for name, frame in tables.items():
                 con.register("_frame", frame)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")

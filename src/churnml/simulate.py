@@ -56,6 +56,31 @@ CSMS = np.array(
      "Grace Liu", "Hugo Weber", "Isla Brown", "Jonas Berg", "Keiko Sato", "Liam Walsh"]
 )  # fmt: skip
 
+# account names, made from the account's number (no random draw: the rest of the output is unchanged)
+NAME_FIRST = np.array(
+    ["Acme", "Blue", "Bright", "Cedar", "Delta", "Ember", "Fjord", "Granite", "Harbor", "Iris", "Juniper", "Kestrel",
+     "Lumen", "Maple", "Nimbus", "Orbit", "Pine", "Quartz", "River", "Summit", "Tidal", "Umber", "Vertex", "Willow",
+     "Xenon", "Yarrow", "Zephyr", "Atlas", "Beacon", "Copper", "Drift", "Echo", "Falcon", "Glacier", "Helix"]
+)  # fmt: skip
+NAME_SECOND = np.array(
+    ["Analytics", "Labs", "Logistics", "Health", "Foods", "Media", "Robotics", "Energy", "Studio", "Works",
+     "Systems", "Partners", "Retail", "Finance", "Learning", "Travel", "Security", "Bio", "Cloud", "Print",
+     "Motors", "Design", "Legal", "Farms", "Games", "Textiles", "Capital", "Clinics", "Networks", "Tools"]
+)  # fmt: skip
+NAME_SUFFIX = np.array(["Inc", "Ltd", "GmbH", "SA", "BV", "Co", "LLC", "AG", "Group", "Oy", "AB", "SAS"])
+
+
+def account_names(numbers: np.ndarray) -> np.ndarray:
+    """A company-like name per account number, distinct for the first 12,600 accounts."""
+    sizes = (len(NAME_FIRST), len(NAME_SECOND), len(NAME_SUFFIX))
+    k = (np.asarray(numbers, np.int64) * 7919) % (
+        sizes[0] * sizes[1] * sizes[2]
+    )  # 7919: a prime, spreads them
+    first, rest = k % sizes[0], k // sizes[0]
+    return np.char.add(np.char.add(np.char.add(NAME_FIRST[first], " "), NAME_SECOND[rest % sizes[1]]),
+                       np.char.add(" ", NAME_SUFFIX[(rest // sizes[1]) % sizes[2]]))  # fmt: skip
+
+
 EVENT_TYPES = np.array(
     ["login", "feature_use", "onboarding_step", "onboarding_completed", "support_ticket", "nps_response",
      "payment_succeeded", "payment_failed", "seat_change", "plan_change"]
@@ -426,6 +451,7 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: _BlockState) 
     ids = np.array([f"C{first + i:07d}" for i in range(n)])
     customers = pa.table({
         "customer_id": ids,
+        "name": account_names(np.arange(first, first + n)),
         "signup_date": _to_ts(start_us, np.floor(s.signup)),
         "segment": SEGMENTS[s.segment],
         "plan": PLANS[s.plan],
@@ -508,9 +534,12 @@ def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
         "name": "simulated-saas",
         "description": f"churnml simulator: {config.customers} accounts x {config.months} months, seed {config.seed}",
         "source": {"kind": "files", "path": path},
+        "currency": "USD",
         "customers": {
             "file": "customers.parquet",
-            "columns": {c: c for c in ["customer_id", "signup_date", "plan", "segment", "mrr", "csm_owner"]},
+            "columns": {
+                c: c for c in ["customer_id", "name", "signup_date", "plan", "segment", "mrr", "csm_owner"]
+            },
             # seats, plan and mrr in customers are today's values: features take them as of each date
             # from subscriptions instead, so only static attributes are listed here
             "attributes": ["industry", "country"],

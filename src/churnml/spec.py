@@ -259,6 +259,9 @@ class ValidationSpec(_Strict):
 class DatasetSpec(_Strict):
     name: str
     description: str = ""
+    currency: str = Field(
+        "", max_length=12, description="Currency of MRR (e.g. EUR), shown with amounts on the pages."
+    )
     source: Source
     customers: CustomersSpec | None = None
     events: list[EventSourceSpec] = Field(min_length=1)

@@ -14,7 +14,6 @@ import logging
 import bentoml
 
 from churnml.config import Settings
-from churnml.pages import create_pages_app
 from churnml.service import protocol
 from churnml.service.middleware import OPEN_PATHS, ServiceMiddleware
 from churnml.service.model_store import packaged_model_ref
@@ -22,6 +21,7 @@ from churnml.service.parsing import COMPUTE_SCOPE_KEY, ExplainRequest, PredictRe
 from churnml.service.predictor import Predictor, answer
 from churnml.service.schemas import Customers, ExplainResponse, ModelInfo, PredictResponse, TopK
 from churnml.service.worker import calm_garbage_collector, quiet_bad_input_logs
+from churnml.workspace.pages import create_pages_app
 
 __all__ = ["ChurnService"]
 

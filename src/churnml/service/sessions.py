@@ -141,6 +141,11 @@ class SessionSigner:
         """The sign-out form's token: bound to the session, so another site cannot know it."""
         return self._mac("csrf", session.sid)
 
+    def csrf_unsigned_in(self) -> str:
+        """The pages' forms' token when nobody signs in (no token configured): fixed per key, which
+        another site cannot read, so it still stops a cross-site form."""
+        return self._mac("csrf", "no sign-in")
+
     @staticmethod
     def new_csrf() -> str:
         return secrets.token_urlsafe(24)

@@ -19,12 +19,13 @@ from starlette.responses import RedirectResponse, Response
 from churnml.service.auth import AUTH_SCOPE_KEY, IDENTITY_SCOPE_KEY, Authenticator, Identity
 from churnml.service.sessions import CSRF_COOKIE, SESSION_COOKIE, same_origin
 
-__all__ = ["SignIn", "signed_in_context"]
+__all__ = ["NO_SIGN_IN", "SignIn", "form_allowed", "form_csrf", "signed_in_context"]
 
 log = logging.getLogger(__name__)
 
 FORM_LIMITS: dict[str, int] = {"max_files": 0, "max_fields": 10, "max_part_size": 8 * 1024}
 CSRF_MAX_AGE = 3600  # a sign-in form older than an hour is reloaded
+NO_SIGN_IN = "(no sign-in)"  # who wrote an entry when the service asks for no token
 Render = Callable[..., Response]
 
 
@@ -37,13 +38,38 @@ def _cookie_path(request: Request) -> str:
 
 
 def signed_in_context(request: Request) -> dict[str, Any]:
-    """What the page header shows: who is signed in, and the sign-out form's CSRF token."""
+    """What the page header shows: who is signed in, the sign-out form's CSRF token, and the token of
+    the forms that record something (:func:`form_csrf`)."""
     identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)
     auth: Authenticator | None = request.scope.get(AUTH_SCOPE_KEY)
     if identity is None or auth is None:
-        return {"user": None, "logout_csrf": None}
+        return {"user": None, "logout_csrf": None, "form_csrf": form_csrf(request)}
     csrf = auth.signer.csrf_for(identity.session) if identity.session is not None else None
-    return {"user": identity.name, "logout_csrf": csrf}
+    return {"user": identity.name, "logout_csrf": csrf, "form_csrf": form_csrf(request)}
+
+
+def form_csrf(request: Request) -> str | None:
+    """The CSRF token of the pages' forms that record something: bound to the page session, like the
+    sign-out form's; without sign-in (no token configured), one per service key."""
+    identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)
+    auth: Authenticator | None = request.scope.get(AUTH_SCOPE_KEY)
+    if auth is None:
+        return None
+    if identity is not None and identity.session is not None:
+        return auth.signer.csrf_for(identity.session)
+    return auth.signer.csrf_unsigned_in() if identity is None else None
+
+
+def form_allowed(request: Request, sent: str) -> bool:
+    """Whether a form that records something may be taken: from these pages (Origin) with their CSRF
+    token. A request with a bearer token carries no ambient credential, so it needs no CSRF token."""
+    if not same_origin(request.scope):
+        return False
+    identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)
+    if identity is not None and identity.session is None:
+        return True
+    expected = form_csrf(request)
+    return bool(expected) and bool(sent) and hmac.compare_digest(sent, expected or "")
 
 
 class SignIn:
@@ -55,7 +81,7 @@ class SignIn:
 
     def _form(self, request: Request, status: int, target: str, csrf: str, error: str | None) -> Response:
         response = self.render(request, "login.html", status, next=target, error=error, csrf=csrf,
-                               user=None, logout_csrf=None)  # fmt: skip
+                               user=None, logout_csrf=None, form_csrf=None)  # fmt: skip
         response.set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_MAX_AGE, path=_cookie_path(request), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
         return response

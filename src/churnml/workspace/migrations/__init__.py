@@ -1,0 +1,1 @@
+"""Alembic migrations of the CSM store (:mod:`churnml.workspace.store`), run by ``store.upgrade``."""
