@@ -239,3 +239,21 @@ def test_train_on_a_ready_table_registers_a_model(home: Path, monkeypatch: pytes
     assert "held out customers by another id_column" in result.output
     result = runner.invoke(app, [*no_id, "--study", "accounts-tuning"])
     assert result.exit_code == 2 and "was run on other data" in result.output, result.output
+
+
+def test_labels_reports_scheduled_dates_without_labels_yet(home: Path) -> None:
+    """A date whose horizon runs past the data has no label yet: the summary says so (it crashed with
+    'boolean value of NA is ambiguous')."""
+    from tests.conftest import tiny_customers, tiny_events, tiny_spec_dict, tiny_subscriptions
+
+    tiny_customers().to_parquet(home / "customers.parquet")
+    tiny_events().to_parquet(home / "events.parquet")
+    tiny_subscriptions().to_parquet(home / "subscriptions.parquet")
+    spec = tiny_spec_dict()
+    spec["observation"] |= {"start": "2024-02-01", "end": "2024-03-01"}
+    (home / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = home / "labels.parquet"
+    result = runner.invoke(app, ["labels", "--spec", str(home / "spec.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels = pd.read_parquet(out)
+    assert labels["churned"].isna().any() and "unlabelled" in result.output

@@ -220,7 +220,7 @@ def labels_command(
     for col in ("observation date", "active customers", "churn rate"):
         table.add_column(col, justify="right")
     for date, row in summary.iterrows():
-        rate = "unlabelled" if row["mean"] != row["mean"] else f"{row['mean']:.2%}"
+        rate = "unlabelled" if pd.isna(row["mean"]) else f"{row['mean']:.2%}"  # NA: horizon past the data
         table.add_row(str(date.date()), f"{int(row['size']):,}", rate)
     console.print(table)
     console.print(f"{len(labels):,} rows -> {out}", highlight=False)
