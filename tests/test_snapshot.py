@@ -144,3 +144,27 @@ def test_ids_and_infinite_values_read_the_same_from_any_file_type(tmp_path: Path
     frame.assign(id=[7.0, None, 9.0, 10.0]).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(ValueError, match=r"t.parquet.id: 1 row\(s\) without an id, e.g. row 2"):
         load_snapshot_table(tmp_path / "t.parquet", "Churn", "id")
+
+
+def test_any_two_valued_label_trains_once_its_churn_value_is_named(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "x": [1, 2, 3, 4],
+                          "Attrition_Flag": ["Attrited Customer", "Existing Customer", " Existing Customer", "Attrited Customer"]})  # fmt: skip
+    path = _write(tmp_path, frame)
+    with pytest.raises(ValueError, match=r"Attrition_Flag: values \['attrited customer', 'existing customer'\] are "
+                                         r"not a churn label.*--positive 'Attrited Customer'"):  # fmt: skip
+        load_snapshot_table(path, "Attrition_Flag", "id")
+    table, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="Attrited Customer")
+    assert table["churned"].tolist() == [1, 0, 0, 1]
+    flipped, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="existing customer")
+    assert flipped["churned"].tolist() == [0, 1, 1, 0]
+    with pytest.raises(
+        ValueError,
+        match=r"--positive 'Closed' is not one of its values \['Attrited Customer', 'Existing Customer'\]",
+    ):
+        load_snapshot_table(path, "Attrition_Flag", "id", positive="Closed")
+    three = _write(tmp_path, frame.assign(Attrition_Flag=["A", "B", "C", "A"]), "three.csv")
+    with pytest.raises(ValueError, match=r"needs a label with two values, found 3: \['A', 'B', 'C'\]"):
+        load_snapshot_table(three, "Attrition_Flag", "id", positive="A")
+    frame.assign(Attrition_Flag=[1.0, 0.0, 0.0, 1.0]).to_parquet(tmp_path / "t.parquet")
+    numbers, _ = load_snapshot_table(tmp_path / "t.parquet", "Attrition_Flag", "id", positive="0")
+    assert numbers["churned"].tolist() == [0, 1, 1, 0]

@@ -286,6 +286,10 @@ def train_command(
         typer.Option("--table", help="A ready feature table (CSV/Parquet, one row per customer)."),
     ] = None,
     target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option(help="With --table: the label value that means churn, for any two-valued label."),
+    ] = None,
     id_column: Annotated[
         str | None,
         typer.Option("--id", help="With --table: the customer id column (default: the row number)."),
@@ -331,7 +335,7 @@ def train_command(
     study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
     if table_path is not None:
         try:
-            table, fs = load_snapshot_table(table_path, target or "", id_column)
+            table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
         except ValueError as err:
             raise _fail(str(err)) from None
         catalogue = build_catalogue(fs)
@@ -564,7 +568,7 @@ def run_command(
     labels_command(spec=spec, out=settings.data_dir / "labels" / "simulated.parquet")
     features_command(spec=spec, out=settings.data_dir / "features" / "simulated.parquet")
     train_command(spec=spec, config=repo_config(), trials=trials, timeout=None, data=None,
-                  table_path=None, target=None, id_column=None, folds=5)  # fmt: skip
+                  table_path=None, target=None, positive=None, id_column=None, folds=5)  # fmt: skip
     promote_command(metric=None, margin=None, config=repo_config())
     score_command(spec=spec, out=None, model=None, as_of=None, top_k=5, history=6, data=None)
     if serve:

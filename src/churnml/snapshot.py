@@ -47,11 +47,15 @@ log = logging.getLogger(__name__)
 NUMERIC_SHARE = 0.95  # a text column whose non-blank values are at least this numeric is a number column
 
 
-def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple[pd.DataFrame, FeatureSet]:
+def load_snapshot_table(
+    path: Path, target: str, id_column: str | None, positive: str | None = None
+) -> tuple[pd.DataFrame, FeatureSet]:
     """Read a CSV/Parquet feature table; return (customer_id, churned, features...) and its feature set.
 
     Without an id column the row number (from 1) is the id: fine for one table, but the held-out test
-    set then follows row order, so a reordered table holds out other customers.
+    set then follows row order, so a reordered table holds out other customers. ``positive`` names the
+    churn value of a two-valued label ("Attrited Customer"); without it the label must read as
+    yes/no, 1/0 or true/false.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,13 +90,7 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
         raise ValueError(
             f"table {path.name}.{id_column}: {len(dupes)} duplicate id(s), e.g. {dupes.iloc[0]!r}; expected one row per customer"
         )
-    labels = raw[target].astype(str).str.strip().str.lower()
-    unknown = sorted(set(labels) - _POSITIVE - _NEGATIVE)
-    if unknown:
-        raise ValueError(
-            f"table {path.name}.{target}: values {unknown[:5]} are not a churn label; expected yes/no, 1/0 or true/false"
-        )
-    churned = labels.isin(_POSITIVE).astype("int8")
+    churned = _churn_label(raw[target], f"table {path.name}.{target}", positive)
     if churned.nunique() < 2:
         raise ValueError(
             f"table {path.name}.{target}: only one class present; need churners and non-churners"
@@ -133,6 +131,36 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
         log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
     frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
     return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+
+
+def _churn_label(values: pd.Series, where: str, positive: str | None) -> pd.Series:
+    """1 for churners, 0 for the others: by the value ``positive`` names (any two-valued label), else by
+    the usual words (yes/no, 1/0, true/false...); an error names the values found."""
+    text = _id_text(values).where(values.notna(), "")  # 1.0 reads as 1, as --positive 1 does
+    found = sorted(set(text))
+    if positive is None:
+        lowered = text.str.lower()
+        unknown = sorted(set(lowered) - _POSITIVE - _NEGATIVE)
+        if unknown:
+            hint = (
+                f"; name the churn value with --positive, e.g. --positive {found[0]!r}"
+                if len(found) == 2
+                else ""
+            )
+            raise ValueError(
+                f"{where}: values {unknown[:5]} are not a churn label; expected yes/no, 1/0 or true/false{hint}"
+            )
+        return lowered.isin(_POSITIVE).astype("int8")
+    if len(found) != 2:
+        raise ValueError(
+            f"{where}: --positive needs a label with two values, found {len(found)}: {found[:10]}"
+        )
+    match = [v for v in found if v == positive.strip()] or [
+        v for v in found if v.lower() == positive.strip().lower()
+    ]
+    if len(match) != 1:
+        raise ValueError(f"{where}: --positive {positive!r} is not one of its values {found}")
+    return (text == match[0]).astype("int8")
 
 
 def _id_text(values: pd.Series) -> pd.Series:
