@@ -35,13 +35,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churnml.config import Settings, repo_root, shared_data_dir
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.evaluate import bootstrap_intervals, paired_win_share
 from churnml.features.batch import training_table
 from churnml.features.catalogue import build_catalogue
 from churnml.spec import load_spec
 from churnml.train import TrainConfig, time_splits, train_model
-from churnml.validate import prepare_dataset
 
 TEST_DATES = ("2017-08-01", "2017-09-01", "2017-10-01")
 HORIZON_DAYS = 60
@@ -56,8 +56,8 @@ LEAF_GRID = list(itertools.product((4, 7, 15, 31), (5, 20, 50, 100), (0.6, 1.0))
 def feature_table(data: Path, home: Path) -> tuple[pd.DataFrame, object]:
     spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml").with_source_path(data)
     con = connect(Settings(home=home))
-    prepare_dataset(con, spec)
-    return training_table(con, spec)
+    tables = load_dataset(con, spec)
+    return training_table(tables, spec)
 
 
 def rfm_scores(dev: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:

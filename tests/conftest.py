@@ -165,17 +165,17 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(sim_dir: Path):
+    from churnml.data import load_dataset
     from churnml.features.batch import training_table
     from churnml.features.catalogue import build_catalogue
     from churnml.labels import label_margin
     from churnml.spec import load_spec
     from churnml.train import TrainConfig, train_model
-    from churnml.validate import prepare_dataset
 
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
         spec = load_spec(sim_dir / "spec.yaml")
-        prepare_dataset(con, spec)
-        table, fs = training_table(con, spec)
+        tables = load_dataset(con, spec)
+        table, fs = training_table(tables, spec)
     result = train_model(
         table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2),
         purge_days=label_margin(spec).days,

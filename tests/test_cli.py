@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from churnml.cli import app
+from churnml.data import load_dataset
 from tests.conftest import free_port
 
 runner = CliRunner()
@@ -257,3 +258,21 @@ def test_labels_reports_scheduled_dates_without_labels_yet(home: Path) -> None:
     assert result.exit_code == 0, result.output
     labels = pd.read_parquet(out)
     assert labels["churned"].isna().any() and "unlabelled" in result.output
+
+
+def test_the_main_job_validates_the_data_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labels, features, training and scoring share one validated handle (each used to validate again)."""
+    import churnml.cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    loads = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loads.append(args[1].name)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(churnml.cli, "load_dataset", counted)
+    result = runner.invoke(app, ["run", "--customers", "300", "--months", "12", "--trials", "1", "--no-serve"])
+    assert result.exit_code == 0, result.output
+    assert "registered churn v1 as challenger" in result.output and "scored" in result.output
+    assert loads == ["simulated-saas"]

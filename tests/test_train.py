@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
+from churnml.data import load_dataset
 from churnml.features.batch import training_table
 from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FEATURE_DEFINITION, FeatureSet
@@ -24,7 +25,6 @@ from churnml.train import (
     train_model,
     tune_lightgbm,
 )
-from churnml.validate import prepare_dataset
 
 T = pd.Timestamp
 MONTHS = [T(f"2024-{m:02d}-01") for m in range(1, 13)]
@@ -298,8 +298,8 @@ def test_completejourney_out_of_time_regression_guard(shared_data: Path, con) ->
     from churnml.config import repo_root
 
     spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml")
-    prepare_dataset(con, spec.with_source_path(shared_data / "completejourney"))
-    table, fs = training_table(con, spec)
+    tables = load_dataset(con, spec.with_source_path(shared_data / "completejourney"))
+    table, fs = training_table(tables, spec)
     result = train_model(table, fs, build_catalogue(fs), 60, TrainConfig(trials=20, backtest_folds=2))
     assert result.model.metadata["test_dates"] == ["2017-10-01"]
     assert result.model.metadata["trained_through"] == "2017-08-01"

@@ -119,6 +119,13 @@ class EventSourceSpec(TableSpec):
     lookup: LookupSpec | None = Field(
         None, description="A table joined by key before mapping, so columns may come from either."
     )
+    duplicates: Literal["quarantine", "keep"] = Field(
+        "quarantine",
+        description=(
+            "Rows identical in every source column: quarantined as a duplicated export, or kept when such "
+            "repeats are legitimate (several same-day orders of one amount in a date-only log). Counted either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _type_given(self) -> EventSourceSpec:
@@ -226,6 +233,14 @@ class ObservationSpec(_Strict):
     every: str = Field("1 month", description="'1 month', '2 weeks', '7 days'.")
     lead_days: int = Field(0, ge=0)
     horizon_days: int = Field(gt=0)
+    observed_until: dt.date | dt.datetime | None = Field(
+        None,
+        description=(
+            "Behaviour is known up to here: a label is kept when its horizon ends by then. A date means "
+            "through the end of that day. Default: the end of the last day for date-only data (every event "
+            "at midnight), otherwise the last event's timestamp."
+        ),
+    )
 
     @field_validator("every")
     @classmethod

@@ -31,6 +31,7 @@ import pandas as pd
 
 from churnml.accounts import duckdb_account_sql
 from churnml.buckets import duckdb_event_sql
+from churnml.data.tables import ContractTables
 from churnml.engine import quote_literal
 from churnml.features.definitions import LOOKBACK, TREND, WINDOWS, column_name, slug
 from churnml.features.runs import (
@@ -63,15 +64,13 @@ def _check_rows(rows: pd.DataFrame) -> pd.DataFrame:
                          "customer_id": rows["customer_id"].astype(str).array, "t": dates.to_numpy()})  # fmt: skip
 
 
-def build_features(
-    con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, feature_set: FeatureSet
-) -> pd.DataFrame:
-    """Features for each (customer_id, observation_date) row, from the contract tables in ``con``.
+def build_features(tables: ContractTables, rows: pd.DataFrame, feature_set: FeatureSet) -> pd.DataFrame:
+    """Features for each (customer_id, observation_date) row, from the contract ``tables``.
 
     Returns the rows (same order) with one column per ``feature_set.columns``. The contract tables must
     not change while this runs: events are read by several statements, each on its own snapshot.
     """
-    fs = feature_set
+    fs, con = feature_set, tables.con
     frame = _check_rows(rows)
     out = pd.DataFrame({"customer_id": frame["customer_id"], "observation_date": frame["t"]})
     n = len(frame)
