@@ -226,3 +226,39 @@ def test_labels_of_active_customers_ignore_changes_before_the_date(con, tmp_path
     for customer in before.keys() & after.keys():
         assert before[customer] == after[customer], customer
     assert before == {"a": 0, "b": 1, "c": 1}
+
+
+def _inactivity_until(con, tmp_path, times: list[pd.Timestamp], observed_until=None):  # noqa: ANN001, ANN202
+    """Customer a buys on 03-01 and at ``times``; a 30-day horizon from 04-01 ends on 05-01."""
+    ts = [T("2024-03-01"), *times]
+    events = {"cust": ["a"] * len(ts), "ts": ts, "kind": ["purchase"] * len(ts), "val": [1.0] * len(ts)}
+    customers = {"id": ["a"], "signup": [T("2024-01-01")], "plan": ["p"], "mrr": [1.0]}
+    observation = {"start": "2024-04-01", "end": "2024-04-01", "every": "1 month", "horizon_days": 30}
+    if observed_until is not None:
+        observation["observed_until"] = observed_until
+    churn = {"definition": "inactivity", "activity_event_types": ["purchase"], "active_lookback_days": 90}
+    tables, spec = _load(con, customers, events, None, churn, observation, tmp_path)
+    return tables, _by_customer(build_labels(tables, spec), "2024-04-01")
+
+
+def test_date_only_data_is_observed_through_its_last_day(con, tmp_path) -> None:
+    """A purchase dated 04-30 may have happened any time that day: the horizon [04-01, 05-01) is observed.
+    Taken as midnight of 04-30, the last day was lost and the row left unlabelled."""
+    tables, label = _inactivity_until(con, tmp_path, [T("2024-03-20"), T("2024-04-30")])
+    assert tables.window.date_only and tables.window.observed_until == T("2024-05-01")
+    assert label == {"a": 0}
+    # with times of day, what is observed ends at the last event: the horizon runs past it
+    tables, label = _inactivity_until(con, tmp_path, [T("2024-03-20"), T("2024-04-30 18:00")])
+    assert not tables.window.date_only and tables.window.observed_until == T("2024-04-30 18:00")
+    assert label == {"a": None}
+
+
+def test_observed_until_in_the_spec_decides_which_horizons_are_known(con, tmp_path) -> None:
+    """An extract taken after the last purchase: the spec says until when behaviour is known."""
+    _, label = _inactivity_until(con, tmp_path, [T("2024-03-20")])  # no purchase in April: not yet known
+    assert label == {"a": None}
+    tables, label = _inactivity_until(con, tmp_path, [T("2024-03-20")], observed_until="2024-04-30")
+    assert tables.window.observed_until == T("2024-05-01")  # a date: through the end of that day
+    assert label == {"a": 1}
+    tables, label = _inactivity_until(con, tmp_path, [T("2024-03-20")], observed_until="2024-04-30T12:00:00")
+    assert tables.window.observed_until == T("2024-04-30 12:00") and label == {"a": None}

@@ -626,3 +626,40 @@ def test_group_by_takes_the_smallest_of_other_columns_on_every_read(write_tiny, 
     ]
     (issue,) = report.quarantined  # basket 2 is in the future
     assert issue.check == "future_timestamp" and issue.examples[0]["event_type"] == "browse"
+
+
+def test_a_source_keeps_its_exact_duplicates_when_the_spec_says_they_are_legitimate(
+    write_tiny, con, tmp_path: Path
+) -> None:
+    """Two same-day orders of one amount in a date-only log are two orders: ``duplicates: keep`` keeps
+    them, and they are counted either way. The other source still quarantines its repeats."""
+    events = tiny_events()
+    second = pd.DataFrame({"customer": ["a", "a", "c"], "when": ["2024-02-05"] * 3, "what": ["purchase"] * 3,
+                           "amount": ["9.5", "9.5", "3"]})  # fmt: skip
+    second.to_csv(tmp_path / "more.csv", index=False)
+    doubled = pd.concat([events, events.iloc[[1]]], ignore_index=True)
+
+    def two_sources(keep: bool):  # noqa: ANN202
+        def change(spec: dict) -> None:
+            spec["events"].append(_more_csv_source() | ({"duplicates": "keep"} if keep else {}))
+
+        return write_tiny(events=doubled, spec_changes=change)
+
+    report = load_dataset(con, two_sources(keep=False)).report
+    assert {(i.table, i.check, i.count) for i in report.quarantined} == {
+        ("events[0] (events.parquet)", "duplicate_event", 1), ("events[1] (more.csv)", "duplicate_event", 1),
+    }  # fmt: skip
+    assert "set `duplicates: keep` on this source" in _issue(report, "duplicate_event").message()
+    assert report.tables["events"].clean == 6 + 2
+
+    report = load_dataset(con, two_sources(keep=True)).report
+    (quarantined,) = report.quarantined
+    assert quarantined.table == "events[0] (events.parquet)" and quarantined.check == "duplicate_event"
+    kept = _issue(report, "duplicate_kept")
+    assert kept.severity == "warning" and kept.table == "events[1] (more.csv)" and kept.count == 1
+    assert "1 exact duplicate row(s) kept (duplicates: keep)" in kept.message()
+    summary = report.tables["events"]
+    assert (summary.rows, summary.clean, summary.quarantined, summary.duplicates_kept) == (10, 9, 1, 1)
+    assert "1 exact duplicates kept" in report.render()
+    orders = con.execute("SELECT count(*) FROM events WHERE event_type = 'purchase' AND customer_id = 'a'")
+    assert orders.fetchall()[0][0] == 2
