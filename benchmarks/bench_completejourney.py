@@ -40,8 +40,8 @@ from churnml.engine import connect
 from churnml.evaluate import bootstrap_intervals, paired_win_share
 from churnml.features.batch import training_table
 from churnml.features.catalogue import build_catalogue
+from churnml.modeling import TrainConfig, TrainTask, time_splits, train_model
 from churnml.spec import load_spec
-from churnml.train import TrainConfig, time_splits, train_model
 
 TEST_DATES = ("2017-08-01", "2017-09-01", "2017-10-01")
 HORIZON_DAYS = 60
@@ -111,7 +111,7 @@ def main() -> None:
             config = TrainConfig(
                 trials=args.trials, backtest_folds=args.folds, seed=seed, timeout_seconds=None
             )
-            result = train_model(part, fs, catalogue, HORIZON_DAYS, config)
+            result = train_model(part, fs, catalogue, TrainTask(HORIZON_DAYS, evaluation="time"), config)
             p = (
                 test[["customer_id"]]
                 .merge(result.test_frame, on="customer_id", how="left")["probability"]

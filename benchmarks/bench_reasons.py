@@ -36,10 +36,10 @@ from churnml.explain.lint import lint_reasons
 from churnml.features.batch import latest_date, training_table
 from churnml.features.catalogue import build_catalogue
 from churnml.labels import label_margin
+from churnml.modeling import TrainTask, load_train_config, train_model
 from churnml.score import explain_scored, score_customers, score_features
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.train import load_train_config, train_model
 
 # the reason group (`FeatureInfo.signal`: usage, billing...) through which each planted driver shows
 DRIVER_SIGNALS = {
@@ -135,8 +135,8 @@ def main() -> None:
         spec = load_spec(data / "spec.yaml")
         tables = load_dataset(con, spec)
         table, fs = training_table(tables, spec)
-        result = train_model(table, fs, build_catalogue(fs, spec.event_labels), spec.observation.horizon_days,
-                             config, purge_days=label_margin(spec).days)  # fmt: skip
+        task = TrainTask(spec.observation.horizon_days, purge_days=label_margin(spec).days)
+        result = train_model(table, fs, build_catalogue(fs, spec.event_labels), task, config)
         model = result.model
         workspace = score_customers(tables, spec, model, latest_date(tables), k=5, history=1)
     trained = time.perf_counter() - began

@@ -272,7 +272,32 @@ def test_the_main_job_validates_the_data_once(home: Path, monkeypatch: pytest.Mo
         return load_dataset(*args, **kwargs)
 
     monkeypatch.setattr(churnml.cli, "load_dataset", counted)
-    result = runner.invoke(app, ["run", "--customers", "300", "--months", "12", "--trials", "1", "--no-serve"])
+    result = runner.invoke(
+        app, ["run", "--customers", "300", "--months", "12", "--trials", "1", "--no-serve"]
+    )
     assert result.exit_code == 0, result.output
     assert "registered churn v1 as challenger" in result.output and "scored" in result.output
     assert loads == ["simulated-saas"]
+
+
+def test_train_says_which_evaluation_it_used(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 39-week horizon on a short history fits no purged out-of-time fold: `train --spec` stopped with
+    'no backtest fold fits'. It now holds out customers, and says so in its table."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = home / "sim"
+    assert (
+        runner.invoke(app, ["simulate", "--customers", "300", "--months", "18", "--out", str(out)]).exit_code
+        == 0
+    )
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    spec["observation"]["horizon_days"] = 273
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(
+        app, ["train", "--spec", str(out / "spec.yaml"), "--trials", "1"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "Evaluation: held-out customers" in result.output and "registered churn v1" in result.output
+    spec["evaluation"] = "time"
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["train", "--spec", str(out / "spec.yaml"), "--trials", "1"])
+    assert result.exit_code == 2 and "no backtest fold fits" in result.output

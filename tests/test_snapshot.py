@@ -9,8 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FeatureSet
-from churnml.snapshot import holdout_mask, load_snapshot_table, train_snapshot
-from churnml.train import TrainConfig
+from churnml.modeling import TrainConfig, holdout_mask, load_snapshot_table, train_snapshot
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "t.csv") -> Path:

@@ -35,7 +35,7 @@ from churnml.spec import DatasetSpec, SpecError, load_spec
 if TYPE_CHECKING:  # imported when training runs: the CLI starts without MLflow
     from mlflow.tracking import MlflowClient
 
-    from churnml.train import TrainConfig
+    from churnml.modeling import TrainConfig
 
 __all__ = ["app"]
 
@@ -334,21 +334,15 @@ def train_command(
     With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
     feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
+    from churnml.modeling import TuningRun, load_snapshot_table, train_snapshot
     from churnml.registry import log_training
-    from churnml.snapshot import load_snapshot_table, train_snapshot
 
     if (spec is None) == (table_path is None):
         raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
     setup = _train_setup(config, trials, timeout)
-    settings, cfg, client, uri, study_storage = (
-        setup.settings,
-        setup.cfg,
-        setup.client,
-        setup.uri,
-        setup.storage,
-    )
+    settings, cfg = setup.settings, setup.cfg
     if table_path is not None:
         try:
             table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
@@ -357,16 +351,12 @@ def train_command(
         catalogue = build_catalogue(fs)
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
             try:
-                result = train_snapshot(
-                    table, fs, catalogue, cfg, folds, study_storage,
-                    study or f"{table_path.stem}-{int(time.time())}", id_column,
-                )  # fmt: skip
+                tuning = TuningRun(setup.storage, study or f"{table_path.stem}-{int(time.time())}")
+                result = train_snapshot(table, fs, catalogue, cfg, folds, tuning, id_column)
             except (ValueError, RuntimeError) as err:
                 raise _fail(str(err)) from None
-        by = "by id" if id_column else "by row number"
-        held_out = f"{len(result.test_frame):,} held-out customers ({cfg.table_holdout:.0%} {by})"
-        _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
-                         f"{held_out}; tuned by {folds}-fold cross-validation")  # fmt: skip
+        logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
+        _report_training(result, logged, cfg, setup.uri)
         return
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
@@ -389,8 +379,8 @@ class _TrainSetup:
 
 
 def _train_setup(config: Path | None, trials: int | None, timeout: float | None) -> _TrainSetup:
+    from churnml.modeling import load_train_config
     from churnml.registry import check_tracking_server, close_unfinished_runs, tracking_uri
-    from churnml.train import load_train_config
 
     settings = _settings()
     try:
@@ -414,31 +404,27 @@ def _train_on_spec(
     setup: _TrainSetup, loaded: DatasetSpec, table: pd.DataFrame, fs: FeatureSet, study: str | None
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
+    from churnml.modeling import TrainTask, TuningRun, train_model
     from churnml.registry import log_training
-    from churnml.train import train_model
 
     cfg = setup.cfg
     catalogue = build_catalogue(fs, loaded.event_labels)
     with _progress() as progress:
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
-            result = train_model(
-                table, fs, catalogue, loaded.observation.horizon_days, cfg,
-                storage=setup.storage, study_name=study or f"{loaded.name}-{int(time.time())}",
-                on_trial=lambda done, total: progress.update(task, completed=done),
-                purge_days=label_margin(loaded).days,
-            )  # fmt: skip
+            task_ = TrainTask(loaded.observation.horizon_days, label_margin(loaded).days, loaded.evaluation)
+            tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
+                               lambda done, total: progress.update(task, completed=done))  # fmt: skip
+            result = train_model(table, fs, catalogue, task_, cfg, tuning)
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
     logged = log_training(result, table, cfg, setup.settings, loaded.name, setup.client)
-    _report_training(
-        result, logged, cfg, setup.uri, f"out-of-time test ({', '.join(result.model.metadata['test_dates'])})"
-    )
+    _report_training(result, logged, cfg, setup.uri)
 
 
-def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation: str) -> None:  # noqa: ANN001
+def _report_training(result, logged: tuple[str, str], cfg, uri: str) -> None:  # noqa: ANN001
     run_id, version = logged
-    metrics = Table(title=f"Evaluation: {evaluation}")
+    metrics = Table(title=f"Evaluation: {result.evaluation_description}")
     keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
             "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip
     metrics.add_column("model", no_wrap=True)
@@ -466,6 +452,7 @@ def promote_command(
 ) -> None:
     """Make the challenger champion if it beats the champion on the same out-of-time rows."""
     from churnml.evaluate import comparable_metric
+    from churnml.modeling import load_train_config
     from churnml.registry import (
         check_tracking_server,
         close_unfinished_runs,
@@ -473,7 +460,6 @@ def promote_command(
         promotion_lock,
         tracking_uri,
     )
-    from churnml.train import load_train_config
 
     settings = _settings()
     try:

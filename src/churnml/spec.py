@@ -281,6 +281,13 @@ class DatasetSpec(_Strict):
     churn: Churn
     observation: ObservationSpec
     validation: ValidationSpec = ValidationSpec()
+    evaluation: Literal["auto", "time", "customers"] = Field(
+        "auto",
+        description=(
+            "How `churnml train` tests a model: on the latest dates, out of time (time); on customers held out "
+            "at every date (customers); or out of time when a purged backtest fold fits, else customers (auto)."
+        ),
+    )
     event_labels: dict[str, EventLabel] = Field(default_factory=dict)
     event_values: dict[str, EventValueSpec] = Field(
         default_factory=dict,

@@ -10,11 +10,9 @@ fold calibrated by the other folds), so no row is scored by a calibrator that sa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
@@ -24,21 +22,15 @@ from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import bootstrap_intervals, churn_metrics
 from churnml.features.catalogue import FeatureInfo
 from churnml.features.sets import FeatureSet
-from churnml.model import Calibrator, ChurnModel, encode_features
-from churnml.train import (
-    TrainConfig,
-    TrainResult,
-    _choose_calibrator,
-    _dataset,
-    _fit_fold,
-    _inverse_churn_rate,
-    _params,
-    logistic_baseline,
-    retained_reference,
-    tune_lightgbm,
-)
+from churnml.model import ChurnModel, encode_features
+from churnml.modeling.baselines import baseline_metrics
+from churnml.modeling.calibrate import choose_calibrator, cross_fitted
+from churnml.modeling.config import TrainConfig
+from churnml.modeling.splits import holdout_mask
+from churnml.modeling.train import TrainResult, TuningRun, final_model, out_of_fold, retained_reference
+from churnml.modeling.tuning import binned_folds, inverse_churn_rate, search_params, tune_lightgbm
 
-__all__ = ["load_snapshot_table", "holdout_mask", "train_snapshot"]
+__all__ = ["load_snapshot_table", "train_snapshot"]
 
 _POSITIVE = {"1", "yes", "true", "y", "t", "churn", "churned"}
 _NEGATIVE = {"0", "no", "false", "n", "f", "stay", "retained", "active"}
@@ -181,27 +173,18 @@ def _looks_like_id(values: pd.Series) -> bool:
     return values.dtype == object or bool((values == values.round()).all())
 
 
-def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
-    """True for the customers held out as the test set: a hash of the id, so the same ones every time."""
-    buckets = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") % 10_000 for i in ids),
-        dtype=np.int64, count=len(ids),
-    )  # fmt: skip
-    return buckets < round(fraction * 10_000)
-
-
 def train_snapshot(
     frame: pd.DataFrame,
     fs: FeatureSet,
     catalogue: list[FeatureInfo],
     config: TrainConfig,
     folds: int = 5,
-    storage: str | None = None,
-    study_name: str = "churn-table",
+    tuning: TuningRun | None = None,
     id_column: str | None = None,
 ) -> TrainResult:
     """Hold out a stable share of customers; tune on stratified K-fold CV of the rest, calibrate on its
     out-of-fold predictions, refit on all of it, and evaluate once on the held-out customers."""
+    tuning = tuning or TuningRun(study_name="churn-table")
     held_out = holdout_mask(frame["customer_id"], config.table_holdout)
     test_frame, frame = frame[held_out].reset_index(drop=True), frame[~held_out].reset_index(drop=True)
     for name, part in (("held-out test", test_frame), ("development", frame)):
@@ -215,40 +198,31 @@ def train_snapshot(
     categories = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in fs.categorical_columns}
     x = encode_features(frame, fs, categories)
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
-    pos_weight = _inverse_churn_rate(y)
-
-    study = tune_lightgbm(cv, x, y, fs, config, storage, study_name, pos_weight=pos_weight)
-    best = study.best_trial
-    params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
-
-    raw = np.zeros(len(y))
-    fold_of = np.zeros(len(y), dtype=int)
-    for i, (tr, va) in enumerate(cv):
-        booster = _fit_fold(params, x.iloc[tr], y[tr], x.iloc[va], y[va], fs, config)
-        raw[va] = booster.predict(x.iloc[va].to_numpy())
-        fold_of[va] = i
-    oof = pd.DataFrame({"fold": fold_of, "raw": raw, "y": y})
-    calibrator = _choose_calibrator(oof, config.calibration)
-    calibrated = np.zeros(len(y))
-    for i in range(folds):  # cross-fitted: a fold's probabilities come from a calibrator fitted on the others
-        held = fold_of == i
-        calibrated[held] = Calibrator.fit(calibrator.method, raw[~held], y[~held]).predict(raw[held])
-    rounds = max(10, int(best.user_attrs.get("rounds", 100)))
-    final = lgb.train(params, _dataset(x, y, fs), num_boost_round=rounds)
+    pos_weight = inverse_churn_rate(y)
+    binned = binned_folds(cv, x, y, fs)
+    study = tune_lightgbm(
+        cv, x, y, fs, config, tuning.storage, tuning.study_name, tuning.on_trial, pos_weight, binned
+    )
+    oof = out_of_fold(
+        search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight), binned, config
+    )
+    oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
+    calibrator = choose_calibrator(oof, config.calibration)
+    final, params = final_model(study, x, y, fs, config, pos_weight)
     model = ChurnModel(final, fs, categories, calibrator, catalogue,
-                       {"mode": "table", "cv_folds": folds, "best_params": best.params, "rounds": rounds,
-                        "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame),
-                        "table_holdout": config.table_holdout, "id_column": id_column},
+                       {"mode": "table", "evaluation": "customers", "cv_folds": folds, "best_params": study.best_trial.params,
+                        "rounds": params["num_boost_round"], "test_dates": [], "training_rows": len(y),
+                        "held_out_rows": len(test_frame), "table_holdout": config.table_holdout, "id_column": id_column},
                        reference=retained_reference(frame, fs, "accounts that stayed in the training rows"))  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
     return TrainResult(
-        model=model, params={**params, "num_boost_round": rounds},
-        test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
-        baselines={"base_rate": churn_metrics(y_test, np.full(len(y_test), y.mean()), capacity=config.capacity),
-                   "logistic_regression": churn_metrics(
-                       y_test, logistic_baseline(frame, test_frame, fs), capacity=config.capacity)},
+        model=model, params=params, test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
+        baselines=baseline_metrics(frame, test_frame, fs, config.capacity),
         study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
-        cv_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
+        cv_metrics=churn_metrics(y, cross_fitted(calibrator.method, oof), capacity=config.capacity),
+        evaluation="customers",
+        evaluation_description=f"{len(test_frame):,} held-out customers ({config.table_holdout:.0%} "
+        f"{'by id' if id_column else 'by row number'}); tuned by {folds}-fold cross-validation",
     )  # fmt: skip
