@@ -39,7 +39,6 @@ from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.evaluate import bootstrap_intervals, paired_win_share
 from churnml.features.batch import training_table
-from churnml.features.catalogue import build_catalogue
 from churnml.modeling import TrainConfig, TrainTask, time_splits, train_model
 from churnml.spec import load_spec
 
@@ -94,7 +93,6 @@ def main() -> None:
         print(
             f"feature table: {len(table):,} rows x {len(fs.columns)} features in {time.perf_counter() - t0:.1f} s"
         )
-    catalogue = build_catalogue(fs)
     rows = []
     for test_date in TEST_DATES:
         part = table[table["observation_date"] <= pd.Timestamp(test_date)]
@@ -111,7 +109,7 @@ def main() -> None:
             config = TrainConfig(
                 trials=args.trials, backtest_folds=args.folds, seed=seed, timeout_seconds=None
             )
-            result = train_model(part, fs, catalogue, TrainTask(HORIZON_DAYS, evaluation="time"), config)
+            result = train_model(part, fs, TrainTask(HORIZON_DAYS, evaluation="time"), config)
             p = (
                 test[["customer_id"]]
                 .merge(result.test_frame, on="customer_id", how="left")["probability"]

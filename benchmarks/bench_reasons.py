@@ -34,7 +34,6 @@ from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.explain.lint import lint_reasons
 from churnml.features.batch import latest_date, training_table
-from churnml.features.catalogue import build_catalogue
 from churnml.labels import label_margin
 from churnml.modeling import TrainTask, load_train_config, train_model
 from churnml.score import explain_scored, score_customers, score_features
@@ -135,8 +134,10 @@ def main() -> None:
         spec = load_spec(data / "spec.yaml")
         tables = load_dataset(con, spec)
         table, fs = training_table(tables, spec)
-        task = TrainTask(spec.observation.horizon_days, purge_days=label_margin(spec).days)
-        result = train_model(table, fs, build_catalogue(fs, spec.event_labels), task, config)
+        task = TrainTask(
+            spec.observation.horizon_days, label_margin(spec).days, event_labels=spec.event_labels
+        )
+        result = train_model(table, fs, task, config)
         model = result.model
         workspace = score_customers(tables, spec, model, latest_date(tables), k=5, history=1)
     trained = time.perf_counter() - began

@@ -167,7 +167,6 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(sim_dir: Path):
     from churnml.data import load_dataset
     from churnml.features.batch import training_table
-    from churnml.features.catalogue import build_catalogue
     from churnml.labels import label_margin
     from churnml.modeling import TrainConfig, TrainTask, train_model
     from churnml.spec import load_spec
@@ -177,7 +176,7 @@ def trained(sim_dir: Path):
         tables = load_dataset(con, spec)
         table, fs = training_table(tables, spec)
     task = TrainTask(spec.observation.horizon_days, purge_days=label_margin(spec).days)
-    result = train_model(table, fs, build_catalogue(fs), task, TrainConfig(trials=4, backtest_folds=2))
+    result = train_model(table, fs, task, TrainConfig(trials=4, backtest_folds=2))
     return table, fs, result
 
 

@@ -301,3 +301,34 @@ def test_train_says_which_evaluation_it_used(home: Path, monkeypatch: pytest.Mon
     (out / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["train", "--spec", str(out / "spec.yaml"), "--trials", "1"])
     assert result.exit_code == 2 and "no backtest fold fits" in result.output
+
+
+def test_train_on_a_table_names_its_leaks_and_records_them(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A published credit-card table: a text label and two classifier outputs derived from it."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(0)
+    n = 1500
+    usage = rng.normal(size=n)
+    left = rng.random(n) < 1 / (1 + np.exp(-(1.3 * usage - 1.4)))
+    score = np.clip(left * 0.9 + rng.normal(0, 0.04, n), 0, 1)
+    pd.DataFrame({"CLIENTNUM": rng.permutation(n) + 700_000_000, "usage": usage,
+                  "Attrition_Flag": np.where(left, "Attrited Customer", "Existing Customer"),
+                  "Naive_Bayes_1": score, "Naive_Bayes_2": 1 - score}).to_csv(home / "bank.csv", index=False)  # fmt: skip
+    args = ["train", "--table", str(home / "bank.csv"), "--target", "Attrition_Flag", "--id", "CLIENTNUM",
+            "--trials", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--positive 'Attrited Customer'" in result.output
+    result = runner.invoke(app, [*args, "--positive", "Attrited Customer"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for column in ("Naive_Bayes_1", "Naive_Bayes_2"):
+        assert f"column '{column}' alone separates the label (single-column ROC-AUC 1.000" in result.output
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("churnml").experiment_id])[0]
+    assert run.data.tags["churnml.leaks_left_out"] == "Naive_Bayes_1,Naive_Bayes_2"
+    assert run.data.params["n_features"] == "1"
+    result = runner.invoke(app, [*args, "--positive", "Attrited Customer", "--keep-column", "Naive_Bayes_2"])
+    assert result.exit_code == 0 and "column 'Naive_Bayes_2'" in result.output and "kept (--keep-column)" in result.output
+    run = client.search_runs([client.get_experiment_by_name("churnml").experiment_id], order_by=["start_time DESC"])[0]
+    assert run.data.tags["churnml.leaks_kept"] == "Naive_Bayes_2" and run.data.params["n_features"] == "2"

@@ -744,3 +744,16 @@ def test_the_model_loads_without_the_feature_engine() -> None:
             "assert not heavy, heavy")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_columns_left_out_of_a_model_are_not_in_its_features(settings: Settings) -> None:
+    """The leak guard's dropped columns are computed with their family but never handed to the model."""
+    con = connect(settings)
+    tables = load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    full = build_features(tables, _hand_rows(), HAND_SET)
+    left_out = ["login_count_7d", "mrr", "plan"]
+    fs = HAND_SET.without(left_out)
+    assert not set(left_out) & set(fs.columns) and fs.dropped == tuple(sorted(left_out))
+    assert FeatureSet.from_json(fs.to_json()) == fs
+    pd.testing.assert_frame_equal(build_features(tables, _hand_rows(), fs), full.drop(columns=left_out), check_exact=True)
+    con.close()

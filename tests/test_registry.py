@@ -16,7 +16,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from churnml.config import Settings
-from churnml.features.catalogue import build_catalogue
 from churnml.modeling import TrainConfig, TrainTask, holdout_mask, train_model
 from churnml.registry import MODEL_NAME, check_tracking_server, load_model, log_training, promote_challenger
 
@@ -213,7 +212,7 @@ def test_promote_compares_only_models_evaluated_the_same_way(trained, store) -> 
     client, settings = store
     log_training(timed, table, TrainConfig(trials=4), settings, "sim", client)
     assert promote_challenger(client).promoted
-    held_out = train_model(table, fs, build_catalogue(fs), TrainTask(60, 90, evaluation="customers"),
+    held_out = train_model(table, fs, TrainTask(60, 90, evaluation="customers"),
                            TrainConfig(trials=2))  # fmt: skip
     run_id, version = log_training(held_out, table, TrainConfig(trials=2), settings, "sim", client)
     run = client.get_run(run_id)

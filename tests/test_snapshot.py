@@ -63,7 +63,7 @@ def test_telco_cross_validated_quality_floor(shared_data: Path) -> None:
         shared_data / "ibm_telco_churn" / "Telco-Customer-Churn.csv", "Churn", "customerID"
     )
     assert len(table) == 7043 and round(table["churned"].mean(), 4) == 0.2654
-    result = train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=10, seed=0))
+    result = train_snapshot(table, fs, TrainConfig(trials=10, seed=0))
     assert result.cv_metrics["roc_auc"] >= 0.845
     assert result.cv_metrics["roc_auc"] < 0.87  # far above the published ~0.85 would mean leakage
     assert result.cv_metrics["ece"] < 0.03
@@ -89,7 +89,7 @@ def test_held_out_customers_are_chosen_by_id_and_never_trained_on() -> None:
     )
     assert 0.16 < mask.mean() < 0.24
 
-    result = train_snapshot(shuffled, fs, build_catalogue(fs), TrainConfig(trials=2, seed=0))
+    result = train_snapshot(shuffled, fs, TrainConfig(trials=2, seed=0))
     assert set(result.test_frame["customer_id"]) == set(table["customer_id"][mask])
     assert result.model.metadata["training_rows"] == n - mask.sum() == len(result.oof)
     held = table[mask]
@@ -112,7 +112,7 @@ def test_too_few_churners_to_hold_out_is_a_clear_error() -> None:
     with pytest.raises(
         ValueError, match=r"rows hold \d+ churner\(s\) and \d+ non-churner\(s\); need at least 5"
     ):
-        train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=1))
+        train_snapshot(table, fs, TrainConfig(trials=1))
 
 
 def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tmp_path: Path, caplog) -> None:

@@ -12,7 +12,6 @@ from sklearn.metrics import average_precision_score, log_loss
 
 from churnml.data import load_dataset
 from churnml.features.batch import training_table
-from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FEATURE_DEFINITION, FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.modeling import (
@@ -305,9 +304,7 @@ def test_completejourney_out_of_time_regression_guard(shared_data: Path, con) ->
     spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml")
     tables = load_dataset(con, spec.with_source_path(shared_data / "completejourney"))
     table, fs = training_table(tables, spec)
-    result = train_model(
-        table, fs, build_catalogue(fs), TrainTask(60), TrainConfig(trials=20, backtest_folds=2)
-    )
+    result = train_model(table, fs, TrainTask(60), TrainConfig(trials=20, backtest_folds=2))
     assert result.model.metadata["test_dates"] == ["2017-10-01"]
     assert result.model.metadata["trained_through"] == "2017-08-01"
     assert result.test_metrics["roc_auc"] >= 0.85 and result.test_metrics["pr_auc"] >= 0.27
@@ -356,10 +353,8 @@ def test_when_no_purged_fold_fits_customers_are_held_out_at_every_date(trained) 
     dates = table["observation_date"].nunique()
     task = TrainTask(60, purge_days=400)  # no purged out-of-time fold fits in 16 months
     with pytest.raises(ValueError, match="no backtest fold fits"):
-        train_model(
-            table, fs, build_catalogue(fs), TrainTask(60, 400, evaluation="time"), TrainConfig(trials=1)
-        )
-    result = train_model(table, fs, build_catalogue(fs), task, TrainConfig(trials=2, backtest_folds=2))
+        train_model(table, fs, TrainTask(60, 400, evaluation="time"), TrainConfig(trials=1))
+    result = train_model(table, fs, task, TrainConfig(trials=2, backtest_folds=2))
     assert result.evaluation == "customers" and "held-out customers" in result.evaluation_description
     held = holdout_mask(table["customer_id"], 0.2)
     latest = table["observation_date"].max()
@@ -377,10 +372,25 @@ def test_when_no_purged_fold_fits_customers_are_held_out_at_every_date(trained) 
     }
     assert table.loc[~held, "observation_date"].nunique() == dates
     # the spec can ask for it even when time splits fit
-    asked = train_model(
-        table, fs, build_catalogue(fs), TrainTask(60, 90, evaluation="customers"), TrainConfig(trials=1)
-    )
+    asked = train_model(table, fs, TrainTask(60, 90, evaluation="customers"), TrainConfig(trials=1))
     assert (
         asked.evaluation == "customers"
         and asked.model.metadata["evaluation_reason"] == "the spec says evaluation: customers"
     )
+
+
+def test_the_leak_guard_runs_on_behaviour_tables_too(trained) -> None:
+    """A customer attribute holding the closing date: after the observation date for churners."""
+    from dataclasses import replace
+
+    table, fs, _ = trained
+    closing = table["churn_date"].where(table["churned"] == 1)
+    leaky = table.assign(attr_closed_at=closing.dt.strftime("%Y-%m-%d").astype(object))
+    leaky_fs = replace(fs, attributes=(*fs.attributes, "closed_at"),
+                       categorical_attributes=(*fs.categorical_attributes, "closed_at"))  # fmt: skip
+    assert "attr_closed_at" in leaky_fs.columns
+    result = train_model(leaky, leaky_fs, TrainTask(60, 90), TrainConfig(trials=1, backtest_folds=2))
+    found = {leak.column: leak for leak in result.leaks}
+    assert found["attr_closed_at"].rule in {"after_observation", "missingness"} and not found["attr_closed_at"].kept
+    assert "attr_closed_at" not in result.model.feature_names and "attr_closed_at" in result.model.feature_set.dropped
+    assert {leak.rule for leak in result.leaks if leak.column == "attr_closed_at"} >= {"after_observation"}

@@ -320,6 +320,12 @@ def train_command(
         typer.Option("--id", help="With --table: the customer id column (default: the row number)."),
     ] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+    keep_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-column", help="Keep this column although the leak guard finds it leaks (repeatable)."
+        ),
+    ] = None,
     study: Annotated[
         str | None,
         typer.Option(
@@ -348,11 +354,10 @@ def train_command(
             table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
         except ValueError as err:
             raise _fail(str(err)) from None
-        catalogue = build_catalogue(fs)
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
             try:
                 tuning = TuningRun(setup.storage, study or f"{table_path.stem}-{int(time.time())}")
-                result = train_snapshot(table, fs, catalogue, cfg, folds, tuning, id_column)
+                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, tuple(keep_column or ()))
             except (ValueError, RuntimeError) as err:
                 raise _fail(str(err)) from None
         logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
@@ -361,7 +366,7 @@ def train_command(
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
         table, fs = training_table(tables, loaded)
-    _train_on_spec(setup, loaded, table, fs, study)
+    _train_on_spec(setup, loaded, table, fs, study, tuple(keep_column or ()))
 
 
 @dataclass(frozen=True)
@@ -401,21 +406,26 @@ def _train_setup(config: Path | None, trials: int | None, timeout: float | None)
 
 
 def _train_on_spec(
-    setup: _TrainSetup, loaded: DatasetSpec, table: pd.DataFrame, fs: FeatureSet, study: str | None
+    setup: _TrainSetup,
+    loaded: DatasetSpec,
+    table: pd.DataFrame,
+    fs: FeatureSet,
+    study: str | None,
+    keep: tuple[str, ...] = (),
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
     from churnml.modeling import TrainTask, TuningRun, train_model
     from churnml.registry import log_training
 
     cfg = setup.cfg
-    catalogue = build_catalogue(fs, loaded.event_labels)
     with _progress() as progress:
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
-            task_ = TrainTask(loaded.observation.horizon_days, label_margin(loaded).days, loaded.evaluation)
+            task_ = TrainTask(loaded.observation.horizon_days, label_margin(loaded).days, loaded.evaluation, keep,
+                              loaded.event_labels)  # fmt: skip
             tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
                                lambda done, total: progress.update(task, completed=done))  # fmt: skip
-            result = train_model(table, fs, catalogue, task_, cfg, tuning)
+            result = train_model(table, fs, task_, cfg, tuning)
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
     logged = log_training(result, table, cfg, setup.settings, loaded.name, setup.client)
@@ -424,6 +434,8 @@ def _train_on_spec(
 
 def _report_training(result, logged: tuple[str, str], cfg, uri: str) -> None:  # noqa: ANN001
     run_id, version = logged
+    for leak in result.leaks:  # the leak guard's findings, before the figures they would have inflated
+        err_console.print(f"[yellow]WARNING[/] leak guard: {leak.message()}", highlight=False)
     metrics = Table(title=f"Evaluation: {result.evaluation_description}")
     keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
             "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip

@@ -125,6 +125,8 @@ class _Matrix:
         self.filled: set[str] = set()
 
     def put(self, col: str, values: np.ndarray) -> None:
+        if col in self.fs.dropped:  # computed with its family, left out of the model
+            return
         if col not in self.index:
             raise KeyError(f"features: computed column {col!r} is not in the feature set")
         self.data[:, self.index[col]] = values

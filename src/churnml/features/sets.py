@@ -9,7 +9,7 @@ the MLflow pyfunc imports) without the feature engine.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from churnml.features.definitions import ACCOUNT_FAMILIES, event_families, slug
 from churnml.schema import EventValue
@@ -91,6 +91,8 @@ class FeatureSet:
     table_numeric: tuple[str, ...] = ()
     table_categorical: tuple[str, ...] = ()
     definition: int = FEATURE_DEFINITION  # of the features this set was built with
+    # columns left out of the model (the leak guard, `churnml.modeling.leaks`): still computed, never used
+    dropped: tuple[str, ...] = ()
 
     @property
     def is_snapshot(self) -> bool:
@@ -128,8 +130,13 @@ class FeatureSet:
     @property
     def categorical_columns(self) -> list[str]:
         if self.is_snapshot:
-            return list(self.table_categorical)
-        return [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
+            return [c for c in self.table_categorical if c not in self.dropped]
+        cols = [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
+        return [c for c in cols if c not in self.dropped]
+
+    def without(self, columns: tuple[str, ...] | list[str]) -> FeatureSet:
+        """The same set with ``columns`` left out of the model."""
+        return replace(self, dropped=tuple(sorted({*self.dropped, *columns})))
 
     @property
     def numeric_attribute_columns(self) -> list[str]:
@@ -139,9 +146,10 @@ class FeatureSet:
     def columns(self) -> list[str]:
         """Every feature column, in model order."""
         if self.is_snapshot:
-            return [*self.table_numeric, *self.table_categorical]
+            return [c for c in self.table_numeric if c not in self.dropped] + self.categorical_columns
         cols = [c for t in self.event_types for c in self.event_columns(t)]
-        return cols + self.account_columns + self.numeric_attribute_columns + self.categorical_columns
+        cols += self.account_columns + self.numeric_attribute_columns
+        return [c for c in cols if c not in self.dropped] + self.categorical_columns
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -166,6 +174,7 @@ class FeatureSet:
             "categorical_attributes",
             "table_numeric",
             "table_categorical",
+            "dropped",
         ):
             data[key] = tuple(data.get(key, ()))
         data["event_values"] = tuple(

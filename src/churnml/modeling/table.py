@@ -20,12 +20,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import bootstrap_intervals, churn_metrics
-from churnml.features.catalogue import FeatureInfo
+from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FeatureSet
 from churnml.model import ChurnModel, encode_features
 from churnml.modeling.baselines import baseline_metrics
 from churnml.modeling.calibrate import choose_calibrator, cross_fitted
 from churnml.modeling.config import TrainConfig
+from churnml.modeling.leaks import guard
 from churnml.modeling.splits import holdout_mask
 from churnml.modeling.train import TrainResult, TuningRun, final_model, out_of_fold, retained_reference
 from churnml.modeling.tuning import binned_folds, inverse_churn_rate, search_params, tune_lightgbm
@@ -176,14 +177,15 @@ def _looks_like_id(values: pd.Series) -> bool:
 def train_snapshot(
     frame: pd.DataFrame,
     fs: FeatureSet,
-    catalogue: list[FeatureInfo],
     config: TrainConfig,
     folds: int = 5,
     tuning: TuningRun | None = None,
     id_column: str | None = None,
+    keep_columns: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Hold out a stable share of customers; tune on stratified K-fold CV of the rest, calibrate on its
-    out-of-fold predictions, refit on all of it, and evaluate once on the held-out customers."""
+    """Hold out a stable share of customers; leave out leaking columns (found on the rest, bar
+    ``keep_columns``); tune on stratified K-fold CV of the rest, calibrate on its out-of-fold
+    predictions, refit on all of it, and evaluate once on the held-out customers."""
     tuning = tuning or TuningRun(study_name="churn-table")
     held_out = holdout_mask(frame["customer_id"], config.table_holdout)
     test_frame, frame = frame[held_out].reset_index(drop=True), frame[~held_out].reset_index(drop=True)
@@ -194,6 +196,8 @@ def train_snapshot(
                 f"table: the {name} rows hold {counts.get(1, 0)} churner(s) and {counts.get(0, 0)} "
                 f"non-churner(s); need at least {folds} of each (more rows, or another table_holdout)"
             )
+    checked = guard(frame, fs, keep_columns, config.seed)
+    fs = checked.feature_set
     y = frame["churned"].to_numpy(int)
     categories = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in fs.categorical_columns}
     x = encode_features(frame, fs, categories)
@@ -209,7 +213,7 @@ def train_snapshot(
     oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
     calibrator = choose_calibrator(oof, config.calibration)
     final, params = final_model(study, x, y, fs, config, pos_weight)
-    model = ChurnModel(final, fs, categories, calibrator, catalogue,
+    model = ChurnModel(final, fs, categories, calibrator, build_catalogue(fs),
                        {"mode": "table", "evaluation": "customers", "cv_folds": folds, "best_params": study.best_trial.params,
                         "rounds": params["num_boost_round"], "test_dates": [], "training_rows": len(y),
                         "held_out_rows": len(test_frame), "table_holdout": config.table_holdout, "id_column": id_column},
@@ -222,7 +226,7 @@ def train_snapshot(
         study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
         cv_metrics=churn_metrics(y, cross_fitted(calibrator.method, oof), capacity=config.capacity),
-        evaluation="customers",
+        evaluation="customers", leaks=checked.leaks,
         evaluation_description=f"{len(test_frame):,} held-out customers ({config.table_holdout:.0%} "
         f"{'by id' if id_column else 'by row number'}); tuned by {folds}-fold cross-validation",
     )  # fmt: skip

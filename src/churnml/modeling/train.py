@@ -19,13 +19,14 @@ import optuna
 import pandas as pd
 
 from churnml.evaluate import bootstrap_intervals, churn_metrics
-from churnml.features.catalogue import FeatureInfo
+from churnml.features.catalogue import build_catalogue
 from churnml.features.reference import FeatureReference
 from churnml.features.sets import FeatureSet
 from churnml.model import ChurnModel, encode_features
 from churnml.modeling.baselines import baseline_metrics
 from churnml.modeling.calibrate import choose_calibrator, cross_fitted
 from churnml.modeling.config import TrainConfig
+from churnml.modeling.leaks import Leak, guard
 from churnml.modeling.splits import Evaluation, Split, choose_evaluation
 from churnml.modeling.tuning import (
     FitPool,
@@ -36,6 +37,7 @@ from churnml.modeling.tuning import (
     search_params,
     tune_lightgbm,
 )
+from churnml.spec import EventLabel
 
 __all__ = [
     "TrainTask",
@@ -63,6 +65,8 @@ class TrainTask:
     horizon_days: int
     purge_days: int | None = None
     evaluation: str = "auto"
+    keep_columns: tuple[str, ...] = ()  # leaking columns kept knowingly (--keep-column)
+    event_labels: dict[str, EventLabel] = field(default_factory=dict)  # the spec's names, for the catalogue
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class TrainResult:
     cv_metrics: dict[str, float] = field(default_factory=dict)  # cross-validation on development rows
     evaluation: str = "time"  # time | customers: how the test rows were chosen
     evaluation_description: str = ""  # in words, for the CLI and the run
+    leaks: tuple[Leak, ...] = ()  # columns the leak guard found (left out, or kept with --keep-column)
 
 
 def retained_reference(rows: pd.DataFrame, fs: FeatureSet, description: str) -> FeatureReference:
@@ -120,12 +125,12 @@ def final_model(study: optuna.Study, x: pd.DataFrame, y: np.ndarray, fs: Feature
 def train_model(
     table: pd.DataFrame,
     fs: FeatureSet,
-    catalogue: list[FeatureInfo],
     task: TrainTask,
     config: TrainConfig,
     tuning: TuningRun | None = None,
 ) -> TrainResult:
-    """Tune, calibrate and evaluate on a labelled feature table (one row per customer-date)."""
+    """Tune, calibrate and evaluate on a labelled feature table (one row per customer-date); leaking
+    columns are left out first (`churnml.modeling.leaks`), found on the development rows."""
     tuning = tuning or TuningRun()
     if "churned" not in table:
         raise ValueError("training table: no 'churned' label column")
@@ -134,6 +139,8 @@ def train_model(
     dev, test = table[split.dev].reset_index(drop=True), table[split.test].reset_index(drop=True)
     if dev["churned"].nunique() < 2 or test["churned"].nunique() < 2:
         raise ValueError("training table: development and test data each need churners and non-churners")
+    checked = guard(dev, fs, task.keep_columns, config.seed)
+    fs = checked.feature_set
     categories = {c: sorted(str(v) for v in dev[c].dropna().unique()) for c in fs.categorical_columns}
     x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
     pos_weight = inverse_churn_rate(y)  # test labels stay unseen
@@ -145,14 +152,17 @@ def train_model(
     calibrator = choose_calibrator(oof, config.calibration)
     booster, final_params = final_model(study, x, y, fs, config, pos_weight)
     model = ChurnModel(
-        booster=booster, feature_set=fs, categories=categories, calibrator=calibrator, catalogue=catalogue,
+        booster=booster, feature_set=fs, categories=categories, calibrator=calibrator,
+        catalogue=build_catalogue(fs, task.event_labels),
         metadata=_metadata(split, task, config, study, final_params),
         # the latest labelled date's retained accounts, the nearest to the dates scored next: descriptive
         # (what reasons compare an account with), it changes no prediction and no test metric
         reference=retained_reference(table[table["observation_date"] == table["observation_date"].max()], fs,
                                      f"accounts that stayed at {table['observation_date'].max().date()}"),
     )  # fmt: skip
-    return _evaluate(model, dev, test, split, config, study, oof, final_params)
+    result = _evaluate(model, dev, test, split, config, study, oof, final_params)
+    result.leaks = checked.leaks
+    return result
 
 
 def _metadata(
