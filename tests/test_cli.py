@@ -303,7 +303,9 @@ def test_train_says_which_evaluation_it_used(home: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 2 and "no backtest fold fits" in result.output
 
 
-def test_train_on_a_table_names_its_leaks_and_records_them(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_on_a_table_names_its_leaks_and_records_them(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A published credit-card table: a text label and two classifier outputs derived from it."""
     from mlflow.tracking import MlflowClient
 
@@ -329,6 +331,12 @@ def test_train_on_a_table_names_its_leaks_and_records_them(home: Path, monkeypat
     assert run.data.tags["churnml.leaks_left_out"] == "Naive_Bayes_1,Naive_Bayes_2"
     assert run.data.params["n_features"] == "1"
     result = runner.invoke(app, [*args, "--positive", "Attrited Customer", "--keep-column", "Naive_Bayes_2"])
-    assert result.exit_code == 0 and "column 'Naive_Bayes_2'" in result.output and "kept (--keep-column)" in result.output
-    run = client.search_runs([client.get_experiment_by_name("churnml").experiment_id], order_by=["start_time DESC"])[0]
+    assert (
+        result.exit_code == 0
+        and "column 'Naive_Bayes_2'" in result.output
+        and "kept (--keep-column)" in result.output
+    )
+    run = client.search_runs(
+        [client.get_experiment_by_name("churnml").experiment_id], order_by=["start_time DESC"]
+    )[0]
     assert run.data.tags["churnml.leaks_kept"] == "Naive_Bayes_2" and run.data.params["n_features"] == "2"

@@ -14,6 +14,7 @@ from churnml.config import Settings, repo_root
 from churnml.data import ContractTables, load_dataset
 from churnml.engine import connect
 from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.btyd import BgNbd
 from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import _side_session, build_features
 from churnml.features.inference import infer_feature_set
@@ -410,7 +411,10 @@ def _frame(items: list[tuple]) -> pd.DataFrame:
 
 
 _LEAK_SET = FeatureSet(
-    ("login", "nps_response", "support_ticket"), (("nps_response", NPS), ("support_ticket", CSAT))
+    ("login", "nps_response", "support_ticket"),
+    (("nps_response", NPS), ("support_ticket", CSAT)),
+    btyd=(("login", BgNbd(0.5, 2.0, 0.8, 2.5)),),
+    btyd_horizon_days=60,  # the fitted families too
 )
 _LEAK_CUSTOMERS = pd.DataFrame({"customer_id": ["a", "b"], "signup_date": [T("2023-06-01")] * 2})
 _LEAK_SUBS = pd.DataFrame(
@@ -717,6 +721,15 @@ def test_every_declared_family_is_computed_and_every_computation_declared() -> N
         computed |= set(runs.value_features(events, base, rel, meaning, span=20))
         declared = {(f.key, w) for f in event_families(meaning) for w in (f.windows or (None,))}
         assert computed == declared, (meaning, computed ^ declared)
+    # the fitted families (BG/NBD), where a feature set carries their parameters
+    from churnml.features.btyd import btyd_columns
+    from churnml.features.definitions import fitted_families
+
+    one = np.array([1.0])
+    assert set(btyd_columns(BgNbd(0.5, 2.0, 0.8, 2.5), 60, one, one, one)) == {
+        f.key for f in fitted_families()
+    }
+    assert {"login_p_alive", "login_expected_days_ahead"} <= set(_LEAK_SET.columns)
 
 
 def test_a_definition_without_a_computation_stops_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -755,5 +768,7 @@ def test_columns_left_out_of_a_model_are_not_in_its_features(settings: Settings)
     fs = HAND_SET.without(left_out)
     assert not set(left_out) & set(fs.columns) and fs.dropped == tuple(sorted(left_out))
     assert FeatureSet.from_json(fs.to_json()) == fs
-    pd.testing.assert_frame_equal(build_features(tables, _hand_rows(), fs), full.drop(columns=left_out), check_exact=True)
+    pd.testing.assert_frame_equal(
+        build_features(tables, _hand_rows(), fs), full.drop(columns=left_out), check_exact=True
+    )
     con.close()

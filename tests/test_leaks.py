@@ -51,7 +51,10 @@ def test_the_guard_leaves_leaks_out_with_a_warning_unless_kept(caplog) -> None:
         checked = guard(frame, fs)
     assert set(checked.left_out) == {"nb_score", "exit_survey", "closed_on"}
     assert checked.feature_set.columns == ["usage", "plan", "ref"]
-    assert "column 'nb_score' alone separates the label (single-column ROC-AUC 1.000 on the training rows)" in caplog.text
+    assert (
+        "column 'nb_score' alone separates the label (single-column ROC-AUC 1.000 on the training rows)"
+        in caplog.text
+    )
     assert "left out (keep it with --keep-column nb_score)" in caplog.text
     kept = guard(frame, fs, keep=["exit_survey"])
     assert "exit_survey" in kept.feature_set.columns and "exit_survey" not in kept.left_out

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, log_loss
 
 from churnml.data import load_dataset
 from churnml.features.batch import training_table
+from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FEATURE_DEFINITION, FeatureSet
 from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.modeling import (
@@ -210,12 +211,47 @@ def test_a_model_trained_on_definitions_no_longer_computed_is_refused_and_one_st
     import churnml.features.sets
 
     monkeypatch.setattr(churnml.features.sets, "COMPUTABLE_FROM", 2)  # as if 2's columns were still computed
-    old = json.loads(json.dumps(meta))
-    old["feature_set"]["definition"] = 2
-    (folder / "model.json").write_text(json.dumps(old))
+    older = _model_on_definitions(result.model, 2).save(tmp_path / "older")
     with caplog.at_level(logging.WARNING, logger="churnml.model"):
-        ChurnModel.load(folder)
+        ChurnModel.load(older)
     assert "feature definitions 2" in caplog.text and "event values have meanings" in caplog.text
+
+
+def _model_on_definitions(model: ChurnModel, definition: int) -> ChurnModel:
+    """A model as an older churnml trained it: its feature set's columns are those of its definitions."""
+    from dataclasses import replace
+
+    import lightgbm as lgb
+
+    fs = replace(model.feature_set, definition=definition)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, len(fs.columns))), rng.integers(0, 2, 200)
+    booster = lgb.train({"objective": "binary", "verbosity": -1}, lgb.Dataset(x, y), num_boost_round=2)
+    return ChurnModel(
+        booster, fs, model.categories, model.calibrator, build_catalogue(fs), dict(model.metadata)
+    )
+
+
+def test_a_model_on_definitions_3_still_scores_without_the_newer_families(trained) -> None:
+    """Definitions 4 added families (days since the first event, BG/NBD); a model trained before has
+    none of their columns, and the engine computes exactly its own."""
+    table, _, result = trained
+    older = _model_on_definitions(result.model, 3)
+    assert not any(
+        c.endswith("_active_days_total") or c.startswith("days_since_first_") for c in older.feature_names
+    )
+    assert len(older.feature_names) < len(result.model.feature_names)
+    assert not older.feature_set.definition_changes()  # nothing it uses changed meaning
+    from churnml.features.online import features_from_frames
+
+    ids = list(table["customer_id"].head(3))
+    events = pd.DataFrame(
+        {"customer_id": ids, "timestamp": pd.Timestamp("2024-01-05"), "event_type": "login"}
+    )
+    customers = pd.DataFrame({"customer_id": ids, "industry": "retail", "country": "DE"})
+    features = features_from_frames(older.feature_set, pd.Timestamp("2024-02-01"), events, customers)
+    assert list(features.columns[2:]) == older.feature_names
+    assert older.predict_proba(features).shape == (3,)
 
 
 def test_feature_definitions_refuse_newer_ones_and_unknown_fields(trained, tmp_path: Path) -> None:
@@ -391,6 +427,12 @@ def test_the_leak_guard_runs_on_behaviour_tables_too(trained) -> None:
     assert "attr_closed_at" in leaky_fs.columns
     result = train_model(leaky, leaky_fs, TrainTask(60, 90), TrainConfig(trials=1, backtest_folds=2))
     found = {leak.column: leak for leak in result.leaks}
-    assert found["attr_closed_at"].rule in {"after_observation", "missingness"} and not found["attr_closed_at"].kept
-    assert "attr_closed_at" not in result.model.feature_names and "attr_closed_at" in result.model.feature_set.dropped
+    assert (
+        found["attr_closed_at"].rule in {"after_observation", "missingness"}
+        and not found["attr_closed_at"].kept
+    )
+    assert (
+        "attr_closed_at" not in result.model.feature_names
+        and "attr_closed_at" in result.model.feature_set.dropped
+    )
     assert {leak.rule for leak in result.leaks if leak.column == "attr_closed_at"} >= {"after_observation"}

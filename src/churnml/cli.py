@@ -28,7 +28,7 @@ from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import build_features
 from churnml.features.inference import infer_feature_set, resolve_event_values
 from churnml.features.sets import FeatureSet
-from churnml.labels import build_labels, label_margin
+from churnml.labels import build_labels
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import DatasetSpec, SpecError, load_spec
 
@@ -414,15 +414,14 @@ def _train_on_spec(
     keep: tuple[str, ...] = (),
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
-    from churnml.modeling import TrainTask, TuningRun, train_model
+    from churnml.modeling import TuningRun, spec_task, train_model
     from churnml.registry import log_training
 
     cfg = setup.cfg
     with _progress() as progress:
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
-            task_ = TrainTask(loaded.observation.horizon_days, label_margin(loaded).days, loaded.evaluation, keep,
-                              loaded.event_labels)  # fmt: skip
+            task_ = spec_task(loaded, keep)
             tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
                                lambda done, total: progress.update(task, completed=done))  # fmt: skip
             result = train_model(table, fs, task_, cfg, tuning)

@@ -86,6 +86,40 @@ def count_total(i: FeatureInfo, r: Reading) -> Fact:
     return Fact(f"{format_number(n)} {noun(i, n)} since the account started", {"count": n})
 
 
+def active_days_total(i: FeatureInfo, r: Reading) -> Fact:
+    n = r.num(i.name)
+    if not n:
+        return Fact(f"No {i.singular} yet", {}, i.higher == "riskier")
+    return Fact(f"{cap(i.plural)} on {format_number(n)} day{'' if n == 1 else 's'} since the account started",
+                {"days": n})  # fmt: skip
+
+
+def days_since_first(i: FeatureInfo, r: Reading) -> Fact:
+    x = r.num(i.name)
+    if x is None:
+        return Fact(f"No {i.singular} yet", {})
+    words, values = ago(x)
+    day, date = on_date(r, x) if x >= 30 else (None, {})
+    return Fact(f"The first {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
+
+
+def p_alive(i: FeatureInfo, r: Reading) -> Fact | None:
+    x = r.num(i.name)
+    if x is None:
+        return None  # no such event yet: said by its count
+    pct = float(round(100 * x))
+    return Fact(f"{format_number(pct)}% chance that {i.plural} continue, judging by how often and how lately "
+                "they came", {"percent": pct}, reassuring=pct >= 50 and i.higher == "safer")  # fmt: skip
+
+
+def expected_days(i: FeatureInfo, r: Reading) -> Fact | None:
+    x = r.num(i.name)
+    if x is None:
+        return None
+    return Fact(f"About {format_number(x)} day{'' if x == 1 else 's'} with {i.plural} expected in the next "
+                f"{i.window} days at their usual rhythm", {"days": x})  # fmt: skip
+
+
 def mean_gap(i: FeatureInfo, r: Reading) -> Fact | None:
     x = r.num(i.name)
     if x is None:

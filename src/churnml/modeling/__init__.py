@@ -12,7 +12,7 @@ from __future__ import annotations
 from churnml.modeling.config import TrainConfig, load_train_config
 from churnml.modeling.splits import Split, holdout_mask, time_splits
 from churnml.modeling.table import load_snapshot_table, train_snapshot
-from churnml.modeling.train import TrainResult, TrainTask, TuningRun, train_model
+from churnml.modeling.train import TrainResult, TrainTask, TuningRun, spec_task, train_model
 from churnml.modeling.tuning import tune_lightgbm
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "holdout_mask",
     "load_snapshot_table",
     "load_train_config",
+    "spec_task",
     "time_splits",
     "train_model",
     "train_snapshot",

@@ -134,7 +134,9 @@ def find_leaks(rows: pd.DataFrame, fs: FeatureSet, seed: int = 0) -> list[Leak]:
             auc = _numeric_auc(pd.to_numeric(values, errors="coerce").to_numpy(float), y)
         missing = values.isna().to_numpy()
         by_missing = _auc(missing.astype(float), y) if missing.any() and not missing.all() else 0.5
-        if by_missing >= LEAK_AUC:  # its values then separate too, with the empty ones at one end: one finding
+        if (
+            by_missing >= LEAK_AUC
+        ):  # its values then separate too, with the empty ones at one end: one finding
             leaks.append(Leak(col, "missingness", by_missing))
         elif auc >= LEAK_AUC:
             leaks.append(Leak(col, "separates", auc))

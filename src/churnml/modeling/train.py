@@ -19,10 +19,13 @@ import optuna
 import pandas as pd
 
 from churnml.evaluate import bootstrap_intervals, churn_metrics
+from churnml.features.btyd import with_fitted_columns
 from churnml.features.catalogue import build_catalogue
 from churnml.features.reference import FeatureReference
 from churnml.features.sets import FeatureSet
+from churnml.labels import label_margin
 from churnml.model import ChurnModel, encode_features
+from churnml.modeling.activity import bgnbd_churn_probability, fit_activity
 from churnml.modeling.baselines import baseline_metrics
 from churnml.modeling.calibrate import choose_calibrator, cross_fitted
 from churnml.modeling.config import TrainConfig
@@ -37,9 +40,10 @@ from churnml.modeling.tuning import (
     search_params,
     tune_lightgbm,
 )
-from churnml.spec import EventLabel
+from churnml.spec import DatasetSpec, EventLabel, InactivityChurn
 
 __all__ = [
+    "spec_task",
     "TrainTask",
     "TuningRun",
     "TrainResult",
@@ -66,7 +70,16 @@ class TrainTask:
     purge_days: int | None = None
     evaluation: str = "auto"
     keep_columns: tuple[str, ...] = ()  # leaking columns kept knowingly (--keep-column)
+    btyd_types: tuple[str, ...] = ()  # activity types of inactivity churn: BG/NBD features and baseline
     event_labels: dict[str, EventLabel] = field(default_factory=dict)  # the spec's names, for the catalogue
+
+
+def spec_task(spec: DatasetSpec, keep_columns: tuple[str, ...] = ()) -> TrainTask:
+    """What `churnml train --spec` trains for: the spec's horizon, purge (horizon + grace), evaluation,
+    event names, and BG/NBD features for the activity types of inactivity churn."""
+    activity = tuple(spec.churn.activity_event_types) if isinstance(spec.churn, InactivityChurn) else ()
+    return TrainTask(spec.observation.horizon_days, label_margin(spec).days, spec.evaluation, keep_columns,
+                     activity, spec.event_labels)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,8 @@ def train_model(
     if dev["churned"].nunique() < 2 or test["churned"].nunique() < 2:
         raise ValueError("training table: development and test data each need churners and non-churners")
     checked = guard(dev, fs, task.keep_columns, config.seed)
-    fs = checked.feature_set
+    fs, dev = fit_activity(dev, checked.feature_set, task.btyd_types, task.horizon_days)
+    table, test = (with_fitted_columns(t, fs.btyd, fs.btyd_horizon_days) for t in (table, test))
     categories = {c: sorted(str(v) for v in dev[c].dropna().unique()) for c in fs.categorical_columns}
     x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
     pos_weight = inverse_churn_rate(y)  # test labels stay unseen
@@ -192,6 +206,8 @@ def _evaluate(model: ChurnModel, dev: pd.DataFrame, test: pd.DataFrame, split: E
     test_frame = test[["customer_id", "observation_date", "churned"]].assign(probability=p_test)
     if mrr is not None:
         test_frame["mrr"] = mrr
+    churn_by_bgnbd = bgnbd_churn_probability(test, model.feature_set)
+    extra = {} if churn_by_bgnbd is None else {"bg_nbd": churn_by_bgnbd}
     cv = {}
     if split.kind == "customers":  # folds over customers: cross-validation metrics, cross-fitted calibration
         cv = churn_metrics(
@@ -199,7 +215,7 @@ def _evaluate(model: ChurnModel, dev: pd.DataFrame, test: pd.DataFrame, split: E
         )
     return TrainResult(
         model=model, params=params, test_metrics=churn_metrics(y_test, p_test, mrr, config.capacity), cv_metrics=cv,
-        baselines=baseline_metrics(dev, test, model.feature_set, config.capacity), study=study,
+        baselines=baseline_metrics(dev, test, model.feature_set, config.capacity, extra), study=study,
         test_frame=test_frame, oof=oof, splits=split.splits,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
         evaluation=split.kind, evaluation_description=split.description,
