@@ -142,3 +142,17 @@ def test_fitted_on_development_rows_only_and_computed_alike_when_scoring(tmp_pat
         np.testing.assert_array_equal(scored[column].to_numpy(), trained_values[column].to_numpy())
     # the model's own churn probability is a baseline on the same test rows
     assert "bg_nbd" in result.baselines and result.baselines["bg_nbd"]["roc_auc"] > 0.6
+    # the run is logged from the table the features step wrote (the fitted columns travel with the model)
+    import mlflow
+
+    from churnml.config import Settings
+    from churnml.registry import check_tracking_server, log_training
+
+    client = check_tracking_server(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        run_id, _ = log_training(
+            result, table, TrainConfig(trials=2), Settings(home=tmp_path), "purchases", client
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert client.get_run(run_id).data.metrics["baseline_bg_nbd_roc_auc"] > 0.6

@@ -38,6 +38,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from churnml.config import Settings  # noqa: E402
 from churnml.evaluate import churn_metrics, comparable_metric, paired_win_share, reliability_table  # noqa: E402
+from churnml.features.btyd import with_fitted_columns  # noqa: E402
 from churnml.features.catalogue import catalogue_frame  # noqa: E402
 from churnml.model import ChurnModel  # noqa: E402
 from churnml.modeling import TrainConfig, TrainResult, holdout_mask  # noqa: E402
@@ -192,6 +193,8 @@ def log_training(
         test_features = table[table["customer_id"].isin(result.test_frame["customer_id"])].reset_index(
             drop=True
         )
+    fs = result.model.feature_set  # the columns fitted at training (BG/NBD), beside the table's own
+    test_features = with_fitted_columns(test_features, fs.btyd, fs.btyd_horizon_days)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_name}")
     try:
         with _terminate_as_exit():
