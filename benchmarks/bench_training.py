@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from churnml.features.sets import FeatureSet
 from churnml.model import encode_features
-from churnml.modeling import TrainConfig, tune_lightgbm
+from churnml.modeling import TrainConfig, TuningRun, tune_lightgbm
 
 CATEGORICAL = 4
 
@@ -87,9 +87,7 @@ def side_by_side(args: argparse.Namespace, separable: bool = False) -> dict[str,
 
     config = TrainConfig(trials=args.trials, timeout_seconds=None, seed=args.seed)
     began = time.perf_counter()
-    study = tune_lightgbm(
-        folds, x, y, fs, config, None, "bench", on_trial=after_trial if not separable else None
-    )
+    study = tune_lightgbm(folds, x, y, fs, config, TuningRun(None, "bench", None if separable else after_trial))
     tuning = time.perf_counter() - began - plain["default"] - plain["one_thread"]
     states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     return {"tuning_seconds": tuning, "plain_seconds": plain["default"], "plain_one_thread_seconds": plain["one_thread"],

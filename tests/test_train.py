@@ -18,6 +18,7 @@ from churnml.model import Calibrator, ChurnModel, encode_features
 from churnml.modeling import (
     TrainConfig,
     TrainTask,
+    TuningRun,
     holdout_mask,
     load_train_config,
     time_splits,
@@ -103,14 +104,17 @@ def test_a_study_continues_in_sqlite_only_on_the_same_data(tmp_path: Path) -> No
     fs = FeatureSet((), (), table_numeric=("a", "b"))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = TrainConfig(trials=2, max_rounds=30)
-    tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
-    study = tune_lightgbm(folds, x, y, fs, config, storage, "resume-me")
+    tune_lightgbm(folds, x, y, fs, config, TuningRun(storage, "resume-me"))
+    study = tune_lightgbm(folds, x, y, fs, config, TuningRun(storage, "resume-me"))
     assert len(study.trials) == 4
     first, resumed = study.trials[:2], study.trials[2:]
     assert all(a.params != b.params for a, b in zip(first, resumed, strict=True))  # new draws, not a replay
     with pytest.raises(ValueError, match="study 'resume-me' was run on other data"):
-        tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "resume-me")
-    assert len(tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, storage, "fresh").trials) == 2
+        tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, TuningRun(storage, "resume-me"))
+    assert (
+        len(tune_lightgbm(folds, x.assign(a=x["a"] * 2), y, fs, config, TuningRun(storage, "fresh")).trials)
+        == 2
+    )
 
 
 def test_tuning_prunes_weak_trials_and_keeps_depth_and_class_weight_in_bounds(monkeypatch) -> None:
@@ -124,7 +128,7 @@ def test_tuning_prunes_weak_trials_and_keeps_depth_and_class_weight_in_bounds(mo
     y = (rng.random(n) < 0.05 + 0.3 * x["a"].to_numpy() ** 2).astype(int)
     fs = FeatureSet((), (), table_numeric=("a", "b", "c"))
     folds = [(np.setdiff1d(np.arange(n), va), va) for va in np.array_split(np.arange(n), 5)]
-    study = tune_lightgbm(folds, x, y, fs, TrainConfig(trials=16, max_depth=4), None, "p")
+    study = tune_lightgbm(folds, x, y, fs, TrainConfig(trials=16, max_depth=4))
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
     assert all(2 <= t.params["max_depth"] <= 4 for t in study.trials)
@@ -375,10 +379,10 @@ def test_tuning_stops_at_a_perfect_ranking() -> None:
     y = ((x["a"] > 0.7) | (x["b"] < 0.1)).to_numpy(int)
     fs = FeatureSet((), (), table_numeric=("a", "b"))
     folds = [(np.setdiff1d(np.arange(n), va), va) for va in np.array_split(np.arange(n), 3)]
-    study = tune_lightgbm(folds, x, y, fs, TrainConfig(trials=15), None, "perfect")
+    study = tune_lightgbm(folds, x, y, fs, TrainConfig(trials=15))
     assert len(study.trials) < 15 and study.best_value > 0.9999
     noisy = np.where(rng.random(n) < 0.05, 1 - y, y)  # the same columns, not separable: every trial runs
-    assert len(tune_lightgbm(folds, x, noisy, fs, TrainConfig(trials=6), None, "noisy").trials) == 6
+    assert len(tune_lightgbm(folds, x, noisy, fs, TrainConfig(trials=6)).trials) == 6
 
 
 def test_when_no_purged_fold_fits_customers_are_held_out_at_every_date(trained) -> None:

@@ -319,11 +319,7 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         mlflow.log_artifact(str(folder / "optuna_trials.csv"), artifact_path="tuning")
         test_features.to_parquet(folder / "test_features.parquet", index=False)
         mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
-        left_out = [leak.column for leak in result.leaks if not leak.kept]
-        mlflow.set_tags({"churnml.leaks_left_out": ",".join(dict.fromkeys(left_out)) or "none",
-                         "churnml.leaks_kept": ",".join(leak.column for leak in result.leaks if leak.kept) or "none"})  # fmt: skip
-        (folder / "leaks.json").write_text(json.dumps([leak.to_dict() for leak in result.leaks], indent=1))
-        mlflow.log_artifact(str(folder / "leaks.json"), artifact_path="evaluation")
+        _log_leaks(result, folder)
         (folder / "metrics.json").write_text(
             json.dumps(
                 {
@@ -356,6 +352,15 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
         return run.info.run_id, str(version.version)
+
+
+def _log_leaks(result: TrainResult, folder: Path) -> None:
+    """What the leak guard left out or kept (tags), and each finding with its figure (an artifact)."""
+    left_out = [leak.column for leak in result.leaks if not leak.kept]
+    mlflow.set_tags({"churnml.leaks_left_out": ",".join(dict.fromkeys(left_out)) or "none",
+                     "churnml.leaks_kept": ",".join(leak.column for leak in result.leaks if leak.kept) or "none"})  # fmt: skip
+    (folder / "leaks.json").write_text(json.dumps([leak.to_dict() for leak in result.leaks], indent=1))
+    mlflow.log_artifact(str(folder / "leaks.json"), artifact_path="evaluation")
 
 
 def download_model(uri: str, client: MlflowClient, dst: Path) -> Path:

@@ -68,39 +68,41 @@ def active_days(i: FeatureInfo, r: Reading) -> Fact:
     return Fact(f"{cap(i.plural)} on {format_number(n)} of the last {TREND} days", {"days": n})
 
 
-def days_since(i: FeatureInfo, r: Reading) -> Fact:
+def _since_event(i: FeatureInfo, r: Reading, which: str) -> Fact:
+    """'The last login was 3 days ago', 'The first purchase was 13 months ago, on 2024-05-27'."""
     x = r.num(i.name)
     if x is None:
         return Fact(f"No {i.singular} yet", {}, i.higher == "safer")  # never had a failed payment, say
     if x < 1:
-        return Fact(f"The last {i.singular} was less than a day ago", {})
+        return Fact(f"The {which} {i.singular} was less than a day ago", {})
     words, values = ago(x)
     day, date = on_date(r, x) if x >= 30 else (None, {})  # a date helps once it is weeks back
-    return Fact(f"The last {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
+    return Fact(f"The {which} {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
 
 
-def count_total(i: FeatureInfo, r: Reading) -> Fact:
-    n = r.num(i.name)
-    if not n:
-        return Fact(f"No {i.singular} yet", {}, i.higher == "riskier")
-    return Fact(f"{format_number(n)} {noun(i, n)} since the account started", {"count": n})
-
-
-def active_days_total(i: FeatureInfo, r: Reading) -> Fact:
-    n = r.num(i.name)
-    if not n:
-        return Fact(f"No {i.singular} yet", {}, i.higher == "riskier")
-    return Fact(f"{cap(i.plural)} on {format_number(n)} day{'' if n == 1 else 's'} since the account started",
-                {"days": n})  # fmt: skip
+def days_since(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_event(i, r, "last")
 
 
 def days_since_first(i: FeatureInfo, r: Reading) -> Fact:
-    x = r.num(i.name)
-    if x is None:
-        return Fact(f"No {i.singular} yet", {})
-    words, values = ago(x)
-    day, date = on_date(r, x) if x >= 30 else (None, {})
-    return Fact(f"The first {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
+    return _since_event(i, r, "first")
+
+
+def _since_start(i: FeatureInfo, r: Reading, text: str, quoted: str) -> Fact:
+    """'400 logins since the account started'; 'No login yet' when there is none."""
+    n = r.num(i.name)
+    if not n:
+        return Fact(f"No {i.singular} yet", {}, i.higher == "riskier")
+    return Fact(f"{text.format(n=format_number(n), noun=noun(i, n), s='' if n == 1 else 's')} since the account "
+                "started", {quoted: n})  # fmt: skip
+
+
+def count_total(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_start(i, r, "{n} {noun}", "count")
+
+
+def active_days_total(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_start(i, r, f"{cap(i.plural)} on {{n}} day{{s}}", "days")
 
 
 def p_alive(i: FeatureInfo, r: Reading) -> Fact | None:

@@ -28,8 +28,8 @@ from churnml.modeling.calibrate import choose_calibrator, cross_fitted
 from churnml.modeling.config import TrainConfig
 from churnml.modeling.leaks import guard
 from churnml.modeling.splits import holdout_mask
-from churnml.modeling.train import TrainResult, TuningRun, final_model, out_of_fold, retained_reference
-from churnml.modeling.tuning import binned_folds, inverse_churn_rate, search_params, tune_lightgbm
+from churnml.modeling.train import TrainResult, final_model, out_of_fold, retained_reference
+from churnml.modeling.tuning import TuningRun, binned_folds, inverse_churn_rate, search_params, tune_lightgbm
 
 __all__ = ["load_snapshot_table", "train_snapshot"]
 
@@ -88,10 +88,27 @@ def load_snapshot_table(
         raise ValueError(
             f"table {path.name}.{target}: only one class present; need churners and non-churners"
         )
+    numeric, categorical, features = _typed_columns(
+        raw.drop(columns=[c for c in (target, id_column) if c]), path.name
+    )
+    for col in numeric + categorical:
+        if not _looks_like_id(features[col]):
+            continue
+        if id_column is None:
+            raise ValueError(
+                f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
+                f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
+            )
+        log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
+    frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
+    return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+
+
+def _typed_columns(raw: pd.DataFrame, name: str) -> tuple[list[str], list[str], dict[str, pd.Series]]:
+    """(numeric columns, categorical columns, their values): text that is mostly numbers is a number
+    column (blanks missing, not zero), infinite values are missing, anything else is a category."""
     numeric, categorical, features = [], [], {}
     for col in raw.columns:
-        if col in (target, id_column):
-            continue
         values = raw[col]
         if pd.api.types.is_numeric_dtype(values):
             features[col] = values.astype(float)
@@ -109,21 +126,9 @@ def load_snapshot_table(
     for col in numeric:
         infinite = np.isinf(features[col])
         if infinite.any():  # no value, like a blank: a model can cope, a scaler or a sum cannot
-            log.warning(
-                "table %s.%s: %d infinite value(s) read as missing", path.name, col, int(infinite.sum())
-            )
+            log.warning("table %s.%s: %d infinite value(s) read as missing", name, col, int(infinite.sum()))
             features[col] = features[col].mask(infinite)
-    for col in numeric + categorical:
-        if not _looks_like_id(features[col]):
-            continue
-        if id_column is None:
-            raise ValueError(
-                f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
-                f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
-            )
-        log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
-    frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
-    return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+    return numeric, categorical, features
 
 
 def _churn_label(values: pd.Series, where: str, positive: str | None) -> pd.Series:
@@ -204,9 +209,7 @@ def train_snapshot(
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
     pos_weight = inverse_churn_rate(y)
     binned = binned_folds(cv, x, y, fs)
-    study = tune_lightgbm(
-        cv, x, y, fs, config, tuning.storage, tuning.study_name, tuning.on_trial, pos_weight, binned
-    )
+    study = tune_lightgbm(cv, x, y, fs, config, tuning, pos_weight, binned)
     oof = out_of_fold(
         search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight), binned, config
     )

@@ -10,7 +10,6 @@ the backtest's mean number of rounds, and scored once on the test rows beside th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -34,6 +33,7 @@ from churnml.modeling.splits import Evaluation, Split, choose_evaluation
 from churnml.modeling.tuning import (
     FitPool,
     Fold,
+    TuningRun,
     binned_folds,
     inverse_churn_rate,
     lightgbm_dataset,
@@ -80,15 +80,6 @@ def spec_task(spec: DatasetSpec, keep_columns: tuple[str, ...] = ()) -> TrainTas
     activity = tuple(spec.churn.activity_event_types) if isinstance(spec.churn, InactivityChurn) else ()
     return TrainTask(spec.observation.horizon_days, label_margin(spec).days, spec.evaluation, keep_columns,
                      activity, spec.event_labels)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TuningRun:
-    """Where the Optuna study lives and who hears about each trial."""
-
-    storage: str | None = None
-    study_name: str = "churn"
-    on_trial: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -159,8 +150,7 @@ def train_model(
     x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
     pos_weight = inverse_churn_rate(y)  # test labels stay unseen
     binned = binned_folds(split.folds, x, y, fs)
-    study = tune_lightgbm(split.folds, x, y, fs, config, tuning.storage, tuning.study_name, tuning.on_trial,
-                          pos_weight, binned)  # fmt: skip
+    study = tune_lightgbm(split.folds, x, y, fs, config, tuning, pos_weight, binned)
     params = search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight)
     oof = out_of_fold(params, binned, config)
     calibrator = choose_calibrator(oof, config.calibration)

@@ -36,6 +36,7 @@ from churnml.features.sets import FeatureSet
 from churnml.modeling.config import TrainConfig
 
 __all__ = [
+    "TuningRun",
     "FitPool",
     "Fold",
     "binned_folds",
@@ -59,6 +60,15 @@ def lightgbm_dataset(
         categorical_feature=list(fs.categorical_columns), reference=reference, free_raw_data=False,
         params=dict(DATASET_PARAMS),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TuningRun:
+    """Where the Optuna study lives and who hears about each trial."""
+
+    storage: str | None = None
+    study_name: str = "churn"
+    on_trial: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -239,9 +249,7 @@ def tune_lightgbm(
     y: np.ndarray,
     fs: FeatureSet,
     config: TrainConfig,
-    storage: str | None,
-    study_name: str,
-    on_trial: Callable[[int, int], None] | None = None,
+    run: TuningRun | None = None,
     pos_weight: float | None = None,
     binned: list[Fold] | None = None,
 ) -> optuna.Study:
@@ -251,6 +259,8 @@ def tune_lightgbm(
     development rows' so that no test label shapes the search. ``binned``: the folds already binned
     (`binned_folds`), to reuse them afterwards.
     """
+    run = run or TuningRun()
+    storage, study_name, on_trial = run.storage, run.study_name, run.on_trial
     if pos_weight is None:
         pos_weight = inverse_churn_rate(y)
     binned = binned if binned is not None else binned_folds(folds, x, y, fs)
