@@ -24,6 +24,7 @@ import itertools
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightgbm as lgb
@@ -35,13 +36,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churnml.config import Settings, repo_root, shared_data_dir
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.evaluate import bootstrap_intervals, paired_win_share
 from churnml.features.batch import training_table
-from churnml.features.catalogue import build_catalogue
-from churnml.spec import load_spec
-from churnml.train import TrainConfig, time_splits, train_model
-from churnml.validate import prepare_dataset
+from churnml.modeling import TrainConfig, spec_task, time_splits, train_model
+from churnml.spec import DatasetSpec, load_spec
 
 TEST_DATES = ("2017-08-01", "2017-09-01", "2017-10-01")
 HORIZON_DAYS = 60
@@ -53,11 +53,15 @@ RFM = (
 LEAF_GRID = list(itertools.product((4, 7, 15, 31), (5, 20, 50, 100), (0.6, 1.0)))
 
 
+def load_cj_spec(data: Path) -> DatasetSpec:
+    return load_spec(repo_root() / "training" / "specs" / "completejourney.yaml").with_source_path(data)
+
+
 def feature_table(data: Path, home: Path) -> tuple[pd.DataFrame, object]:
-    spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml").with_source_path(data)
+    spec = load_cj_spec(data)
     con = connect(Settings(home=home))
-    prepare_dataset(con, spec)
-    return training_table(con, spec)
+    tables = load_dataset(con, spec)
+    return training_table(tables, spec)
 
 
 def rfm_scores(dev: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -82,6 +86,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument(
+        "--without-btyd", action="store_true", help="Leave out the BG/NBD features (ablation)."
+    )
     args = parser.parse_args()
     if not (args.data / "transactions.parquet").is_file():
         print(f"skipped: completejourney data not found in {args.data} (give --data)")
@@ -94,7 +101,9 @@ def main() -> None:
         print(
             f"feature table: {len(table):,} rows x {len(fs.columns)} features in {time.perf_counter() - t0:.1f} s"
         )
-    catalogue = build_catalogue(fs)
+    task = replace(spec_task(load_cj_spec(args.data)), evaluation="time")  # as `churnml train --spec` runs it
+    if args.without_btyd:
+        task = replace(task, btyd_types=())
     rows = []
     for test_date in TEST_DATES:
         part = table[table["observation_date"] <= pd.Timestamp(test_date)]
@@ -111,7 +120,7 @@ def main() -> None:
             config = TrainConfig(
                 trials=args.trials, backtest_folds=args.folds, seed=seed, timeout_seconds=None
             )
-            result = train_model(part, fs, catalogue, HORIZON_DAYS, config)
+            result = train_model(part, fs, task, config)
             p = (
                 test[["customer_id"]]
                 .merge(result.test_frame, on="customer_id", how="left")["probability"]
@@ -125,6 +134,8 @@ def main() -> None:
                 "rfm_lr_roc": roc_auc_score(y, p_lr), "rfm_lr_pr": average_precision_score(y, p_lr),
                 "rfm_lgb_roc_min": grid_roc.min(), "rfm_lgb_roc_max": grid_roc.max(),
                 "rfm_lgb_pr_min": grid_pr.min(), "rfm_lgb_pr_med": float(np.median(grid_pr)), "rfm_lgb_pr_max": grid_pr.max(),
+                "bgnbd_roc": result.baselines.get("bg_nbd", {}).get("roc_auc", np.nan),
+                "bgnbd_pr": result.baselines.get("bg_nbd", {}).get("pr_auc", np.nan),
                 "seconds": time.perf_counter() - t1,
             })  # fmt: skip
             r = rows[-1]
@@ -141,14 +152,15 @@ def main() -> None:
         rfm_lr_roc=("rfm_lr_roc", "first"), rfm_lr_pr=("rfm_lr_pr", "first"),
         rfm_lgb_roc_min=("rfm_lgb_roc_min", "first"), rfm_lgb_roc_max=("rfm_lgb_roc_max", "first"),
         rfm_lgb_pr_min=("rfm_lgb_pr_min", "first"), rfm_lgb_pr_med=("rfm_lgb_pr_med", "first"),
-        rfm_lgb_pr_max=("rfm_lgb_pr_max", "first"),
+        rfm_lgb_pr_max=("rfm_lgb_pr_max", "first"), bgnbd_roc=("bgnbd_roc", "mean"), bgnbd_pr=("bgnbd_pr", "mean"),
     )  # fmt: skip
     print("\nmeans over seeds (PR interval: mean of the per-seed 95% bootstrap intervals)")
     print(summary.round(3).T.to_string())
     mean = out[["roc", "pr"]].mean()
     print(f"\nthree-date mean: churnml {mean['roc']:.3f} / {mean['pr']:.3f}; "
           f"RFM logistic regression {summary['rfm_lr_roc'].mean():.3f} / {summary['rfm_lr_pr'].mean():.3f}; "
-          f"RFM LightGBM median PR-AUC {summary['rfm_lgb_pr_med'].mean():.3f}")  # fmt: skip
+          f"RFM LightGBM median PR-AUC {summary['rfm_lgb_pr_med'].mean():.3f}; "
+          f"BG/NBD {summary['bgnbd_roc'].mean():.3f} / {summary['bgnbd_pr'].mean():.3f}")  # fmt: skip
     ratio = mean["pr"] / summary["rfm_lgb_pr_med"].mean()
     print(f"churnml / median RFM LightGBM PR-AUC (three-date mean): {ratio:.3f}x")
 

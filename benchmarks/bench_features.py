@@ -29,12 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churnml.config import Settings
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.features import build_features, infer_feature_set
 from churnml.labels import build_labels
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.validate import prepare_dataset
 
 
 def _peak_mb() -> float:
@@ -56,13 +56,14 @@ def run_churnml(spec_path: str, home: str, queue: mp.Queue) -> None:
     con = connect(Settings(home=Path(home), duckdb_memory_limit="5GB"))
     spec = load_spec(spec_path)
     t0 = time.perf_counter()
-    report = prepare_dataset(con, spec)
+    tables = load_dataset(con, spec)
+    report = tables.report
     t1 = time.perf_counter()
-    labels = build_labels(con, spec)
+    labels = build_labels(tables, spec)
     labels = labels[labels["churned"].notna()].reset_index(drop=True)
     t2 = time.perf_counter()
-    fs = infer_feature_set(con, spec)
-    table = build_features(con, labels[["customer_id", "observation_date"]], fs)
+    fs = infer_feature_set(tables, spec)
+    table = build_features(tables, labels[["customer_id", "observation_date"]], fs)
     t3 = time.perf_counter()
     queue.put({
         "events": report.tables["events"].clean, "rows": len(table), "columns": len(fs.columns),
@@ -107,8 +108,8 @@ def _pandas_features(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 def run_pandas(data_dir: str, queue: mp.Queue) -> None:
     con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
     spec = load_spec(Path(data_dir) / "spec.yaml")
-    prepare_dataset(con, spec)
-    labels = build_labels(con, spec)
+    tables = load_dataset(con, spec)
+    labels = build_labels(tables, spec)
     rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]]
     con.close()
     _reset_peak()
@@ -123,19 +124,19 @@ def run_pandas(data_dir: str, queue: mp.Queue) -> None:
 def run_churnml_subset(data_dir: str, queue: mp.Queue) -> None:
     con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
     spec = load_spec(Path(data_dir) / "spec.yaml")
-    prepare_dataset(con, spec)
-    labels = build_labels(con, spec)
+    tables = load_dataset(con, spec)
+    labels = build_labels(tables, spec)
     rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]].reset_index(drop=True)
     _reset_peak()
     began = time.perf_counter()
-    table = build_features(con, rows, infer_feature_set(con, spec))
+    table = build_features(tables, rows, infer_feature_set(tables, spec))
     queue.put({"seconds": time.perf_counter() - began, "rows": len(table), "peak_mb": _part_peak_mb()})
 
 
 def run_validate(spec_path: str, home: str, queue: mp.Queue) -> None:
     con = connect(Settings(home=Path(home), duckdb_memory_limit="5GB"))
     began = time.perf_counter()
-    report = prepare_dataset(con, load_spec(spec_path), quarantine_dir=Path(home) / "quarantine")
+    report = load_dataset(con, load_spec(spec_path), quarantine_dir=Path(home) / "quarantine").report
     queue.put({"seconds": time.perf_counter() - began, "quarantined": report.tables["events"].quarantined})
 
 

@@ -33,20 +33,18 @@ import numpy as np
 import pandas as pd
 
 from churnml.config import Settings, repo_root
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.features.batch import training_table
-from churnml.features.catalogue import build_catalogue
 from churnml.features.definitions import family
-from churnml.features.engine import build_features
 from churnml.features.profile import PREDICTION
 from churnml.labels import build_labels, label_margin
+from churnml.modeling import load_train_config, spec_task, train_model
 from churnml.monitor.drift import DriftSettings, drift_table
 from churnml.monitor.estimate import realised_performance
-from churnml.monitor.run import estimate_for
+from churnml.monitor.run import estimate_for, score_rows
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.train import load_train_config, train_model
-from churnml.validate import prepare_dataset
 
 
 def run_scenario(drift: str | None, args: argparse.Namespace, work: Path) -> pd.DataFrame:
@@ -63,22 +61,21 @@ def run_scenario(drift: str | None, args: argparse.Namespace, work: Path) -> pd.
         update={"trials": args.trials}
     )
     with connect(Settings(home=work, duckdb_memory_limit="6GB")) as con:
-        prepare_dataset(con, spec)
+        tables = load_dataset(con, spec)
         observed = spec.model_copy(
             update={"observation": spec.observation.model_copy(update={"end": train_end.date()})}
         )
-        table, fs = training_table(con, observed)
-        model = train_model(table, fs, build_catalogue(fs), spec.observation.horizon_days, config,
-                            purge_days=margin.days).model  # fmt: skip
-        labels = build_labels(con, spec)
+        table, fs = training_table(tables, observed)
+        model = train_model(table, fs, spec_task(spec), config).model
+        fs = model.feature_set  # with the columns fitted at training (BG/NBD), if any
+        labels = build_labels(tables, spec)
         labels = labels[labels["churned"].notna() & (labels["observation_date"] > train_end)]
         calendar = {i.name for i in model.catalogue if family(i.family).grows_with_time}
         rows = []
         for date, chunk in labels.groupby("observation_date"):
-            features = build_features(
-                con, chunk[["customer_id", "observation_date"]].reset_index(drop=True), fs
+            features, p = score_rows(
+                tables, model, chunk[["customer_id", "observation_date"]].reset_index(drop=True)
             )
-            p = model.predict_proba(features, num_threads=0)
             y = chunk["churned"].to_numpy(int)
             estimates = estimate_for(model, p, config.capacity, {"high": 0.5, "medium": 0.2})
             realised = realised_performance(y, p, config.capacity)

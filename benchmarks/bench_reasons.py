@@ -30,16 +30,15 @@ import numpy as np
 import pandas as pd
 
 from churnml.config import Settings, repo_root
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.explain.lint import lint_reasons
 from churnml.features.batch import latest_date, training_table
-from churnml.features.catalogue import build_catalogue
 from churnml.labels import label_margin
+from churnml.modeling import TrainTask, load_train_config, train_model
 from churnml.score import explain_scored, score_customers, score_features
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.train import load_train_config, train_model
-from churnml.validate import prepare_dataset
 
 # the reason group (`FeatureInfo.signal`: usage, billing...) through which each planted driver shows
 DRIVER_SIGNALS = {
@@ -133,12 +132,14 @@ def main() -> None:
         config = config.model_copy(update={"trials": args.trials})
     with connect(Settings(home=work)) as con:
         spec = load_spec(data / "spec.yaml")
-        prepare_dataset(con, spec)
-        table, fs = training_table(con, spec)
-        result = train_model(table, fs, build_catalogue(fs, spec.event_labels), spec.observation.horizon_days,
-                             config, purge_days=label_margin(spec).days)  # fmt: skip
+        tables = load_dataset(con, spec)
+        table, fs = training_table(tables, spec)
+        task = TrainTask(
+            spec.observation.horizon_days, label_margin(spec).days, event_labels=spec.event_labels
+        )
+        result = train_model(table, fs, task, config)
         model = result.model
-        workspace = score_customers(con, spec, model, latest_date(con), k=5, history=1)
+        workspace = score_customers(tables, spec, model, latest_date(tables), k=5, history=1)
     trained = time.perf_counter() - began
     date = pd.Timestamp(model.metadata["test_dates"][-1])
     churners = churners_with_driver(table, pd.read_parquet(data / "ground_truth.parquet"), date)

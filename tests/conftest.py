@@ -195,21 +195,18 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(sim_dir: Path):
+    from churnml.data import load_dataset
     from churnml.features.batch import training_table
-    from churnml.features.catalogue import build_catalogue
     from churnml.labels import label_margin
+    from churnml.modeling import TrainConfig, TrainTask, train_model
     from churnml.spec import load_spec
-    from churnml.train import TrainConfig, train_model
-    from churnml.validate import prepare_dataset
 
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
         spec = load_spec(sim_dir / "spec.yaml")
-        prepare_dataset(con, spec)
-        table, fs = training_table(con, spec)
-    result = train_model(
-        table, fs, build_catalogue(fs), spec.observation.horizon_days, TrainConfig(trials=4, backtest_folds=2),
-        purge_days=label_margin(spec).days,
-    )  # fmt: skip
+        tables = load_dataset(con, spec)
+        table, fs = training_table(tables, spec)
+    task = TrainTask(spec.observation.horizon_days, purge_days=label_margin(spec).days)
+    result = train_model(table, fs, task, TrainConfig(trials=4, backtest_folds=2))
     return table, fs, result
 
 
@@ -219,8 +216,8 @@ def champion_home(trained, sim_dir: Path, tmp_path_factory: pytest.TempPathFacto
     reports/ holds the batch scores of the simulated business (written by the real `churnml score`)."""
     import mlflow
 
+    from churnml.modeling import TrainConfig
     from churnml.registry import check_tracking_server, log_training, promote_challenger
-    from churnml.train import TrainConfig
 
     table, _, result = trained
     home = tmp_path_factory.mktemp("home")

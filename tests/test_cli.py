@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from churnml.cli import app
+from churnml.data import load_dataset
 from tests.conftest import free_port
 
 runner = CliRunner()
@@ -239,3 +240,103 @@ def test_train_on_a_ready_table_registers_a_model(home: Path, monkeypatch: pytes
     assert "held out customers by another id_column" in result.output
     result = runner.invoke(app, [*no_id, "--study", "accounts-tuning"])
     assert result.exit_code == 2 and "was run on other data" in result.output, result.output
+
+
+def test_labels_reports_scheduled_dates_without_labels_yet(home: Path) -> None:
+    """A date whose horizon runs past the data has no label yet: the summary says so (it crashed with
+    'boolean value of NA is ambiguous')."""
+    from tests.conftest import tiny_customers, tiny_events, tiny_spec_dict, tiny_subscriptions
+
+    tiny_customers().to_parquet(home / "customers.parquet")
+    tiny_events().to_parquet(home / "events.parquet")
+    tiny_subscriptions().to_parquet(home / "subscriptions.parquet")
+    spec = tiny_spec_dict()
+    spec["observation"] |= {"start": "2024-02-01", "end": "2024-03-01"}
+    (home / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = home / "labels.parquet"
+    result = runner.invoke(app, ["labels", "--spec", str(home / "spec.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels = pd.read_parquet(out)
+    assert labels["churned"].isna().any() and "unlabelled" in result.output
+
+
+def test_the_main_job_validates_the_data_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labels, features, training and scoring share one validated handle (each used to validate again)."""
+    import churnml.cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    loads = []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loads.append(args[1].name)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(churnml.cli, "load_dataset", counted)
+    result = runner.invoke(
+        app, ["run", "--customers", "300", "--months", "12", "--trials", "1", "--no-serve"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "registered churn v1 as challenger" in result.output and "scored" in result.output
+    assert loads == ["simulated-saas"]
+
+
+def test_train_says_which_evaluation_it_used(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 39-week horizon on a short history fits no purged out-of-time fold: `train --spec` stopped with
+    'no backtest fold fits'. It now holds out customers, and says so in its table."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = home / "sim"
+    assert (
+        runner.invoke(app, ["simulate", "--customers", "300", "--months", "18", "--out", str(out)]).exit_code
+        == 0
+    )
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    spec["observation"]["horizon_days"] = 273
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(
+        app, ["train", "--spec", str(out / "spec.yaml"), "--trials", "1"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "Evaluation: held-out customers" in result.output and "registered churn v1" in result.output
+    spec["evaluation"] = "time"
+    (out / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["train", "--spec", str(out / "spec.yaml"), "--trials", "1"])
+    assert result.exit_code == 2 and "no backtest fold fits" in result.output
+
+
+def test_train_on_a_table_names_its_leaks_and_records_them(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A published credit-card table: a text label and two classifier outputs derived from it."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(0)
+    n = 1500
+    usage = rng.normal(size=n)
+    left = rng.random(n) < 1 / (1 + np.exp(-(1.3 * usage - 1.4)))
+    score = np.clip(left * 0.9 + rng.normal(0, 0.04, n), 0, 1)
+    pd.DataFrame({"CLIENTNUM": rng.permutation(n) + 700_000_000, "usage": usage,
+                  "Attrition_Flag": np.where(left, "Attrited Customer", "Existing Customer"),
+                  "Naive_Bayes_1": score, "Naive_Bayes_2": 1 - score}).to_csv(home / "bank.csv", index=False)  # fmt: skip
+    args = ["train", "--table", str(home / "bank.csv"), "--target", "Attrition_Flag", "--id", "CLIENTNUM",
+            "--trials", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--positive 'Attrited Customer'" in result.output
+    result = runner.invoke(app, [*args, "--positive", "Attrited Customer"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for column in ("Naive_Bayes_1", "Naive_Bayes_2"):
+        assert f"column '{column}' alone separates the label (single-column ROC-AUC 1.000" in result.output
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("churnml").experiment_id])[0]
+    assert run.data.tags["churnml.leaks_left_out"] == "Naive_Bayes_1,Naive_Bayes_2"
+    assert run.data.params["n_features"] == "1"
+    result = runner.invoke(app, [*args, "--positive", "Attrited Customer", "--keep-column", "Naive_Bayes_2"])
+    assert (
+        result.exit_code == 0
+        and "column 'Naive_Bayes_2'" in result.output
+        and "kept (--keep-column)" in result.output
+    )
+    run = client.search_runs(
+        [client.get_experiment_by_name("churnml").experiment_id], order_by=["start_time DESC"]
+    )[0]
+    assert run.data.tags["churnml.leaks_kept"] == "Naive_Bayes_2" and run.data.params["n_features"] == "2"

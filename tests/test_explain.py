@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from churnml.explain import DEFAULT_PLAYBOOK, Explainer, describe_feature, format_number, load_playbook
 from churnml.explain.playbook import Condition
+from churnml.features.btyd import BgNbd
 from churnml.features.catalogue import build_catalogue
 from churnml.features.definitions import FAMILIES
 from churnml.features.reference import FeatureReference
@@ -28,6 +29,8 @@ FS = FeatureSet(
     event_values=tuple((t, EVENT_TYPES[t].values) for t in TYPES if EVENT_TYPES[t].values.meaning != "none"),
     attributes=("industry", "employees"),
     categorical_attributes=("industry",),
+    btyd=(("login", BgNbd(r=0.5, alpha=2.0, a=0.8, b=2.5)),),  # fitted for an activity type
+    btyd_horizon_days=60,
 )
 CATALOGUE = build_catalogue(FS)
 INFO = {i.name: i for i in CATALOGUE}
@@ -127,6 +130,16 @@ GOLDEN: list[tuple[dict, dict[str, str | None]]] = [
       "attr_employees": "Employees: 120"}),
     ({"plan": None, "attr_industry": np.nan},
      {"plan": None, "attr_industry": None}),
+    ({"login_active_days_total": 120.0, "days_since_first_login": 400.0, "login_p_alive": 0.35,
+      "login_expected_days_ahead": 4.24},
+     {"login_active_days_total": "Logins on 120 days since the account started",
+      "days_since_first_login": "The first login was 13 months ago, on 2024-05-27",
+      "login_p_alive": "35% chance that logins continue, judging by how often and how lately they came",
+      "login_expected_days_ahead": "About 4.2 days with logins expected in the next 60 days at their usual rhythm"}),
+    ({"login_active_days_total": np.nan, "days_since_first_login": np.nan, "login_p_alive": np.nan,
+      "login_expected_days_ahead": np.nan},
+     {"login_active_days_total": "No login yet", "days_since_first_login": "No login yet", "login_p_alive": None,
+      "login_expected_days_ahead": None}),
 ]  # fmt: skip
 
 

@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnml.config import Settings, repo_root
+from churnml.data import ContractTables, load_dataset
 from churnml.engine import connect
 from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.btyd import BgNbd
 from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import _side_session, build_features
 from churnml.features.inference import infer_feature_set
@@ -21,7 +23,6 @@ from churnml.features.sets import FeatureSet
 from churnml.schema import EVENT_TYPES, EventValue
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.validate import prepare_dataset
 
 T = pd.Timestamp
 AS_OF = T("2024-05-01")
@@ -129,7 +130,7 @@ def test_many_subscriptions_and_dates_per_customer_stay_linear() -> None:
     con = connect(Settings(duckdb_memory_limit="160MB", duckdb_threads=1), spill=False)
     try:
         load_contract_frames(con, None, events, subs)
-        got = build_features(con, rows, FeatureSet(("login",)))
+        got = build_features(ContractTables(con), rows, FeatureSet(("login",)))
     finally:
         con.close()
     # at the k-th date the k-th period is in force (the latest started before it); mrr is that index
@@ -156,7 +157,7 @@ def test_rows_must_be_dates_and_name_their_columns() -> None:
         connect(spill=False) as con,
         pytest.raises(ValueError, match=r"missing column\(s\) \['observation_date'\]"),
     ):
-        build_features(con, pd.DataFrame({"customer_id": ["a"]}), HAND_SET)
+        build_features(ContractTables(con), pd.DataFrame({"customer_id": ["a"]}), HAND_SET)
 
 
 def test_feature_set_round_trips_as_json() -> None:
@@ -219,18 +220,19 @@ def sim(tmp_path_factory: pytest.TempPathFactory):
     simulate(SimulationConfig(customers=600, months=10, seed=11), out, workers=1)
     con = connect(Settings(home=out, duckdb_memory_limit="1GB", duckdb_threads=2))
     spec = load_spec(out / "spec.yaml")
-    prepare_dataset(con, spec)
-    yield con, spec, out
+    yield load_dataset(con, spec), spec, out
     con.close()
 
 
 def test_training_batch_and_online_paths_give_identical_features(sim) -> None:
-    con, spec, out = sim
-    table, fs = training_table(con, spec)
+    tables, spec, out = sim
+    table, fs = training_table(tables, spec)
     date = table["observation_date"].sort_values().unique()[-2]
     train_rows = table[table["observation_date"] == date].set_index("customer_id")
     # batch scoring: the active customers at that date
-    batch = build_features(con, scoring_rows(con, spec, pd.Timestamp(date)), fs).set_index("customer_id")
+    batch = build_features(tables, scoring_rows(tables, spec, pd.Timestamp(date)), fs).set_index(
+        "customer_id"
+    )
     assert set(train_rows.index) <= set(batch.index)
     pd.testing.assert_frame_equal(
         batch.loc[train_rows.index, fs.columns], train_rows[fs.columns], check_exact=True
@@ -259,19 +261,19 @@ def test_training_batch_and_online_paths_give_identical_features(sim) -> None:
 
 
 def test_latest_scoring_date_sees_all_data(sim) -> None:
-    con, spec, _ = sim
-    last = con.execute('SELECT max("timestamp") FROM events').fetchall()[0][0]
-    assert latest_date(con) == pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
-    rows = scoring_rows(con, spec, latest_date(con))
-    open_subs = con.execute(
+    tables, spec, _ = sim
+    last = tables.con.execute('SELECT max("timestamp") FROM events').fetchall()[0][0]
+    assert latest_date(tables) == pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+    rows = scoring_rows(tables, spec, latest_date(tables))
+    open_subs = tables.con.execute(
         'SELECT count(DISTINCT customer_id) FROM subscriptions WHERE "end" IS NULL'
     ).fetchall()[0][0]
     assert len(rows) == open_subs
 
 
 def test_infer_feature_set_reads_types_and_attributes(sim) -> None:
-    con, spec, _ = sim
-    fs = infer_feature_set(con, spec)
+    tables, spec, _ = sim
+    fs = infer_feature_set(tables, spec)
     assert "login" in fs.event_types and "login" not in fs.valued_types and "nps_response" in fs.valued_types
     # the simulator's spec declares each type's value: ids are counted as distinct, never summed
     assert fs.value("feature_use").meaning == "identifier" and fs.value("seat_change").meaning == "quantity"
@@ -279,25 +281,21 @@ def test_infer_feature_set_reads_types_and_attributes(sim) -> None:
     assert fs.attributes == ("industry", "country") and fs.categorical_attributes == ("industry", "country")
 
 
-def test_infer_feature_set_reads_validations_summary_or_the_events_alike(sim) -> None:
-    con, spec, _ = sim
-    total = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
-    summed = con.execute("SELECT sum(events) FROM event_volume").fetchall()[0][0]
-    assert summed == total  # validation's daily volumes cover every loaded event
-    from_summary = infer_feature_set(con, spec)
-    con.execute("ALTER TABLE event_volume RENAME TO _event_volume_aside")
-    try:
-        assert infer_feature_set(con, spec) == from_summary  # from the events themselves
-    finally:
-        con.execute("ALTER TABLE _event_volume_aside RENAME TO event_volume")
+def test_infer_feature_set_reads_validations_statistics_or_the_events_alike(sim) -> None:
+    tables, spec, _ = sim
+    total = tables.con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    assert sum(s.events for s in tables.event_stats.values()) == total  # validation's covers every event
+    from_validation = infer_feature_set(tables, spec)
+    fresh = ContractTables(tables.con)  # the same tables, statistics read from the events themselves
+    assert fresh.event_stats == tables.event_stats and infer_feature_set(fresh, spec) == from_validation
 
 
-def test_loading_other_events_drops_the_stale_volume_summary(con) -> None:
+def test_the_handle_describes_its_own_events_not_a_table_left_on_the_connection(con) -> None:
     con.execute(
         "CREATE TABLE event_volume AS SELECT DATE '2024-01-01' AS day, 'gone' AS event_type, 1 AS events, 1 AS valued"
     )
-    load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
-    fs = infer_feature_set(con, load_spec(repo_root() / "training" / "specs" / "simulated.yaml"))
+    tables = load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    fs = infer_feature_set(tables, load_spec(repo_root() / "training" / "specs" / "simulated.yaml"))
     assert fs.event_types == HAND_SET.event_types and fs.event_values == HAND_SET.event_values
 
 
@@ -315,10 +313,12 @@ def test_account_state_on_a_side_session_equals_one_session(settings: Settings) 
     side = _side_session(con)
     assert side is not None  # the overlapped path is the one under test
     side.close()
-    overlapped = build_features(con, _hand_rows(), HAND_SET)
+    overlapped = build_features(ContractTables(con), _hand_rows(), HAND_SET)
     con.execute("SET threads = 1")
     assert _side_session(con) is None
-    pd.testing.assert_frame_equal(overlapped, build_features(con, _hand_rows(), HAND_SET), check_exact=True)
+    pd.testing.assert_frame_equal(
+        overlapped, build_features(ContractTables(con), _hand_rows(), HAND_SET), check_exact=True
+    )
     assert overlapped["mrr"].tolist() == [200.0, 200.0, 300.0] and overlapped["active_users_30d"].iloc[0] == 2
     con.close()
 
@@ -327,14 +327,16 @@ def test_temporary_contract_tables_stay_on_one_session(settings: Settings) -> No
     """A second session cannot see another session's temporary tables, so none is opened for them."""
     con = connect(settings)
     load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
-    expected = build_features(con, _hand_rows(), HAND_SET)
+    expected = build_features(ContractTables(con), _hand_rows(), HAND_SET)
     for table in ("customers", "events", "subscriptions"):
         con.execute(f"CREATE TEMP TABLE _{table} AS SELECT * FROM main.{table}")
         con.execute(f"DROP TABLE main.{table}")
         con.execute(f"ALTER TABLE _{table} RENAME TO {table}")
     con.execute("SET threads = 2")
     assert _side_session(con) is None
-    pd.testing.assert_frame_equal(build_features(con, _hand_rows(), HAND_SET), expected, check_exact=True)
+    pd.testing.assert_frame_equal(
+        build_features(ContractTables(con), _hand_rows(), HAND_SET), expected, check_exact=True
+    )
     con.close()
 
 
@@ -367,13 +369,15 @@ def test_no_side_session_when_it_would_read_other_tables(settings: Settings, set
     reference_con = connect(settings)
     load_contract_frames(reference_con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
     reference_con.execute("SET threads = 1")
-    reference = build_features(reference_con, _hand_rows(), HAND_SET)
+    reference = build_features(ContractTables(reference_con), _hand_rows(), HAND_SET)
     reference_con.close()
     con = connect(settings)
     con.execute("SET threads = 2")
     setup(con)
     assert _side_session(con) is None
-    pd.testing.assert_frame_equal(build_features(con, _hand_rows(), HAND_SET), reference, check_exact=True)
+    pd.testing.assert_frame_equal(
+        build_features(ContractTables(con), _hand_rows(), HAND_SET), reference, check_exact=True
+    )
     assert reference["mrr"].tolist() == [200.0, 200.0, 300.0]
     con.close()
 
@@ -384,9 +388,9 @@ def test_an_error_on_the_side_session_is_raised_and_leaves_the_connection_usable
     con.execute("SET threads = 2")
     con.execute("ALTER TABLE subscriptions RENAME COLUMN seats TO licences")  # the account query needs seats
     with pytest.raises(duckdb.BinderException, match="seats"):
-        build_features(con, _hand_rows(), HAND_SET)
+        build_features(ContractTables(con), _hand_rows(), HAND_SET)
     con.execute("ALTER TABLE subscriptions RENAME COLUMN licences TO seats")
-    assert build_features(con, _hand_rows(), HAND_SET)["seats"].tolist() == [8.0, 8.0, 10.0]
+    assert build_features(ContractTables(con), _hand_rows(), HAND_SET)["seats"].tolist() == [8.0, 8.0, 10.0]
     con.close()
 
 
@@ -407,7 +411,10 @@ def _frame(items: list[tuple]) -> pd.DataFrame:
 
 
 _LEAK_SET = FeatureSet(
-    ("login", "nps_response", "support_ticket"), (("nps_response", NPS), ("support_ticket", CSAT))
+    ("login", "nps_response", "support_ticket"),
+    (("nps_response", NPS), ("support_ticket", CSAT)),
+    btyd=(("login", BgNbd(0.5, 2.0, 0.8, 2.5)),),
+    btyd_horizon_days=60,  # the fitted families too
 )
 _LEAK_CUSTOMERS = pd.DataFrame({"customer_id": ["a", "b"], "signup_date": [T("2023-06-01")] * 2})
 _LEAK_SUBS = pd.DataFrame(
@@ -462,8 +469,8 @@ def test_the_leakage_check_can_fail() -> None:
 def test_completejourney_training_table_matches_source_counts(shared_data: Path, con) -> None:
     spec = load_spec(repo_root() / "training" / "specs" / "completejourney.yaml")
     spec = spec.with_source_path(shared_data / "completejourney")
-    prepare_dataset(con, spec)
-    table, fs = training_table(con, spec)
+    tables = load_dataset(con, spec)
+    table, fs = training_table(tables, spec)
     per_date = table.groupby("observation_date")["churned"].agg(["size", "mean"])
     expected = {
         "2017-07-01": (2300, 6.35),
@@ -539,7 +546,7 @@ def test_a_nan_value_is_no_value_on_the_batch_path_as_on_the_online_path() -> No
         )
         assert con.execute("SELECT count(*) FROM events WHERE isnan(value)").fetchone()[0] == 1
         rows_frame = pd.DataFrame({"customer_id": ["a"], "observation_date": [T("2024-05-01")]})
-        batch = build_features(con, rows_frame, _EDGE_SET)
+        batch = build_features(ContractTables(con), rows_frame, _EDGE_SET)
     finally:
         con.close()
     assert batch.loc[0, "nps_response_score_last"] == 5.0
@@ -554,7 +561,7 @@ def test_an_ancient_timestamp_of_another_customer_breaks_nothing() -> None:
         load_contract_frames(con, None, _events([("a", T("2024-04-15 10:00"), "login", None, "u1")]))
         con.execute("INSERT INTO events VALUES ('b', TIMESTAMP '-0044-03-15 12:00', 'login', NULL, 'u9')")
         rows = pd.DataFrame({"customer_id": ["a", "b"], "observation_date": [T("2024-05-01")] * 2})
-        f = build_features(con, rows, _EDGE_SET)
+        f = build_features(ContractTables(con), rows, _EDGE_SET)
     finally:
         con.close()
     assert f["login_count_30d"].tolist() == [1.0, 0.0] and f["login_count_total"].tolist() == [1.0, 1.0]
@@ -576,8 +583,13 @@ def test_daily_dates_count_users_like_one_date_at_a_time() -> None:
         rows = pd.DataFrame(
             [(c, d) for d in dates for c in ("c0", "c1", "c2")], columns=["customer_id", "observation_date"]
         )
-        daily = build_features(con, rows, _EDGE_SET)
-        one = pd.concat([build_features(con, rows[rows["observation_date"] == d], _EDGE_SET) for d in dates])
+        daily = build_features(ContractTables(con), rows, _EDGE_SET)
+        one = pd.concat(
+            [
+                build_features(ContractTables(con), rows[rows["observation_date"] == d], _EDGE_SET)
+                for d in dates
+            ]
+        )
     finally:
         con.close()
     assert daily["active_users_30d"].gt(2).any()
@@ -681,7 +693,7 @@ def test_value_features_follow_their_meaning_on_every_path(monkeypatch: pytest.M
     con = connect(Settings(duckdb_memory_limit="256MB", duckdb_threads=1), spill=False)
     try:
         load_contract_frames(con, None, events)
-        batch = build_features(con, rows, _MEANING_SET)
+        batch = build_features(ContractTables(con), rows, _MEANING_SET)
     finally:
         con.close()
     for i, (c, d) in enumerate(rows.itertuples(index=False)):
@@ -709,6 +721,15 @@ def test_every_declared_family_is_computed_and_every_computation_declared() -> N
         computed |= set(runs.value_features(events, base, rel, meaning, span=20))
         declared = {(f.key, w) for f in event_families(meaning) for w in (f.windows or (None,))}
         assert computed == declared, (meaning, computed ^ declared)
+    # the fitted families (BG/NBD), where a feature set carries their parameters
+    from churnml.features.btyd import btyd_columns
+    from churnml.features.definitions import fitted_families
+
+    one = np.array([1.0])
+    assert set(btyd_columns(BgNbd(0.5, 2.0, 0.8, 2.5), 60, one, one, one)) == {
+        f.key for f in fitted_families()
+    }
+    assert {"login_p_alive", "login_expected_days_ahead"} <= set(_LEAK_SET.columns)
 
 
 def test_a_definition_without_a_computation_stops_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -736,3 +757,18 @@ def test_the_model_loads_without_the_feature_engine() -> None:
             "assert not heavy, heavy")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_columns_left_out_of_a_model_are_not_in_its_features(settings: Settings) -> None:
+    """The leak guard's dropped columns are computed with their family but never handed to the model."""
+    con = connect(settings)
+    tables = load_contract_frames(con, HAND_CUSTOMERS, HAND_EVENTS, HAND_SUBSCRIPTIONS)
+    full = build_features(tables, _hand_rows(), HAND_SET)
+    left_out = ["login_count_7d", "mrr", "plan"]
+    fs = HAND_SET.without(left_out)
+    assert not set(left_out) & set(fs.columns) and fs.dropped == tuple(sorted(left_out))
+    assert FeatureSet.from_json(fs.to_json()) == fs
+    pd.testing.assert_frame_equal(
+        build_features(tables, _hand_rows(), fs), full.drop(columns=left_out), check_exact=True
+    )
+    con.close()

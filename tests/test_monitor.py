@@ -129,20 +129,20 @@ def test_monitor_at_a_matured_date_sets_realised_beside_estimated(
     trained, sim_dir: Path, tmp_path: Path
 ) -> None:
     from churnml.config import Settings
+    from churnml.data import load_dataset
     from churnml.engine import connect
     from churnml.monitor.run import MonitorConfig, monitor_at
     from churnml.monitor.store import read_history, save_report
     from churnml.spec import load_spec
-    from churnml.validate import prepare_dataset
 
     model = trained[2].model
     assert model.profile is not None and model.profile.rows > 100
     test_date = pd.Timestamp(model.metadata["test_dates"][-1])
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
         spec = load_spec(sim_dir / "spec.yaml")
-        prepare_dataset(con, spec)
+        tables = load_dataset(con, spec)
         report = monitor_at(
-            con, spec, model, test_date + pd.DateOffset(months=3), MonitorConfig(min_roc_auc=0.99)
+            tables, spec, model, test_date + pd.DateOffset(months=3), MonitorConfig(min_roc_auc=0.99)
         )
     assert report.rows > 500 and set(report.estimates) >= {
         "roc_auc",

@@ -102,3 +102,14 @@ def test_serve_runs_from_an_installed_wheel_without_the_checkout(
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def test_the_install_declares_its_licence_as_setuptools_reads_it_without_warnings() -> None:
+    """setuptools 77+ warns at every install ("`project.license` as a TOML table is deprecated") unless
+    the licence is an SPDX string; the build backend is pinned at a version that reads one."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert isinstance(pyproject["project"]["license"], str)
+    assert not any(c.startswith("License ::") for c in pyproject["project"].get("classifiers", []))
+    (backend,) = [r for r in pyproject["build-system"]["requires"] if _name(r) == "setuptools"]
+    major = int(backend.split("==", 1)[1].split(".")[0])
+    assert major >= 77, backend

@@ -28,13 +28,13 @@ from churnml.buckets import (
     user_table,
     value_table,
 )
+from churnml.data import load_dataset
 from churnml.engine import connect, quote_literal
 from churnml.features.definitions import WINDOWS, column_name, slug
 from churnml.features.engine import build_features
 from churnml.features.inference import infer_feature_set
 from churnml.features.runs import count_features, prepare_events, value_features
 from churnml.spec import load_spec
-from churnml.validate import prepare_dataset
 
 
 def _naive_us(values: pd.Series) -> np.ndarray:
@@ -88,8 +88,8 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     ibis.pyspark  # noqa: B018 - loading the backend registers its SQL compiler's options
 
     con = connect(settings)
-    prepare_dataset(con, load_spec(sim_dir / "spec.yaml"))
-    fs = infer_feature_set(con, load_spec(sim_dir / "spec.yaml"))
+    tables = load_dataset(con, load_spec(sim_dir / "spec.yaml"))
+    fs = infer_feature_set(tables, load_spec(sim_dir / "spec.yaml"))
     valued = "nps_response"  # a score: its last value is the latest, the largest on a tie
     assert valued in fs.valued_types
     customer = con.execute("SELECT min(customer_id) FROM events").fetchall()[0][0]
@@ -198,7 +198,7 @@ def test_keyed_events_and_event_features_agree_on_duckdb_and_spark(
     rows = pd.DataFrame(
         {"customer_id": np.repeat(ids, len(dates)), "observation_date": np.tile(dates, len(ids))}
     )
-    expected = build_features(con, rows, fs)
+    expected = build_features(tables, rows, fs)
     ck = np.repeat(np.arange(len(ids)), len(dates))
     rel = np.tile(t_days - origin, len(ids))
     t_us = rows["observation_date"].to_numpy().astype("datetime64[us]").astype(np.int64)

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from churnml.config import Settings
+from churnml.modeling import TrainConfig, TrainTask, holdout_mask, train_model
 from churnml.registry import MODEL_NAME, check_tracking_server, load_model, log_training, promote_challenger
-from churnml.train import TrainConfig
 
 
 @pytest.fixture
@@ -202,3 +202,31 @@ def test_train_and_promote_against_a_real_mlflow_server(tmp_path: Path, trained)
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(None)
+
+
+def test_promote_compares_only_models_evaluated_the_same_way(trained, store) -> None:
+    """A model tested on held-out customers trained on every labelled date (the other's test date too);
+    one tested out of time trained on every customer (the other's held-out ones too): neither can be
+    compared on the other's test rows. The run says how its model was evaluated."""
+    table, fs, timed = trained
+    client, settings = store
+    log_training(timed, table, TrainConfig(trials=4), settings, "sim", client)
+    assert promote_challenger(client).promoted
+    held_out = train_model(table, fs, TrainTask(60, 90, evaluation="customers"),
+                           TrainConfig(trials=2))  # fmt: skip
+    run_id, version = log_training(held_out, table, TrainConfig(trials=2), settings, "sim", client)
+    run = client.get_run(run_id)
+    assert run.data.tags["churnml.evaluation"] == "customers" and run.data.params["evaluation"] == "customers"
+    assert "held-out customers" in run.data.tags["churnml.evaluation_description"]
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    held = holdout_mask(table["customer_id"], 0.2)
+    assert json.loads(inputs["training"].profile)["num_rows"] == (~held).sum()  # every date, other customers
+    assert json.loads(inputs["test"].profile)["num_rows"] == len(held_out.test_frame)
+    kept = promote_challenger(client, "pr_auc", 0.0)
+    assert not kept.promoted and kept.challenger == version
+    assert "challenger was evaluated on held-out customers and the champion out of time" in kept.reason
+    # two models evaluated on the same held-out customers compare
+    _, third = log_training(held_out, table, TrainConfig(trials=2), settings, "sim", client)
+    client.set_registered_model_alias(MODEL_NAME, "champion", version)
+    same = promote_challenger(client, "pr_auc", 0.0)
+    assert same.challenger == third and "better in 0% of paired bootstrap resamples" in same.reason

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from churnml.config import Settings
+from churnml.data import load_dataset
 from churnml.engine import connect
 from churnml.explain import DEFAULT_PLAYBOOK, load_playbook
 from churnml.explain.lint import lint_reasons
@@ -18,7 +19,6 @@ from churnml.features.batch import latest_date
 from churnml.retention import cohort_retention, retention_tables
 from churnml.score import RiskPolicy, health_score, revenue_at_risk, score_customers, write_workspace
 from churnml.spec import load_spec
-from churnml.validate import prepare_dataset
 from tests.conftest import expected_tier
 
 
@@ -45,11 +45,11 @@ def batch(sim_dir: Path, trained):
     _, _, result = trained
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
         spec = load_spec(sim_dir / "spec.yaml")
-        prepare_dataset(con, spec)
+        tables = load_dataset(con, spec)
         scored = score_customers(
-            con, spec, result.model, latest_date(con), {"model_version": "7"}, k=3, history=3
+            tables, spec, result.model, latest_date(tables), {"model_version": "7"}, k=3, history=3
         )
-        extra = retention_tables(con, spec, scored)
+        extra = retention_tables(tables, spec, scored)
     return scored, extra
 
 

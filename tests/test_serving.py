@@ -107,10 +107,10 @@ def test_explain_says_what_the_account_page_says(served, trained, champion_home:
     """/explain, given an account's features at the workspace's date, returns the page's reasons: the same
     sentences, groups, comparisons with accounts that stayed, and plays, problems apart from context."""
     from churnml.config import Settings
+    from churnml.data import load_dataset
     from churnml.engine import connect
     from churnml.features.engine import build_features
     from churnml.spec import load_spec
-    from churnml.validate import prepare_dataset
 
     model = trained[2].model
     reports = champion_home / "reports"
@@ -120,9 +120,9 @@ def test_explain_says_what_the_account_page_says(served, trained, champion_home:
     picked = list(scores[scores["risk_tier"] == "high"]["customer_id"].iloc[:3])
     picked += list(scores[scores["risk_tier"] == "low"]["customer_id"].iloc[:2])
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
-        prepare_dataset(con, load_spec(sim_dir / "spec.yaml"))
+        tables = load_dataset(con, load_spec(sim_dir / "spec.yaml"))
         rows = pd.DataFrame({"customer_id": picked, "observation_date": as_of})
-        features = build_features(con, rows, model.feature_set)
+        features = build_features(tables, rows, model.feature_set)
     body = {"customers": [{"customer_id": c, "as_of": str(as_of.date()),
                            "features": feature_record(features, i, model.feature_names)} for i, c in enumerate(picked)],
             "top_k": 5}  # fmt: skip

@@ -8,10 +8,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from churnml.data import load_dataset
 from churnml.labels import build_labels
 from churnml.simulate import BLOCK_SIZE, DRIVERS, SimulationConfig, simulate
 from churnml.spec import load_spec
-from churnml.validate import prepare_dataset
 
 TABLES = ["customers", "events", "subscriptions", "ground_truth"]
 CONFIG = SimulationConfig(customers=BLOCK_SIZE + 2_000, months=18, seed=7)
@@ -31,8 +31,9 @@ def loaded(simulated: Path, tmp_path_factory: pytest.TempPathFactory):
 
     con = connect(Settings(home=tmp_path_factory.mktemp("home"), duckdb_memory_limit="2GB", duckdb_threads=2))
     spec = load_spec(simulated / "spec.yaml")
-    report = prepare_dataset(con, spec)
-    labels = build_labels(con, spec)
+    tables = load_dataset(con, spec)
+    report = tables.report
+    labels = build_labels(tables, spec)
     con.register("labels_df", labels)
     con.execute("CREATE TABLE labels AS SELECT * FROM labels_df WHERE churned IS NOT NULL")
     yield con, report, labels

@@ -9,8 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from churnml.features.catalogue import build_catalogue
 from churnml.features.sets import FeatureSet
-from churnml.snapshot import holdout_mask, load_snapshot_table, train_snapshot
-from churnml.train import TrainConfig
+from churnml.modeling import TrainConfig, holdout_mask, load_snapshot_table, train_snapshot
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "t.csv") -> Path:
@@ -64,7 +63,7 @@ def test_telco_cross_validated_quality_floor(shared_data: Path) -> None:
         shared_data / "ibm_telco_churn" / "Telco-Customer-Churn.csv", "Churn", "customerID"
     )
     assert len(table) == 7043 and round(table["churned"].mean(), 4) == 0.2654
-    result = train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=10, seed=0))
+    result = train_snapshot(table, fs, TrainConfig(trials=10, seed=0))
     assert result.cv_metrics["roc_auc"] >= 0.845
     assert result.cv_metrics["roc_auc"] < 0.87  # far above the published ~0.85 would mean leakage
     assert result.cv_metrics["ece"] < 0.03
@@ -90,7 +89,7 @@ def test_held_out_customers_are_chosen_by_id_and_never_trained_on() -> None:
     )
     assert 0.16 < mask.mean() < 0.24
 
-    result = train_snapshot(shuffled, fs, build_catalogue(fs), TrainConfig(trials=2, seed=0))
+    result = train_snapshot(shuffled, fs, TrainConfig(trials=2, seed=0))
     assert set(result.test_frame["customer_id"]) == set(table["customer_id"][mask])
     assert result.model.metadata["training_rows"] == n - mask.sum() == len(result.oof)
     held = table[mask]
@@ -113,7 +112,7 @@ def test_too_few_churners_to_hold_out_is_a_clear_error() -> None:
     with pytest.raises(
         ValueError, match=r"rows hold \d+ churner\(s\) and \d+ non-churner\(s\); need at least 5"
     ):
-        train_snapshot(table, fs, build_catalogue(fs), TrainConfig(trials=1))
+        train_snapshot(table, fs, TrainConfig(trials=1))
 
 
 def test_without_an_id_a_column_distinct_in_every_row_is_refused_as_a_feature(tmp_path: Path, caplog) -> None:
@@ -144,3 +143,27 @@ def test_ids_and_infinite_values_read_the_same_from_any_file_type(tmp_path: Path
     frame.assign(id=[7.0, None, 9.0, 10.0]).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(ValueError, match=r"t.parquet.id: 1 row\(s\) without an id, e.g. row 2"):
         load_snapshot_table(tmp_path / "t.parquet", "Churn", "id")
+
+
+def test_any_two_valued_label_trains_once_its_churn_value_is_named(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "x": [1, 2, 3, 4],
+                          "Attrition_Flag": ["Attrited Customer", "Existing Customer", " Existing Customer", "Attrited Customer"]})  # fmt: skip
+    path = _write(tmp_path, frame)
+    with pytest.raises(ValueError, match=r"Attrition_Flag: values \['attrited customer', 'existing customer'\] are "
+                                         r"not a churn label.*--positive 'Attrited Customer'"):  # fmt: skip
+        load_snapshot_table(path, "Attrition_Flag", "id")
+    table, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="Attrited Customer")
+    assert table["churned"].tolist() == [1, 0, 0, 1]
+    flipped, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="existing customer")
+    assert flipped["churned"].tolist() == [0, 1, 1, 0]
+    with pytest.raises(
+        ValueError,
+        match=r"--positive 'Closed' is not one of its values \['Attrited Customer', 'Existing Customer'\]",
+    ):
+        load_snapshot_table(path, "Attrition_Flag", "id", positive="Closed")
+    three = _write(tmp_path, frame.assign(Attrition_Flag=["A", "B", "C", "A"]), "three.csv")
+    with pytest.raises(ValueError, match=r"needs a label with two values, found 3: \['A', 'B', 'C'\]"):
+        load_snapshot_table(three, "Attrition_Flag", "id", positive="A")
+    frame.assign(Attrition_Flag=[1.0, 0.0, 0.0, 1.0]).to_parquet(tmp_path / "t.parquet")
+    numbers, _ = load_snapshot_table(tmp_path / "t.parquet", "Attrition_Flag", "id", positive="0")
+    assert numbers["churned"].tolist() == [0, 1, 1, 0]

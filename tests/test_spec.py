@@ -81,3 +81,15 @@ def test_duckdb_source_needs_tables() -> None:
     data["source"] = {"kind": "duckdb", "path": "x.duckdb"}
     with pytest.raises(SpecError, match="a 'duckdb' source needs 'table'"):
         parse_spec(data)
+
+
+def test_duplicates_policy_and_observed_until_are_checked_fields() -> None:
+    spec = tiny_spec_dict()
+    spec["events"][0]["duplicates"] = "drop"
+    with pytest.raises(SpecError, match=r"events\.0\.duplicates: Input should be 'quarantine' or 'keep'"):
+        parse_spec(spec)
+    spec["events"][0]["duplicates"] = "keep"
+    spec["observation"]["observed_until"] = "2024-06-30"
+    parsed = parse_spec(spec)
+    assert parsed.events[0].duplicates == "keep" and str(parsed.observation.observed_until) == "2024-06-30"
+    assert parse_spec(tiny_spec_dict()).events[0].duplicates == "quarantine"

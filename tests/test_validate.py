@@ -7,9 +7,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from churnml.data import DataError
+from churnml.data import DataError, DataValidationError, load_dataset, validate_dataset
 from churnml.spec import parse_spec
-from churnml.validate import DataValidationError, prepare_dataset, validate_dataset
 from tests.conftest import tiny_customers, tiny_events, tiny_spec_dict, tiny_subscriptions
 
 
@@ -22,7 +21,7 @@ def _issue(report, check: str):
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_clean_data_loads_contract_tables(write_tiny, con, tmp_path: Path, fmt: str) -> None:
     spec = write_tiny(fmt=fmt)
-    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, spec, quarantine_dir=tmp_path / "q").report
     assert report.ok and not report.quarantined and not report.quarantine_files
     assert {t: s.clean for t, s in report.tables.items()} == {"customers": 3, "subscriptions": 3, "events": 6}
     events = con.execute('SELECT customer_id, "timestamp", event_type, value FROM events').df()
@@ -51,7 +50,7 @@ def test_validation_loads_into_the_sessions_own_database_and_transaction(write_t
         con.execute("USE other")
     else:
         con.begin()
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     assert _issue(report, "duplicate_event").count == 1  # the row hashes were read and found the repeat
     assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 6
     if where == "another database":
@@ -85,7 +84,7 @@ def test_wrong_type_column_is_an_error_with_examples(write_tiny, con) -> None:
     assert "customers (customers.parquet).mrr" in msg and "a number" in msg
     assert "2 of 3 values cannot be read" in msg and "'lots'" in msg and "row 1" in msg
     with pytest.raises(DataValidationError, match="mrr"):
-        prepare_dataset(con, spec)
+        load_dataset(con, spec)
 
 
 def test_impossible_source_type_is_an_error(write_tiny, con) -> None:
@@ -101,7 +100,7 @@ def test_unparseable_and_future_timestamps_are_quarantined(write_tiny, con, tmp_
     events.loc[0, "ts"] = "2024-02-31 10:00"
     events.loc[1, "ts"] = "2030-01-01 00:00"
     events["val"] = events.index.astype(float)  # no exact duplicates
-    report = prepare_dataset(con, write_tiny(events=events, fmt="csv"), quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, write_tiny(events=events, fmt="csv"), quarantine_dir=tmp_path / "q").report
     bad = _issue(report, "unparseable")
     future = _issue(report, "future_timestamp")
     assert (bad.severity, bad.count, bad.column) == ("quarantine", 1, "ts")
@@ -127,7 +126,7 @@ def test_duplicate_customer_ids_are_an_error(write_tiny, con) -> None:
 
 def test_events_for_unknown_customers_are_quarantined(write_tiny, con, tmp_path: Path) -> None:
     events = pd.concat([tiny_events(), tiny_events().assign(cust="zz")], ignore_index=True)
-    report = prepare_dataset(con, write_tiny(events=events), quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, write_tiny(events=events), quarantine_dir=tmp_path / "q").report
     issue = _issue(report, "unknown_customer")
     assert (issue.count, issue.column) == (6, "cust") and "customer_id='zz'" in issue.message()
     assert con.execute("SELECT count(*) FROM events WHERE customer_id = 'zz'").fetchall()[0][0] == 0
@@ -136,7 +135,7 @@ def test_events_for_unknown_customers_are_quarantined(write_tiny, con, tmp_path:
 def test_partial_customer_table_takes_ids_from_events(write_tiny, con) -> None:
     events = pd.concat([tiny_events(), tiny_events().assign(cust="zz")], ignore_index=True)
     spec = write_tiny(events=events, spec_changes=lambda s: s["customers"].update(complete=False))
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     assert not report.quarantined
     assert con.execute("SELECT count(*) FROM customers").fetchall()[0][0] == 4
     assert con.execute("SELECT count(*) FROM events WHERE customer_id = 'zz'").fetchall()[0][0] == 6
@@ -152,7 +151,7 @@ def test_negative_mrr_is_quarantined_in_customers_and_subscriptions(write_tiny, 
         subscriptions=subs,
         spec_changes=lambda s: s["validation"].update(max_quarantine_fraction=1.0),
     )
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     tables = sorted(i.table for i in report.issues if i.check == "negative_mrr")
     assert tables == ["customers (customers.parquet)", "subscriptions (subscriptions.parquet)"]
     assert con.execute("SELECT count(*) FROM customers WHERE mrr < 0").fetchall()[0][0] == 0
@@ -182,7 +181,9 @@ def test_exact_duplicate_events_are_quarantined_but_lookalikes_kept(write_tiny, 
     events["line"] = range(len(events))
     twin = events.iloc[[0]].copy()  # same line id: a true duplicate
     lookalike = events.iloc[[0]].assign(line=99)  # same contract values, different source row
-    report = prepare_dataset(con, write_tiny(events=pd.concat([events, twin, lookalike], ignore_index=True)))
+    report = load_dataset(
+        con, write_tiny(events=pd.concat([events, twin, lookalike], ignore_index=True))
+    ).report
     issue = _issue(report, "duplicate_event")
     assert issue.count == 1
     assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == 7
@@ -191,7 +192,7 @@ def test_exact_duplicate_events_are_quarantined_but_lookalikes_kept(write_tiny, 
 def test_events_before_signup_are_quarantined(write_tiny, con) -> None:
     events = tiny_events()
     events.loc[2, "ts"] = pd.Timestamp("2023-06-01")  # b signed up 2024-01-15
-    report = prepare_dataset(con, write_tiny(events=events))
+    report = load_dataset(con, write_tiny(events=events)).report
     assert _issue(report, "before_signup").count == 1
 
 
@@ -199,7 +200,7 @@ def test_missing_required_values_and_non_finite_numbers(write_tiny, con) -> None
     events = tiny_events()
     events.loc[0, "cust"] = None
     events.loc[1, "val"] = float("inf")
-    report = prepare_dataset(con, write_tiny(events=events))
+    report = load_dataset(con, write_tiny(events=events)).report
     assert _issue(report, "missing_value").column == "cust"
     assert _issue(report, "not_finite").column == "val"
 
@@ -212,7 +213,7 @@ def test_timestamp_formats_and_time_zones(write_tiny, con) -> None:
     def change(s: dict) -> None:
         s["events"][0].update(timestamp_format="%d/%m/%Y %H:%M", timezone="America/New_York")
 
-    prepare_dataset(con, write_tiny(events=events, fmt="csv", spec_changes=change))
+    load_dataset(con, write_tiny(events=events, fmt="csv", spec_changes=change))
     first = con.execute(
         "SELECT \"timestamp\" FROM events WHERE customer_id = 'a' ORDER BY 1 LIMIT 1"
     ).fetchall()[0][0]
@@ -223,7 +224,7 @@ def test_mixed_offsets_in_text_timestamps_become_utc(write_tiny, con) -> None:
     events = tiny_events().astype({"ts": str})
     events.loc[0, "ts"] = "2024-01-02T10:00:00+02:00"
     events.loc[2, "ts"] = "2024-01-20T09:30:00Z"
-    prepare_dataset(con, write_tiny(events=events, fmt="csv"))
+    load_dataset(con, write_tiny(events=events, fmt="csv"))
     got = con.execute(
         "SELECT \"timestamp\" FROM events WHERE event_type = 'login' ORDER BY customer_id, 1"
     ).fetchall()
@@ -234,17 +235,17 @@ def test_constant_event_type_and_dropped_types_are_counted(write_tiny, con) -> N
     def change(s: dict) -> None:
         s["events"][0]["drop_event_types"] = ["nps_response"]
 
-    report = prepare_dataset(con, write_tiny(spec_changes=change))
+    report = load_dataset(con, write_tiny(spec_changes=change)).report
     summary = report.tables["events"]
     assert summary.dropped_event_types == {"nps_response": 1}
     assert summary.rows == summary.clean + summary.quarantined + sum(summary.dropped_event_types.values())
 
 
 def test_no_events_left_is_a_warning_that_says_where_they_went(write_tiny, con) -> None:
-    report = prepare_dataset(con, write_tiny())
+    report = load_dataset(con, write_tiny()).report
     assert not [i for i in report.issues if i.check == "no_events"]  # some events: no warning
 
-    empty = prepare_dataset(con, write_tiny(events=tiny_events().iloc[:0]))
+    empty = load_dataset(con, write_tiny(events=tiny_events().iloc[:0])).report
     issue = _issue(empty, "no_events")
     assert empty.ok and issue.severity == "warning" and "0 row(s) read" in issue.message()
 
@@ -252,7 +253,7 @@ def test_no_events_left_is_a_warning_that_says_where_they_went(write_tiny, con) 
         renamed = s["events"][0]["event_types"]
         s["events"][0]["drop_event_types"] = sorted({renamed.get(k, k) for k in tiny_events()["kind"]})
 
-    dropped = prepare_dataset(con, write_tiny(spec_changes=drop_all))
+    dropped = load_dataset(con, write_tiny(spec_changes=drop_all)).report
     assert dropped.tables["events"].clean == 0
     assert f"{len(tiny_events())} of dropped types" in _issue(dropped, "no_events").message()
 
@@ -290,7 +291,7 @@ def test_duckdb_database_source(tmp_path: Path, con) -> None:
         data[role]["table"] = table
     data["events"][0].pop("file")
     data["events"][0]["table"] = "e"
-    report = prepare_dataset(con, parse_spec(data))
+    report = load_dataset(con, parse_spec(data)).report
     assert report.tables["events"].clean == 6
 
 
@@ -336,7 +337,7 @@ def test_quarantine_points_at_the_exact_source_rows_in_a_multi_row_group_file(tm
             "observation": {"horizon_days": 30},
         }
     )
-    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, spec, quarantine_dir=tmp_path / "q").report
     quarantined = pd.read_parquet(report.quarantine_files["events"])
     np.testing.assert_array_equal(quarantined["source_row"].to_numpy() - 1, bad_rows)
     np.testing.assert_array_equal(quarantined["value"].astype(int).to_numpy(), bad_rows)
@@ -357,7 +358,7 @@ def test_group_by_combines_source_rows_into_one_event(write_tiny, con) -> None:
         }
     )
     spec = write_tiny(events=lines, spec_changes=lambda s: s["events"][0].update(group_by=["basket"]))
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     assert report.tables["events"].rows == 3
     got = con.execute('SELECT customer_id, "timestamp", value FROM events ORDER BY 1, 2').fetchall()
     assert got == [
@@ -399,7 +400,7 @@ _CAMPAIGNS = pd.DataFrame(
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_lookup_joins_event_columns_from_another_table(write_tiny, con, tmp_path: Path, fmt: str) -> None:
     spec = write_tiny(fmt=fmt, spec_changes=_with_campaigns(tmp_path, _CAMPAIGNS, fmt))
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     got = con.execute(
         "SELECT customer_id, \"timestamp\" FROM events WHERE event_type = 'campaign' ORDER BY 1, 2"
     ).fetchall()
@@ -414,7 +415,7 @@ def test_lookup_joins_event_columns_from_another_table(write_tiny, con, tmp_path
 
 def test_lookup_rows_without_a_match_are_quarantined_by_source_row(write_tiny, con, tmp_path: Path) -> None:
     spec = write_tiny(spec_changes=_with_campaigns(tmp_path, _CAMPAIGNS[_CAMPAIGNS["campaign"] != 3]))
-    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, spec, quarantine_dir=tmp_path / "q").report
     issue = _issue(report, "missing_value")
     assert issue.column == "starts" and issue.count == 1 and "members.parquet" in issue.table
     assert issue.examples[0]["row"] == 4  # the fourth row of members.parquet (customer a, campaign 3)
@@ -436,7 +437,7 @@ def test_bad_lookups_are_data_errors_naming_the_table(
 ) -> None:
     spec = write_tiny(spec_changes=_with_campaigns(tmp_path, campaigns))
     with pytest.raises(DataError, match=message) as err:
-        prepare_dataset(con, spec)
+        load_dataset(con, spec)
     assert "campaigns.parquet" in str(err.value)
 
 
@@ -479,9 +480,9 @@ def test_several_event_sources_load_in_order_and_quarantine_by_source_row(
     def add_source(spec: dict) -> None:
         spec["events"].append(_more_csv_source())
 
-    report = prepare_dataset(
+    report = load_dataset(
         con, write_tiny(events=first, spec_changes=add_source), quarantine_dir=tmp_path / "q"
-    )
+    ).report
     (issue,) = report.quarantined
     source, row = ("events[1] (more.csv)", 3) if bad_in_second else ("events[0] (events.parquet)", 2)
     assert issue.table == source and issue.examples[0]["row"] == row
@@ -555,7 +556,7 @@ def test_every_kind_of_bad_row_is_found_among_many_and_only_those_rows_leave(
     pq.write_table(
         pa.Table.from_pandas(events, preserve_index=False), tmp_path / "events.parquet", row_group_size=400
     )
-    report = prepare_dataset(con, spec, quarantine_dir=tmp_path / "q")
+    report = load_dataset(con, spec, quarantine_dir=tmp_path / "q").report
 
     first, second = "events[0] (events.parquet)", "events[1] (more.csv)"
     expected = {
@@ -596,7 +597,7 @@ def test_identical_rows_in_two_sources_are_not_duplicates(write_tiny, con, tmp_p
 
     spec = write_tiny(events=events, spec_changes=change)
     events.to_parquet(tmp_path / "more.parquet", index=False)
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     assert [(i.table, i.count, i.examples[0]["row"]) for i in report.quarantined] == [
         ("events[0] (events.parquet)", 1, 7),
         ("events[1] (more.parquet)", 1, 7),
@@ -619,9 +620,46 @@ def test_group_by_takes_the_smallest_of_other_columns_on_every_read(write_tiny, 
         }
     )
     spec = write_tiny(events=lines, spec_changes=lambda s: s["events"][0].update(group_by=["basket"]))
-    report = prepare_dataset(con, spec)
+    report = load_dataset(con, spec).report
     assert con.execute("SELECT customer_id, event_type, value FROM events").fetchall() == [
         ("a", "browse", 4.0)
     ]
     (issue,) = report.quarantined  # basket 2 is in the future
     assert issue.check == "future_timestamp" and issue.examples[0]["event_type"] == "browse"
+
+
+def test_a_source_keeps_its_exact_duplicates_when_the_spec_says_they_are_legitimate(
+    write_tiny, con, tmp_path: Path
+) -> None:
+    """Two same-day orders of one amount in a date-only log are two orders: ``duplicates: keep`` keeps
+    them, and they are counted either way. The other source still quarantines its repeats."""
+    events = tiny_events()
+    second = pd.DataFrame({"customer": ["a", "a", "c"], "when": ["2024-02-05"] * 3, "what": ["purchase"] * 3,
+                           "amount": ["9.5", "9.5", "3"]})  # fmt: skip
+    second.to_csv(tmp_path / "more.csv", index=False)
+    doubled = pd.concat([events, events.iloc[[1]]], ignore_index=True)
+
+    def two_sources(keep: bool):  # noqa: ANN202
+        def change(spec: dict) -> None:
+            spec["events"].append(_more_csv_source() | ({"duplicates": "keep"} if keep else {}))
+
+        return write_tiny(events=doubled, spec_changes=change)
+
+    report = load_dataset(con, two_sources(keep=False)).report
+    assert {(i.table, i.check, i.count) for i in report.quarantined} == {
+        ("events[0] (events.parquet)", "duplicate_event", 1), ("events[1] (more.csv)", "duplicate_event", 1),
+    }  # fmt: skip
+    assert "set `duplicates: keep` on this source" in _issue(report, "duplicate_event").message()
+    assert report.tables["events"].clean == 6 + 2
+
+    report = load_dataset(con, two_sources(keep=True)).report
+    (quarantined,) = report.quarantined
+    assert quarantined.table == "events[0] (events.parquet)" and quarantined.check == "duplicate_event"
+    kept = _issue(report, "duplicate_kept")
+    assert kept.severity == "warning" and kept.table == "events[1] (more.csv)" and kept.count == 1
+    assert "1 exact duplicate row(s) kept (duplicates: keep)" in kept.message()
+    summary = report.tables["events"]
+    assert (summary.rows, summary.clean, summary.quarantined, summary.duplicates_kept) == (10, 9, 1, 1)
+    assert "1 exact duplicates kept" in report.render()
+    orders = con.execute("SELECT count(*) FROM events WHERE event_type = 'purchase' AND customer_id = 'a'")
+    assert orders.fetchall()[0][0] == 2

@@ -9,10 +9,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import duckdb
 import pandas as pd
 import typer
 from rich.console import Console
@@ -21,16 +21,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from churnml.config import Settings
-from churnml.data import DataError
+from churnml.data import ContractTables, DataError, DataValidationError, ValidationReport, load_dataset
 from churnml.engine import connect
 from churnml.features.batch import latest_date, scoring_rows, training_table
 from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import build_features
 from churnml.features.inference import infer_feature_set, resolve_event_values
-from churnml.labels import build_labels, label_margin
+from churnml.features.sets import FeatureSet
+from churnml.labels import build_labels
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import DatasetSpec, SpecError, load_spec
-from churnml.validate import ValidationReport, validate_dataset
+
+if TYPE_CHECKING:  # imported when training runs: the CLI starts without MLflow
+    from mlflow.tracking import MlflowClient
+
+    from churnml.modeling import TrainConfig
 
 __all__ = ["app"]
 
@@ -105,31 +110,35 @@ def _print_report(report: ValidationReport) -> None:
         console.print(f"quarantined {role} rows: {path}", highlight=False)
 
 
-def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings):  # noqa: ANN202
+def _validate(spec: DatasetSpec, quarantine: Path | None, settings: Settings) -> ContractTables:
+    """The validated contract tables (the report printed), or a clean exit naming what is wrong."""
     con = connect(settings)
     try:
         with err_console.status(f"validating {spec.name} against the data contract"):
-            report = validate_dataset(con, spec, quarantine_dir=quarantine)
+            tables = load_dataset(con, spec, quarantine_dir=quarantine)
     except DataError as err:
         con.close()
         raise _fail(str(err)) from None
-    _print_report(report)
-    if not report.ok:
+    except DataValidationError as err:
         con.close()
-        raise _fail(f"{len(report.errors)} error(s) in the data; nothing was run", code=1)
-    return con, report
+        _print_report(err.report)
+        raise _fail(f"{len(err.report.errors)} error(s) in the data; nothing was run", code=1) from None
+    assert tables.report is not None
+    _print_report(tables.report)
+    return tables
 
 
 @contextmanager
-def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Validated contract tables in a DuckDB connection; library ValueErrors become clean CLI errors."""
-    con, _ = _validate(spec, settings.data_dir / "quarantine" / spec.name, settings)
+def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[ContractTables]:
+    """Validated contract tables (validated once for every stage that reads them); library ValueErrors
+    become clean CLI errors."""
+    tables = _validate(spec, settings.data_dir / "quarantine" / spec.name, settings)
     try:
-        yield con
+        yield tables
     except ValueError as err:
         raise _fail(str(err)) from None
     finally:
-        con.close()
+        tables.con.close()
 
 
 SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
@@ -189,20 +198,20 @@ def validate_command(
     """Check a dataset against the contract; exit 1 on errors, quarantine (and count) bad rows."""
     loaded = _load_spec(spec, data)
     quarantine = quarantine or _settings().data_dir / "quarantine" / loaded.name
-    con, _ = _validate(loaded, quarantine, _settings())
+    tables = _validate(loaded, quarantine, _settings())
     try:
-        _print_event_values(con, loaded)
+        _print_event_values(tables, loaded)
     finally:
-        con.close()
+        tables.con.close()
     console.print("[green]valid[/]")
 
 
-def _print_event_values(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+def _print_event_values(tables: ContractTables, spec: DatasetSpec) -> None:
     """What each event type's value means (it decides its features), and where that came from."""
     table = Table(title="Event values (declare them under event_values: in the spec to change them)")
     for col in ("event type", "value means", "from", "data"):
         table.add_column(col)
-    for m in resolve_event_values(con, spec):
+    for m in resolve_event_values(tables, spec):
         meaning = m.value.meaning + (f" {m.value.scale[0]:g}-{m.value.scale[1]:g}" if m.value.scale else "")
         source = {"spec": "the spec", "vocabulary": "built-in vocabulary", "data": "inferred"}[m.source]
         table.add_row(
@@ -219,8 +228,12 @@ def labels_command(
 ) -> None:
     """Write point-in-time churn labels (customer_id, observation_date, churned) for the spec's schedule."""
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, _settings()) as con:
-        labels = build_labels(con, loaded)
+    with _validated_data(loaded, _settings()) as tables:
+        _write_labels(tables, loaded, out)
+
+
+def _write_labels(tables: ContractTables, loaded: DatasetSpec, out: Path) -> None:
+    labels = build_labels(tables, loaded)
     out.parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(out, index=False)
     summary = labels.groupby("observation_date")["churned"].agg(["size", "mean"])
@@ -230,7 +243,7 @@ def labels_command(
     for col in ("observation date", "active customers", "churn rate"):
         table.add_column(col, justify="right")
     for date, row in summary.iterrows():
-        rate = "unlabelled" if row["mean"] != row["mean"] else f"{row['mean']:.2%}"
+        rate = "unlabelled" if pd.isna(row["mean"]) else f"{row['mean']:.2%}"  # NA: horizon past the data
         table.add_row(str(date.date()), f"{int(row['size']):,}", rate)
     console.print(table)
     console.print(f"{len(labels):,} rows -> {out}", highlight=False)
@@ -258,15 +271,26 @@ def features_command(
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
     loaded = _load_spec(spec, data)
-    settings = _settings()
+    with _validated_data(loaded, _settings()) as tables:
+        _write_features(tables, loaded, out, as_of, date)
+
+
+def _write_features(
+    tables: ContractTables,
+    loaded: DatasetSpec,
+    out: Path,
+    as_of: str | None = None,
+    date: pd.Timestamp | None = None,
+) -> tuple[pd.DataFrame, FeatureSet]:
+    """The training table (without ``as_of``) or the scoring rows at a date, written with its catalogue."""
     began = time.perf_counter()
-    with _validated_data(loaded, settings) as con, _progress() as progress:
+    with _progress() as progress:
         task = progress.add_task("building features", total=None)
         if as_of is None:
-            table, fs = training_table(con, loaded)
+            table, fs = training_table(tables, loaded)
         else:
-            fs = infer_feature_set(con, loaded)
-            table = build_features(con, scoring_rows(con, loaded, date or latest_date(con)), fs)
+            fs = infer_feature_set(tables, loaded)
+            table = build_features(tables, scoring_rows(tables, loaded, date or latest_date(tables)), fs)
         progress.update(task, total=1, completed=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
@@ -278,6 +302,7 @@ def features_command(
         f"{time.perf_counter() - began:.1f}s -> {out} (catalogue: {cat_path})",
         highlight=False,
     )
+    return table, fs
 
 
 @app.command("train")
@@ -296,11 +321,21 @@ def train_command(
         typer.Option("--table", help="A ready feature table (CSV/Parquet, one row per customer)."),
     ] = None,
     target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option(help="With --table: the label value that means churn, for any two-valued label."),
+    ] = None,
     id_column: Annotated[
         str | None,
         typer.Option("--id", help="With --table: the customer id column (default: the row number)."),
     ] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+    keep_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-column", help="Keep this column although the leak guard finds it leaks (repeatable)."
+        ),
+    ] = None,
     study: Annotated[
         str | None,
         typer.Option(
@@ -315,14 +350,53 @@ def train_command(
     With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
     feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
-    from churnml.registry import check_tracking_server, close_unfinished_runs, log_training, tracking_uri
-    from churnml.snapshot import load_snapshot_table, train_snapshot
-    from churnml.train import load_train_config, train_model
+    from churnml.modeling import TuningRun, load_snapshot_table, train_snapshot
+    from churnml.registry import log_training
 
     if (spec is None) == (table_path is None):
         raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
+    setup = _train_setup(config, trials, timeout)
+    settings, cfg = setup.settings, setup.cfg
+    if table_path is not None:
+        try:
+            table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
+            try:
+                tuning = TuningRun(setup.storage, study or f"{table_path.stem}-{int(time.time())}")
+                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, tuple(keep_column or ()))
+            except (ValueError, RuntimeError) as err:
+                raise _fail(str(err)) from None
+        logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
+        _report_training(result, logged, cfg, setup.uri)
+        return
+    loaded = _load_spec(spec, data)  # type: ignore[arg-type]
+    with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
+        table, fs = training_table(tables, loaded)
+    _train_on_spec(setup, loaded, table, fs, study, tuple(keep_column or ()))
+
+
+@dataclass(frozen=True)
+class _TrainSetup:
+    """What training needs before any expensive work: settings, the config, a reachable tracking store."""
+
+    settings: Settings
+    cfg: TrainConfig
+    client: MlflowClient
+    uri: str
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{(self.settings.home / 'optuna.db').resolve()}"
+
+
+def _train_setup(config: Path | None, trials: int | None, timeout: float | None) -> _TrainSetup:
+    from churnml.modeling import load_train_config
+    from churnml.registry import check_tracking_server, close_unfinished_runs, tracking_uri
+
     settings = _settings()
     try:
         cfg = load_train_config(config)
@@ -338,48 +412,40 @@ def train_command(
         raise _fail(str(err)) from None
     for run_id in close_unfinished_runs(client, settings):
         console.print(f"marked MLflow run {run_id} FAILED (left open by an earlier failure)", highlight=False)
-    study_storage = f"sqlite:///{(settings.home / 'optuna.db').resolve()}"
-    if table_path is not None:
-        try:
-            table, fs = load_snapshot_table(table_path, target or "", id_column)
-        except ValueError as err:
-            raise _fail(str(err)) from None
-        catalogue = build_catalogue(fs)
-        with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
-            try:
-                result = train_snapshot(
-                    table, fs, catalogue, cfg, folds, study_storage,
-                    study or f"{table_path.stem}-{int(time.time())}", id_column,
-                )  # fmt: skip
-            except (ValueError, RuntimeError) as err:
-                raise _fail(str(err)) from None
-        by = "by id" if id_column else "by row number"
-        held_out = f"{len(result.test_frame):,} held-out customers ({cfg.table_holdout:.0%} {by})"
-        _report_training(result, log_training(result, table, cfg, settings, table_path.stem, client), cfg, uri,
-                         f"{held_out}; tuned by {folds}-fold cross-validation")  # fmt: skip
-        return
-    loaded = _load_spec(spec, data)  # type: ignore[arg-type]
-    with _validated_data(loaded, settings) as con, err_console.status("building the training table"):
-        table, fs = training_table(con, loaded)
-    catalogue = build_catalogue(fs, loaded.event_labels)
+    return _TrainSetup(settings, cfg, client, uri)
+
+
+def _train_on_spec(
+    setup: _TrainSetup,
+    loaded: DatasetSpec,
+    table: pd.DataFrame,
+    fs: FeatureSet,
+    study: str | None,
+    keep: tuple[str, ...] = (),
+) -> None:
+    """Tune, evaluate, log and register a model on a spec's labelled feature table."""
+    from churnml.modeling import TuningRun, spec_task, train_model
+    from churnml.registry import log_training
+
+    cfg = setup.cfg
     with _progress() as progress:
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
-            result = train_model(
-                table, fs, catalogue, loaded.observation.horizon_days, cfg,
-                storage=study_storage, study_name=study or f"{loaded.name}-{int(time.time())}",
-                on_trial=lambda done, total: progress.update(task, completed=done),
-                purge_days=label_margin(loaded).days,
-            )  # fmt: skip
+            task_ = spec_task(loaded, keep)
+            tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
+                               lambda done, total: progress.update(task, completed=done))  # fmt: skip
+            result = train_model(table, fs, task_, cfg, tuning)
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
-    _report_training(result, log_training(result, table, cfg, settings, loaded.name, client), cfg, uri,
-                     f"out-of-time test ({', '.join(result.model.metadata['test_dates'])})")  # fmt: skip
+    logged = log_training(result, table, cfg, setup.settings, loaded.name, setup.client)
+    _report_training(result, logged, cfg, setup.uri)
 
 
-def _report_training(result, logged: tuple[str, str], cfg, uri: str, evaluation: str) -> None:  # noqa: ANN001
+def _report_training(result, logged: tuple[str, str], cfg, uri: str) -> None:  # noqa: ANN001
     run_id, version = logged
-    metrics = Table(title=f"Evaluation: {evaluation}")
+    for leak in result.leaks:  # the leak guard's findings, before the figures they would have inflated
+        err_console.print(f"[yellow]WARNING[/] leak guard: {leak.message()}", highlight=False)
+    metrics = Table(title=f"Evaluation: {result.evaluation_description}")
     keys = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log loss", "brier": "Brier", "ece": "ECE",
             "lift_top_decile": "lift@10%", f"revenue_captured_top_{cfg.capacity}": f"MRR@{cfg.capacity}"}  # fmt: skip
     metrics.add_column("model", no_wrap=True)
@@ -407,6 +473,7 @@ def promote_command(
 ) -> None:
     """Make the challenger champion if it beats the champion on the same out-of-time rows."""
     from churnml.evaluate import comparable_metric
+    from churnml.modeling import load_train_config
     from churnml.registry import (
         check_tracking_server,
         close_unfinished_runs,
@@ -414,7 +481,6 @@ def promote_command(
         promotion_lock,
         tracking_uri,
     )
-    from churnml.train import load_train_config
 
     settings = _settings()
     try:
@@ -474,10 +540,6 @@ def score_command(
     data: DataOpt = None,
 ) -> None:
     """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
-    from churnml.explain.playbook import load_playbook
-    from churnml.retention import retention_tables
-    from churnml.score import RiskPolicy, score_customers, write_workspace
-
     date: pd.Timestamp | None = None
     if as_of is not None:
         try:
@@ -485,19 +547,31 @@ def score_command(
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
     settings = _settings()
+    loaded = _load_spec(spec, data)
+    with _validated_data(loaded, settings) as tables:
+        _score(tables, loaded, settings, out, model, date, top_k, history)
+
+
+def _score(
+    tables: ContractTables, loaded: DatasetSpec, settings: Settings, out: Path | None, model: str | None,
+    date: pd.Timestamp | None, top_k: int = 5, history: int = 6,
+) -> None:  # fmt: skip
+    """Score the active customers with the champion (or ``model``) and write the reports and workspace."""
+    from churnml.explain.playbook import load_playbook
+    from churnml.retention import retention_tables
+    from churnml.score import RiskPolicy, score_customers, write_workspace
+
     try:
         playbook = load_playbook(settings.playbook)
     except ValueError as err:
         raise _fail(str(err)) from None
-    loaded = _load_spec(spec, data)
     churn_model, info = _champion(settings, model)
     out = out or settings.reports_dir
     began = time.perf_counter()
-    with _validated_data(loaded, settings) as con:
-        with err_console.status("scoring active customers"):
-            result = score_customers(con, loaded, churn_model, date or latest_date(con), info, top_k, history,
-                                     policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
-            extra = retention_tables(con, loaded, result)
+    with err_console.status("scoring active customers"):
+        result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
+                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
+        extra = retention_tables(tables, loaded, result)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)
     result.reasons.to_parquet(out / "reasons.parquet", index=False)
@@ -528,11 +602,11 @@ def monitor_command(
     """Compare the population at a date with the champion's training population: drift, performance
     estimated from its probabilities, realised performance of matured dates. Exit 3 when retraining is
     recommended (or, with --retrain, retrain and run the promotion gate)."""
+    from churnml.modeling import load_train_config
     from churnml.monitor.run import load_monitor_config, monitor_at
     from churnml.monitor.store import save_report
     from churnml.monitor.tracking import log_monitoring
     from churnml.registry import check_tracking_server, tracking_uri
-    from churnml.train import load_train_config
 
     date = _date_option("--as-of", as_of)
     settings = _settings()
@@ -544,9 +618,9 @@ def monitor_command(
     loaded = _load_spec(spec, data)
     churn_model, info = _champion(settings, model)
     tiers = {"high": settings.risk_high, "medium": settings.risk_medium}
-    with _validated_data(loaded, settings) as con:
+    with _validated_data(loaded, settings) as tables:
         with err_console.status("monitoring the scored population"):
-            report = monitor_at(con, loaded, churn_model, date or latest_date(con), monitor_config,
+            report = monitor_at(tables, loaded, churn_model, date or latest_date(tables), monitor_config,
                                 train_config.capacity, tiers)  # fmt: skip
     version = info.get("model_version", "")
     run_id = log_monitoring(check_tracking_server(tracking_uri(settings)), settings, report, version)
@@ -560,7 +634,7 @@ def monitor_command(
     if not retrain:
         raise typer.Exit(MONITOR_RETRAIN_EXIT)
     train_command(spec=spec, config=path, trials=None, timeout=None, data=data, table_path=None, target=None,
-                  id_column=None, folds=5, study=None)  # fmt: skip
+                  positive=None, id_column=None, folds=5, keep_column=None, study=None)  # fmt: skip
     promote_command(metric=None, margin=None, config=path)
 
 
@@ -753,12 +827,14 @@ def run_command(
     data_dir = settings.data_dir / "simulated"
     spec = data_dir / "spec.yaml"
     simulate_command(out=data_dir, customers=customers, months=months, seed=seed)
-    labels_command(spec=spec, out=settings.data_dir / "labels" / "simulated.parquet")
-    features_command(spec=spec, out=settings.data_dir / "features" / "simulated.parquet")
-    train_command(spec=spec, config=repo_config(), trials=trials, timeout=None, data=None,
-                  table_path=None, target=None, id_column=None, folds=5)  # fmt: skip
-    promote_command(metric=None, margin=None, config=repo_config())
-    score_command(spec=spec, out=None, model=None, as_of=None, top_k=5, history=6, data=None)
+    setup = _train_setup(repo_config(), trials, None)
+    loaded = _load_spec(spec, None)
+    with _validated_data(loaded, settings) as tables:  # validated once, for every stage below
+        _write_labels(tables, loaded, settings.data_dir / "labels" / "simulated.parquet")
+        table, fs = _write_features(tables, loaded, settings.data_dir / "features" / "simulated.parquet")
+        _train_on_spec(setup, loaded, table, fs, None)
+        promote_command(metric=None, margin=None, config=repo_config())
+        _score(tables, loaded, settings, None, None, None)
     if serve:
         console.print(
             f"try: curl -s -X POST http://127.0.0.1:{port}/explain -H 'Content-Type: application/json' "

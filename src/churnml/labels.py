@@ -10,35 +10,20 @@ only forward: churned = 1 if churn (per the spec's definition) happens in
 * **inactivity**: active at t = an activity event in ``[t - active_lookback_days, t)``; churned = no
   activity event in ``[t + lead, t + horizon)``.
 
-A row whose horizon (plus grace) runs past the end of the data keeps ``churned`` = NA: it can be
-scored but not trained on.
+A row whose horizon (plus grace) runs past what is observed (`churnml.data.DataWindow.observed_until`:
+the spec's ``observed_until``, else the end of the last day of date-only data, else the last event)
+keeps ``churned`` = NA: it can be scored but not trained on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import duckdb
 import pandas as pd
 
+from churnml.data.tables import ContractTables, DataWindow
 from churnml.engine import quote_literal
 from churnml.spec import CancellationChurn, DatasetSpec, InactivityChurn
 
-__all__ = ["DataWindow", "data_window", "observation_dates", "build_labels", "label_margin"]
-
-
-@dataclass(frozen=True)
-class DataWindow:
-    start: pd.Timestamp  # first event
-    end: pd.Timestamp  # last event: behaviour is known up to here
-
-
-def data_window(con: duckdb.DuckDBPyConnection) -> DataWindow:
-    """The span of observed behaviour in the loaded ``events`` table."""
-    start, end = con.execute('SELECT min("timestamp"), max("timestamp") FROM events').fetchall()[0]  # type: ignore[misc]
-    if start is None:
-        raise ValueError("events: the table is empty; churnml needs behaviour to learn from")
-    return DataWindow(pd.Timestamp(start), pd.Timestamp(end))
+__all__ = ["observation_dates", "build_labels", "label_margin"]
 
 
 def label_margin(spec: DatasetSpec) -> pd.Timedelta:
@@ -60,7 +45,7 @@ def observation_dates(
     if obs.end is not None:
         end = pd.Timestamp(obs.end)
     else:
-        end = window.end - label_margin(spec) if labelled_only else window.end
+        end = window.observed_until - (label_margin(spec) if labelled_only else pd.Timedelta(0))
     dates = []
     t = start
     while t <= end:
@@ -79,14 +64,15 @@ def _dates_sql(dates: list[pd.Timestamp]) -> str:
 
 
 def build_labels(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, dates: list[pd.Timestamp] | None = None
+    tables: ContractTables, spec: DatasetSpec, dates: list[pd.Timestamp] | None = None
 ) -> pd.DataFrame:
     """Rows (customer_id, observation_date, churned[, churn_date]) for customers active at each date."""
-    window = data_window(con)
+    window = tables.window
     dates = dates if dates is not None else observation_dates(spec, window)
     obs = spec.observation
     lead, horizon = f"INTERVAL {obs.lead_days} DAY", f"INTERVAL {obs.horizon_days} DAY"
-    known_until = quote_literal(str(window.end - label_margin(spec) + pd.Timedelta(days=obs.horizon_days)))
+    until = window.observed_until
+    known_until = quote_literal(str(until - label_margin(spec) + pd.Timedelta(days=obs.horizon_days)))
     # a row is labelled when t + horizon <= known_until
     labelled = f"d.t + {horizon} <= TIMESTAMP {known_until}"
     if isinstance(spec.churn, InactivityChurn):
@@ -127,14 +113,14 @@ def build_labels(
             FROM grouped GROUP BY customer_id, spell)
         SELECT s.customer_id, d.t AS observation_date,
                CASE WHEN NOT ({labelled}) AND NOT (s.spell_end < d.t + {horizon}
-                                                  AND s.spell_end + {grace} <= TIMESTAMP {quote_literal(str(window.end))})
+                                                  AND s.spell_end + {grace} <= TIMESTAMP {quote_literal(str(until))})
                     THEN NULL
                     WHEN s.spell_end < d.t + {horizon} THEN 1 ELSE 0 END AS churned,
                CASE WHEN isinf(s.spell_end) THEN NULL ELSE s.spell_end END AS churn_date
         FROM spells s JOIN dates d ON s.spell_start <= d.t AND d.t < s.spell_end
         WHERE NOT (s.spell_end < d.t + {lead})
         """
-    frame = con.execute(f"SELECT * FROM ({sql}) ORDER BY observation_date, customer_id").df()
+    frame = tables.con.execute(f"SELECT * FROM ({sql}) ORDER BY observation_date, customer_id").df()
     frame["churned"] = frame["churned"].astype("Int8")
     frame["observation_date"] = frame["observation_date"].astype("datetime64[us]")
     frame["churn_date"] = frame["churn_date"].astype("datetime64[us]")

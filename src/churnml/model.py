@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from churnml.features.btyd import with_fitted_columns
 from churnml.features.catalogue import FeatureInfo
 from churnml.features.profile import PopulationProfile
 from churnml.features.reference import FeatureReference
@@ -73,6 +74,8 @@ def encode_features(
     a code the model never saw. The frame is plain float64, so it also makes a clean MLflow signature.
     """
     columns = list(feature_set.columns)
+    if feature_set.btyd:  # fitted columns follow this model's own parameters (`churnml.features.btyd`)
+        features = with_fitted_columns(features, feature_set.btyd, feature_set.btyd_horizon_days)
     missing = [c for c in columns if c not in features.columns]
     if missing:
         raise ValueError(f"features: missing column(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")

@@ -38,9 +38,10 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from churnml.config import Settings  # noqa: E402
 from churnml.evaluate import churn_metrics, comparable_metric, paired_win_share, reliability_table  # noqa: E402
+from churnml.features.btyd import with_fitted_columns  # noqa: E402
 from churnml.features.catalogue import catalogue_frame  # noqa: E402
 from churnml.model import ChurnModel  # noqa: E402
-from churnml.train import TrainConfig, TrainResult  # noqa: E402
+from churnml.modeling import TrainConfig, TrainResult, holdout_mask  # noqa: E402
 
 __all__ = [
     "MODEL_NAME",
@@ -187,15 +188,15 @@ def log_training(
     """
     mlflow.set_tracking_uri(client.tracking_uri)
     experiment = experiment_id(client, settings)
-    if "observation_date" in result.test_frame:  # out-of-time test rows
-        test_mask = table["observation_date"].isin(
-            pd.to_datetime(result.test_frame["observation_date"].unique())
-        )
-        test_features = table.loc[test_mask].reset_index(drop=True)
+    if "observation_date" in result.test_frame:  # the test rows: (customer, date) pairs
+        keys = ["customer_id", "observation_date"]
+        test_features = table.merge(result.test_frame[keys], on=keys, how="inner").reset_index(drop=True)
     else:  # a snapshot table: its held-out customers
         test_features = table[table["customer_id"].isin(result.test_frame["customer_id"])].reset_index(
             drop=True
         )
+    fs = result.model.feature_set  # the columns fitted at training (BG/NBD), beside the table's own
+    test_features = with_fitted_columns(test_features, fs.btyd, fs.btyd_horizon_days)
     run = mlflow.start_run(experiment_id=experiment, run_name=f"train-{dataset_name}")
     try:
         with _terminate_as_exit():
@@ -268,8 +269,10 @@ def close_unfinished_runs(client: MlflowClient, settings: Settings) -> list[str]
 
 def _training_rows(table: pd.DataFrame, model: ChurnModel, test_features: pd.DataFrame) -> pd.DataFrame:
     """The rows the final model was fitted on: development dates, or the customers not held out."""
-    if "trained_through" in model.metadata and "observation_date" in table:
+    if model.metadata.get("evaluation", "time") == "time" and "observation_date" in table:
         return table[table["observation_date"] <= pd.Timestamp(model.metadata["trained_through"])]
+    if "table_holdout" in model.metadata:  # every row of the customers not held out, at any date
+        return table[~holdout_mask(table["customer_id"], float(model.metadata["table_holdout"]))]
     return table[~table["customer_id"].isin(test_features["customer_id"])]
 
 
@@ -278,13 +281,14 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
     model = result.model
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train"})
+        mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train", "churnml.evaluation": result.evaluation,
+                         "churnml.evaluation_description": result.evaluation_description})  # fmt: skip
         mlflow.log_params({f"lgb.{k}": v for k, v in result.params.items()})
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
         mlflow.log_params({
             "calibration": model.calibrator.method, "horizon_days": model.metadata.get("horizon_days"),
             "test_dates": ",".join(model.metadata.get("test_dates", [])), "n_features": len(model.feature_names),
-            "rows": len(table),
+            "rows": len(table), "evaluation": result.evaluation,
         })  # fmt: skip
         mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items() if np.isfinite(v)})
@@ -317,6 +321,7 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         mlflow.log_artifact(str(folder / "optuna_trials.csv"), artifact_path="tuning")
         test_features.to_parquet(folder / "test_features.parquet", index=False)
         mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
+        _log_leaks(result, folder)
         (folder / "metrics.json").write_text(
             json.dumps(
                 {
@@ -349,6 +354,15 @@ def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.Da
         version = mlflow.register_model(info.model_uri, MODEL_NAME)
         client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
         return run.info.run_id, str(version.version)
+
+
+def _log_leaks(result: TrainResult, folder: Path) -> None:
+    """What the leak guard left out or kept (tags), and each finding with its figure (an artifact)."""
+    left_out = [leak.column for leak in result.leaks if not leak.kept]
+    mlflow.set_tags({"churnml.leaks_left_out": ",".join(dict.fromkeys(left_out)) or "none",
+                     "churnml.leaks_kept": ",".join(leak.column for leak in result.leaks if leak.kept) or "none"})  # fmt: skip
+    (folder / "leaks.json").write_text(json.dumps([leak.to_dict() for leak in result.leaks], indent=1))
+    mlflow.log_artifact(str(folder / "leaks.json"), artifact_path="evaluation")
 
 
 def download_model(uri: str, client: MlflowClient, dst: Path) -> Path:
@@ -431,12 +445,28 @@ def file_lock(path: Path, timeout: float = 120.0, purpose: str = "promotion") ->
 promotion_lock = file_lock
 
 
-def _held_out_mismatch(challenger: dict, champion: dict) -> str | None:
-    """Why two ready-table models cannot be compared on the challenger's held-out customers, if so.
+def _evaluation(meta: dict) -> str:
+    """How a model was tested: out of time, or on held-out customers (older models: by their mode)."""
+    return str(meta.get("evaluation") or ("customers" if meta.get("mode") == "table" else "time"))
 
-    The comparison is fair only when the champion never trained on them: same id column, same share.
+
+def _held_out_mismatch(challenger: dict, champion: dict) -> str | None:
+    """Why the champion cannot be compared with the challenger on the challenger's test rows, if so.
+
+    Only models evaluated the same way compare: a model tested out of time trained on every customer
+    through its development dates (the held-out customers of the other kind of model included), and a
+    model tested on held-out customers trained on every labelled date (the other's test date included).
+    Two held-out-customer models compare when the champion never trained on the challenger's test
+    customers: same id column, same share.
     """
-    if challenger.get("mode") != "table" or champion.get("mode") != "table":
+    kinds = {"time": "out of time (latest dates)", "customers": "on held-out customers"}
+    mine, theirs = _evaluation(challenger), _evaluation(champion)
+    if mine != theirs:
+        return (
+            f"the challenger was evaluated {kinds.get(mine, mine)} and the champion {kinds.get(theirs, theirs)}: "
+            "models evaluated differently are not compared (either may have trained on the other's test rows)"
+        )
+    if mine != "customers" or (challenger.get("mode") == "table") != (champion.get("mode") == "table"):
         return None
     if "table_holdout" not in champion:
         return "the champion was trained on every row of its table (an older churnml): no held-out customers to compare on"

@@ -11,15 +11,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from churnml.labels import build_labels, data_window, label_margin
+from churnml.data.tables import ContractTables, DataWindow
+from churnml.labels import build_labels, label_margin
 from churnml.score import ScoreResult
 from churnml.spec import DatasetSpec
 
 __all__ = ["monthly_retention", "cohort_retention", "segment_summary", "retention_tables"]
 
 
-def _month_starts(con: duckdb.DuckDBPyConnection) -> list[pd.Timestamp]:
-    window = data_window(con)
+def _month_starts(window: DataWindow) -> list[pd.Timestamp]:
     first = window.start.normalize() + pd.offsets.MonthBegin(1)
     return list(pd.date_range(first, window.end.normalize(), freq="MS"))
 
@@ -29,12 +29,12 @@ def _monthly_spec(spec: DatasetSpec, days: int = 31) -> DatasetSpec:
     return spec.model_copy(update={"observation": obs})
 
 
-def _population(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFrame:
+def _population(tables: ContractTables, spec: DatasetSpec) -> pd.DataFrame:
     """Customers active at each month's first day; churned = churn within that calendar month."""
-    months = _month_starts(con)
+    months = _month_starts(tables.window)
     if not months:
         return pd.DataFrame(columns=["customer_id", "observation_date", "churned"])
-    frames = [build_labels(con, _monthly_spec(spec, m.days_in_month), dates=[m]) for m in months]
+    frames = [build_labels(tables, _monthly_spec(spec, m.days_in_month), dates=[m]) for m in months]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -168,13 +168,14 @@ def segment_summary(
 
 
 def retention_tables(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, result: ScoreResult
+    tables: ContractTables, spec: DatasetSpec, result: ScoreResult
 ) -> dict[str, pd.DataFrame]:
     """The overview's tables, written beside the scores in the workspace."""
-    population = _population(con, spec)
-    labelled_until = data_window(con).end - label_margin(_monthly_spec(spec))
+    con = tables.con
+    population = _population(tables, spec)
+    labelled_until = tables.window.observed_until - label_margin(_monthly_spec(spec))
     profile = con.execute("SELECT customer_id, segment FROM customers").df().drop_duplicates("customer_id")
-    window = pd.DataFrame([{"data_end": data_window(con).end, "labelled_until": labelled_until,
+    window = pd.DataFrame([{"data_end": tables.window.end, "labelled_until": labelled_until,
                             "margin_days": label_margin(_monthly_spec(spec)).days}])  # fmt: skip
     return {
         "retention_window": window,  # why the monthly figures stop before the score date (the pages say it)

@@ -17,11 +17,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from churnml.data.tables import ContractTables
 from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playbook
 from churnml.explain.changes import reason_changes
 from churnml.features.batch import scoring_rows
 from churnml.features.engine import build_features
-from churnml.labels import build_labels, data_window, observation_dates
+from churnml.labels import build_labels, observation_dates
 from churnml.model import ChurnModel
 from churnml.spec import DatasetSpec
 
@@ -144,7 +145,7 @@ def _problem_signals(explained: list[AccountReasons]) -> list[str]:
 
 
 def score_customers(
-    con: duckdb.DuckDBPyConnection,
+    tables: ContractTables,
     spec: DatasetSpec,
     model: ChurnModel,
     as_of: pd.Timestamp,
@@ -157,21 +158,21 @@ def score_customers(
     """Score every customer active at ``as_of`` with reasons and plays, the ``history`` dates before,
     and what changed in each account's reasons since its previous score."""
     as_of = pd.Timestamp(as_of).normalize()
-    rows = scoring_rows(con, spec, as_of)
+    rows = scoring_rows(tables, spec, as_of)
     if rows.empty:
         raise ValueError(f"score: no active customers at {as_of.date()}")
-    features = build_features(con, rows, model.feature_set)
+    features = build_features(tables, rows, model.feature_set)
     scored = score_features(model, features, policy, num_threads=0)
     ids = features["customer_id"].to_numpy()
     explained = explain_scored(model, features, scored, k, playbook, num_threads=0)
-    scores = _score_table(con, features, scored, ids, as_of, explained)
+    scores = _score_table(tables, features, scored, ids, as_of, explained)
     now = scores[["customer_id", "as_of", "probability", "risk_tier", "revenue_at_risk"]].rename(
         columns={"as_of": "observation_date"}
     )
     signals = pd.Series(_problem_signals(explained), index=ids)
     now["reasons"] = signals.reindex(now["customer_id"]).to_numpy()
     past, past_features, past_explained = _past_scores(
-        con, spec, model, as_of, ids, k, history, policy, playbook
+        tables, spec, model, as_of, ids, k, history, policy, playbook
     )
     hist = pd.concat([past, now], ignore_index=True).sort_values(
         ["customer_id", "observation_date"], kind="stable"
@@ -181,7 +182,7 @@ def score_customers(
     info = {**(model_info or {}), "horizon_days": str(model.horizon_days), "currency": spec.currency,
             "risk_high": str(policy.high), "risk_medium": str(policy.medium)}  # fmt: skip
     return ScoreResult(as_of, scores, reason_records(ids, as_of, explained), hist.reset_index(drop=True),
-                       info, changes, usage_by_month(con, ids, as_of))  # fmt: skip
+                       info, changes, usage_by_month(tables, ids, as_of))  # fmt: skip
 
 
 def _with_previous_score(scores: pd.DataFrame, past: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +202,7 @@ def _with_previous_score(scores: pd.DataFrame, past: pd.DataFrame) -> pd.DataFra
 
 
 def usage_by_month(
-    con: duckdb.DuckDBPyConnection, ids: np.ndarray, as_of: pd.Timestamp, months: int = USAGE_MONTHS,
+    tables: ContractTables, ids: np.ndarray, as_of: pd.Timestamp, months: int = USAGE_MONTHS,
     types: int = USAGE_TYPES,
 ) -> pd.DataFrame:  # fmt: skip
     """Events per account, calendar month and event type over the ``months`` full months before
@@ -209,6 +210,7 @@ def usage_by_month(
     reason against. Months without events are absent (the page shows them as 0)."""
     end = as_of.normalize().replace(day=1)
     start = end - pd.DateOffset(months=months)
+    con = tables.con
     con.register("_usage_ids", pd.DataFrame({"customer_id": ids}))
     try:
         return con.execute(
@@ -227,12 +229,12 @@ def usage_by_month(
 
 
 def _score_table(
-    con: duckdb.DuckDBPyConnection, features: pd.DataFrame, scored: pd.DataFrame, ids: np.ndarray,
+    tables: ContractTables, features: pd.DataFrame, scored: pd.DataFrame, ids: np.ndarray,
     as_of: pd.Timestamp, explained: list[AccountReasons],
 ) -> pd.DataFrame:  # fmt: skip
     """One row per account, ranked by revenue at risk, with its headline reason and play, and the facts
     a CSM checks a reason against (name, seats used of seats, renewal date, tenure)."""
-    profile = con.execute(
+    profile = tables.con.execute(
         "SELECT customer_id, name, csm_owner, segment FROM customers"
     ).df().drop_duplicates("customer_id").set_index("customer_id")  # fmt: skip
     scores = pd.DataFrame({"customer_id": ids, "as_of": as_of}).join(scored.reset_index(drop=True))
@@ -262,23 +264,21 @@ def _score_table(
 
 
 def _past_scores(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp, ids: np.ndarray,
+    tables: ContractTables, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp, ids: np.ndarray,
     k: int, history: int, policy: RiskPolicy, playbook: Playbook,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[AccountReasons]]:  # fmt: skip
     """The accounts' scores and reasons at the ``history`` observation dates before ``as_of``, explained
     exactly as today's (same k, same rules), so a reason's presence can be compared across dates."""
     empty = pd.DataFrame(columns=["customer_id", "observation_date", "probability", "risk_tier", "revenue_at_risk",
                                   "reasons"])  # fmt: skip
-    dates = [d for d in observation_dates(spec, data_window(con), labelled_only=False) if d < as_of][
-        -history:
-    ]
+    dates = [d for d in observation_dates(spec, tables.window, labelled_only=False) if d < as_of][-history:]
     if not dates or history <= 0:
         return empty, None, []
-    past = build_labels(con, spec, dates=dates)[["customer_id", "observation_date"]]
+    past = build_labels(tables, spec, dates=dates)[["customer_id", "observation_date"]]
     past = past[past["customer_id"].isin(set(ids))].reset_index(drop=True)
     if past.empty:
         return empty, None, []
-    past_features = build_features(con, past, model.feature_set)
+    past_features = build_features(tables, past, model.feature_set)
     past_scored = score_features(model, past_features, policy, num_threads=0)
     past_explained = explain_scored(model, past_features, past_scored, k, playbook, num_threads=0)
     frame = past[["customer_id", "observation_date"]].join(

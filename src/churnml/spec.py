@@ -119,6 +119,13 @@ class EventSourceSpec(TableSpec):
     lookup: LookupSpec | None = Field(
         None, description="A table joined by key before mapping, so columns may come from either."
     )
+    duplicates: Literal["quarantine", "keep"] = Field(
+        "quarantine",
+        description=(
+            "Rows identical in every source column: quarantined as a duplicated export, or kept when such "
+            "repeats are legitimate (several same-day orders of one amount in a date-only log). Counted either way."
+        ),
+    )
 
     @model_validator(mode="after")
     def _type_given(self) -> EventSourceSpec:
@@ -226,6 +233,14 @@ class ObservationSpec(_Strict):
     every: str = Field("1 month", description="'1 month', '2 weeks', '7 days'.")
     lead_days: int = Field(0, ge=0)
     horizon_days: int = Field(gt=0)
+    observed_until: dt.date | dt.datetime | None = Field(
+        None,
+        description=(
+            "Behaviour is known up to here: a label is kept when its horizon ends by then. A date means "
+            "through the end of that day. Default: the end of the last day for date-only data (every event "
+            "at midnight), otherwise the last event's timestamp."
+        ),
+    )
 
     @field_validator("every")
     @classmethod
@@ -269,6 +284,13 @@ class DatasetSpec(_Strict):
     churn: Churn
     observation: ObservationSpec
     validation: ValidationSpec = ValidationSpec()
+    evaluation: Literal["auto", "time", "customers"] = Field(
+        "auto",
+        description=(
+            "How `churnml train` tests a model: on the latest dates, out of time (time); on customers held out "
+            "at every date (customers); or out of time when a purged backtest fold fits, else customers (auto)."
+        ),
+    )
     event_labels: dict[str, EventLabel] = Field(default_factory=dict)
     event_values: dict[str, EventValueSpec] = Field(
         default_factory=dict,

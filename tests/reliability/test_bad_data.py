@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnml.data import DataError
+from churnml.data import DataError, ValidationReport, validate_dataset
+from churnml.data.checks import SPIKE_RATIO
 from churnml.spec import DatasetSpec
-from churnml.validate import SPIKE_RATIO, ValidationReport, validate_dataset
 from tests.conftest import tiny_customers, tiny_events, tiny_subscriptions
 
 TABLES = ("customers", "events", "subscriptions")

@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from churnml.config import Settings
+from churnml.modeling import TrainConfig
 from churnml.registry import (
     MODEL_NAME,
     check_tracking_server,
@@ -29,7 +30,6 @@ from churnml.registry import (
     promote_challenger,
     promotion_lock,
 )
-from churnml.train import TrainConfig
 from tests.conftest import free_port, home_store, own_bentoml_home, service_env, start_server, stop_server
 from tests.test_serving import feature_record
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 import pandas as pd
 
-from churnml.features.definitions import FAMILIES, Family, column_name, event_families, family, slug
+from churnml.features.definitions import FAMILIES, Family, column_name, family, slug
 from churnml.features.sets import FeatureSet
 from churnml.schema import EVENT_TYPES, EventValue, EventVocabulary
 from churnml.spec import EventLabel
@@ -168,11 +168,12 @@ def _entry(f: Family, name: str, vocab: EventVocabulary | None, event_type: str 
 
 def _event_entries(fs: FeatureSet, event_type: str, vocab: EventVocabulary) -> list[FeatureInfo]:
     s = slug(event_type)
-    return [
-        _entry(f, f.pattern.format(s=s, w=w), vocab, event_type, w)
-        for f in event_families(fs.value(event_type).meaning)
-        for w in (f.windows or (None,))
-    ]
+    entries = []
+    for f in fs.families(event_type):
+        # a fitted family's window is the horizon it looks ahead ("expected in the next 60 days")
+        for w in f.windows or ((fs.btyd_horizon_days,) if f.fitted else (None,)):
+            entries.append(_entry(f, f.pattern.format(s=s, w=w), vocab, event_type, w))
+    return entries
 
 
 def build_catalogue(fs: FeatureSet, event_labels: dict[str, EventLabel] | None = None) -> list[FeatureInfo]:

@@ -37,6 +37,7 @@ __all__ = [
     "FAMILIES",
     "family",
     "event_families",
+    "fitted_families",
     "column_name",
     "slug",
 ]
@@ -88,6 +89,10 @@ class Family:
     # its distribution moves with the calendar by construction (tenure, totals since the account started):
     # drift monitoring reports it without raising an alarm
     grows_with_time: bool = False
+    since: int = 1  # the feature definitions number that introduced it (older models do not have it)
+    # computed from parameters fitted on the development rows, carried by the feature set
+    # (`churnml.features.btyd`): only for the event types they were fitted for; {w} is the horizon
+    fitted: bool = False
 
     def columns(self, s: str = "{s}", a: str = "{a}") -> list[str]:
         if self.windows:
@@ -118,7 +123,14 @@ FAMILIES: tuple[Family, ...] = (
            "Days since the last {singular} (empty if there never was one).", "days since the last {singular}",
            say.days_since, "against_type", missing_is="high"),
     Family("count_total", "{s}_count_total", "event", "count", "Number of {plural} since the account started.",
-           "{plural} since the account started", say.count_total, "as_type", missing_is="low", grows_with_time=True),
+           "{plural} since the account started", say.count_total, "as_type", missing_is="low",
+           grows_with_time=True),
+    Family("active_days_total", "{s}_active_days_total", "event", "days",
+           "Days with at least one {singular} since the account started.", "days with {plural} since the account started",
+           say.active_days_total, "as_type", missing_is="low", since=4, grows_with_time=True),
+    Family("days_since_first", "days_since_first_{s}", "event", "days",
+           "Days since the first {singular} (empty if there never was one).", "days since the first {singular}",
+           say.days_since_first, "either", since=4, grows_with_time=True),
     Family("mean_gap_days", "{s}_mean_gap_days", "event", "days",
            "Typical days between {plural} (first to last, per gap).", "typical days between {plural}",
            say.mean_gap),
@@ -126,6 +138,15 @@ FAMILIES: tuple[Family, ...] = (
            "Days since the last {singular} relative to the typical gap (above 1 = overdue).",
            "time since the last {singular} relative to usual", say.overdue, "against_type",
            tracked_by=("days_since_last", None)),
+    # buy-till-you-die (BG/NBD) for the activity types of inactivity churn, from the three above
+    Family("btyd_p_alive", "{s}_p_alive", "event", "probability",
+           "Probability that {plural} continue, from how many days had one, when the first and the last were "
+           "(BG/NBD, fitted on the training rows).", "chance {plural} continue", say.p_alive, "as_type",
+           since=4, fitted=True, tracked_by=("days_since_last", None)),
+    Family("btyd_expected", "{s}_expected_days_ahead", "event", "days",
+           "Days with {plural} expected in the next {w} days at the customer's rhythm (BG/NBD, fitted on the "
+           "training rows).", "days with {plural} expected in the next {w} days", say.expected_days, "as_type",
+           since=4, fitted=True, tracked_by=("days_since_last", None)),
     # amounts: totals and averages
     Family("amount_sum", "{s}_amount_sum_{w}d", "event", "{value}", "Total {value} of {plural} in the last {w} days.",
            "{plural} in the last {w} days ({value})", say.amount_sum, "as_type", windows=VALUE_WINDOWS,
@@ -211,8 +232,18 @@ def family(key: str) -> Family:
 
 
 def event_families(meaning: str) -> list[Family]:
-    """The families built for an event type whose value means ``meaning``, in column order."""
-    return [f for f in FAMILIES if f.scope == "event" and (not f.meanings or meaning in f.meanings)]
+    """The families built for an event type whose value means ``meaning``, in column order (the fitted
+    ones, `fitted_families`, only where the feature set carries their parameters)."""
+    return [
+        f
+        for f in FAMILIES
+        if f.scope == "event" and not f.fitted and (not f.meanings or meaning in f.meanings)
+    ]
+
+
+def fitted_families() -> list[Family]:
+    """The families computed from fitted parameters (BG/NBD), in column order."""
+    return [f for f in FAMILIES if f.fitted]
 
 
 def column_name(key: str, event_type_slug: str = "", window: int | None = None) -> str:

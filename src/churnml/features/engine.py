@@ -31,7 +31,9 @@ import pandas as pd
 
 from churnml.accounts import duckdb_account_sql
 from churnml.buckets import duckdb_event_sql
+from churnml.data.tables import ContractTables
 from churnml.engine import quote_literal
+from churnml.features.btyd import btyd_columns
 from churnml.features.definitions import LOOKBACK, TREND, WINDOWS, column_name, slug
 from churnml.features.runs import (
     NO_KEY,
@@ -63,15 +65,13 @@ def _check_rows(rows: pd.DataFrame) -> pd.DataFrame:
                          "customer_id": rows["customer_id"].astype(str).array, "t": dates.to_numpy()})  # fmt: skip
 
 
-def build_features(
-    con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, feature_set: FeatureSet
-) -> pd.DataFrame:
-    """Features for each (customer_id, observation_date) row, from the contract tables in ``con``.
+def build_features(tables: ContractTables, rows: pd.DataFrame, feature_set: FeatureSet) -> pd.DataFrame:
+    """Features for each (customer_id, observation_date) row, from the contract ``tables``.
 
     Returns the rows (same order) with one column per ``feature_set.columns``. The contract tables must
     not change while this runs: events are read by several statements, each on its own snapshot.
     """
-    fs = feature_set
+    fs, con = feature_set, tables.con
     frame = _check_rows(rows)
     out = pd.DataFrame({"customer_id": frame["customer_id"], "observation_date": frame["t"]})
     n = len(frame)
@@ -126,6 +126,8 @@ class _Matrix:
         self.filled: set[str] = set()
 
     def put(self, col: str, values: np.ndarray) -> None:
+        if col in self.fs.dropped:  # computed with its family, left out of the model
+            return
         if col not in self.index:
             raise KeyError(f"features: computed column {col!r} is not in the feature set")
         self.data[:, self.index[col]] = values
@@ -219,13 +221,24 @@ def _event_columns(
     t_us = frame["t"].to_numpy().astype("datetime64[us]").astype(np.int64)[order]
     events = got.events
 
+    fitted = dict(fs.btyd)
+
     def type_features(ti: int) -> None:
         base = (ti * n_keys + ck_sorted) * got.span
         computed = count_features(events, base, rel_sorted, t_us, WINDOWS)
         computed |= value_features(events, base, rel_sorted, fs.value(types[ti]).meaning, got.span)
+        if types[ti] in fitted:  # BG/NBD from the row's own summary and the parameters the set carries
+            inputs = [
+                computed[(k, None)] for k in ("active_days_total", "days_since_first", "days_since_last")
+            ]
+            computed |= {
+                (k, None): v
+                for k, v in btyd_columns(fitted[types[ti]], fs.btyd_horizon_days, *inputs).items()
+            }
         s = slug(types[ti])
         for (key, window), values in computed.items():
-            matrix.put(column_name(key, s, window), values[inverse])
+            if fs.computes(key, types[ti]):  # a model on older definitions lacks the newer families
+                matrix.put(column_name(key, s, window), values[inverse])
 
     def day_features() -> tuple[np.ndarray, np.ndarray]:
         """Each row's first active day and active days in the last TREND days, over all types."""

@@ -12,26 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
-
+from churnml.data.tables import ContractTables, EventTypeStats
 from churnml.engine import is_numeric_type
 from churnml.features.sets import FeatureSet
-from churnml.schema import EVENT_TYPES, EVENT_VOLUME_SQL, EventValue
+from churnml.schema import EVENT_TYPES, EventValue
 from churnml.spec import DatasetSpec
 
-__all__ = ["ValueMeaning", "ValueStats", "infer_feature_set", "resolve_event_values"]
-
-
-@dataclass(frozen=True)
-class ValueStats:
-    """How one event type's values look in the data."""
-
-    events: int
-    valued: int
-    low: float | None
-    high: float | None
-    negative: int
-    fractional: int
+__all__ = ["ValueMeaning", "infer_feature_set", "resolve_event_values"]
 
 
 @dataclass(frozen=True)
@@ -45,23 +32,7 @@ class ValueMeaning:
     warning: str | None = None
 
 
-def _value_stats(con: duckdb.DuckDBPyConnection) -> dict[str, ValueStats]:
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_volume' "
-        "AND database_name = current_database() AND schema_name = current_schema()"
-    ).fetchall()[0][0]
-    daily = "event_volume" if found else f"({EVENT_VOLUME_SQL})"
-    rows = con.execute(
-        "SELECT event_type, sum(events), sum(valued), min(value_min), max(value_max), sum(negative), "
-        f"sum(fractional) FROM {daily} GROUP BY 1 ORDER BY 1"
-    ).fetchall()
-    return {
-        str(t): ValueStats(int(n), int(v or 0), lo, hi, int(neg or 0), int(frac or 0))
-        for t, n, v, lo, hi, neg, frac in rows
-    }
-
-
-def _infer(stats: ValueStats) -> tuple[EventValue, str]:
+def _infer(stats: EventTypeStats) -> tuple[EventValue, str]:
     if stats.valued == 0:
         return EventValue("none"), "no values"
     span = f"{_num(stats.low)} to {_num(stats.high)}"
@@ -78,7 +49,7 @@ def _infer(stats: ValueStats) -> tuple[EventValue, str]:
     return EventValue("amount"), f"numbers {span}: an amount (declare identifiers and categories in the spec)"
 
 
-def _looks(stats: ValueStats) -> str:
+def _looks(stats: EventTypeStats) -> str:
     if stats.valued == 0:
         return "no values"
     return f"{stats.valued:,} values from {_num(stats.low)} to {_num(stats.high)}"
@@ -88,7 +59,7 @@ def _num(x: float | None) -> str:
     return "?" if x is None else (f"{x:g}")
 
 
-def _check(value: EventValue, stats: ValueStats) -> str | None:
+def _check(value: EventValue, stats: EventTypeStats) -> str | None:
     """What in the data contradicts a declared meaning."""
     if value.meaning == "none":
         return None
@@ -106,11 +77,11 @@ def _check(value: EventValue, stats: ValueStats) -> str | None:
     return None
 
 
-def resolve_event_values(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[ValueMeaning]:
+def resolve_event_values(tables: ContractTables, spec: DatasetSpec) -> list[ValueMeaning]:
     """Every event type of the loaded events with its value meaning: the spec's, the vocabulary's or
     inferred from the data (in event type order)."""
     out = []
-    for t, stats in _value_stats(con).items():
+    for t, stats in tables.event_stats.items():
         declared = spec.event_values.get(t)
         known = EVENT_TYPES.get(t)
         if declared is not None:
@@ -128,17 +99,13 @@ def resolve_event_values(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> l
     return out
 
 
-def infer_feature_set(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> FeatureSet:
+def infer_feature_set(tables: ContractTables, spec: DatasetSpec) -> FeatureSet:
     """The event types, their value meanings and the attribute kinds of the loaded contract tables."""
-    meanings = resolve_event_values(con, spec)
+    meanings = resolve_event_values(tables, spec)
     if not meanings:
         raise ValueError("events: the table is empty; churnml needs behaviour to build features from")
     attributes = tuple(spec.customers.attributes) if spec.customers else ()
-    kinds = (
-        dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE customers)").fetchall())
-        if attributes
-        else {}
-    )
+    kinds = tables.column_types("customers") if attributes else {}
     categorical = tuple(a for a in attributes if not is_numeric_type(str(kinds.get(a))))
     return FeatureSet(
         event_types=tuple(m.event_type for m in meanings),

@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 
 from churnml.config import Settings
+from churnml.data.tables import ContractTables
 from churnml.engine import connect, quote_ident
 from churnml.features.engine import build_features
 from churnml.features.sets import FeatureSet
@@ -32,10 +33,9 @@ def load_contract_frames(
     events: pd.DataFrame,
     subscriptions: pd.DataFrame | None = None,
     attributes: tuple[str, ...] = (),
-) -> None:
-    """Create the contract tables in ``con`` from already-clean frames (missing columns become NULL)."""
+) -> ContractTables:
+    """The contract tables in ``con``, from already-clean frames (missing columns become NULL)."""
     frames = {"customers": customers, "events": events, "subscriptions": subscriptions}
-    con.execute("DROP TABLE IF EXISTS event_volume")  # validation's summary of other events
     for table, frame in frames.items():
         types = dict(_FRAME_TYPES[table])
         if table == "customers":
@@ -57,6 +57,7 @@ def load_contract_frames(
             con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {cols} FROM {name}")
         finally:
             con.unregister(name)
+    return ContractTables(con)
 
 
 def features_from_frames(
@@ -74,11 +75,11 @@ def features_from_frames(
     settings = settings or Settings(duckdb_memory_limit="512MB", duckdb_threads=1)
     con = connect(settings, spill=False)
     try:
-        load_contract_frames(con, customers, events, subscriptions, feature_set.attributes)
+        tables = load_contract_frames(con, customers, events, subscriptions, feature_set.attributes)
         ids = customers["customer_id"] if customers is not None else pd.Series(events["customer_id"].unique())
         rows = pd.DataFrame(
             {"customer_id": ids.astype(str).to_numpy(), "observation_date": pd.Timestamp(as_of)}
         )
-        return build_features(con, rows, feature_set)
+        return build_features(tables, rows, feature_set)
     finally:
         con.close()

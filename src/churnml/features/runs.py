@@ -123,6 +123,7 @@ def count_features(
     first_seen = np.where(seen, first, 0)  # a valid index (key is never empty)
     days = events["days"]
     days_since = np.where(seen, (t_us - events["last_us"][last]) / 86_400e6, np.nan)
+    first_day = key[first_seen] - base  # same group: the day number of the type's first event
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(total > 1, (key[last] - key[first_seen]) / (total - 1), np.nan)  # same group: days
         return {("count_window", w): count(lo[w], hi) for w in windows} | {
@@ -131,6 +132,8 @@ def count_features(
             ("active_days", None): (days[hi] - days[lo[TREND]]).astype(np.float64),
             ("days_since_last", None): days_since,
             ("count_total", None): np.where(seen, total, np.nan),
+            ("active_days_total", None): np.where(seen, (days[hi] - days[first]).astype(np.float64), np.nan),
+            ("days_since_first", None): np.where(seen, (rel - first_day).astype(np.float64), np.nan),
             ("mean_gap_days", None): gap,
             ("overdue_ratio", None): np.where(gap > 0, days_since / np.where(gap > 0, gap, 1.0), np.nan),
         }

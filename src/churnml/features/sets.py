@@ -9,9 +9,17 @@ the MLflow pyfunc imports) without the feature engine.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
-from churnml.features.definitions import ACCOUNT_FAMILIES, event_families, slug
+from churnml.features.btyd import BgNbd
+from churnml.features.definitions import (
+    ACCOUNT_FAMILIES,
+    Family,
+    event_families,
+    family,
+    fitted_families,
+    slug,
+)
 from churnml.schema import EventValue
 
 __all__ = [
@@ -26,7 +34,7 @@ __all__ = [
 
 CATEGORICAL = ("plan", "segment")
 # Bumped when a feature's meaning changes, so a model trained on the old meaning can say so
-FEATURE_DEFINITION = 3
+FEATURE_DEFINITION = 4
 # The oldest definitions whose columns this churnml still computes: an older model is refused on load
 COMPUTABLE_FROM = 3
 
@@ -75,6 +83,12 @@ DEFINITION_CHANGES = {
             "_distinct_total",
         ),
     ),  # fmt: skip
+    4: DefinitionChange(
+        "new columns, no changed ones: days with each event type since the start and days since its first, and "
+        "for the activity types of inactivity churn the BG/NBD chance they continue and the days with them "
+        "expected in the horizon",
+        ("_active_days_total", "_p_alive", "_expected_days_ahead"),
+    ),
 }
 
 
@@ -91,6 +105,12 @@ class FeatureSet:
     table_numeric: tuple[str, ...] = ()
     table_categorical: tuple[str, ...] = ()
     definition: int = FEATURE_DEFINITION  # of the features this set was built with
+    # columns left out of the model (the leak guard, `churnml.modeling.leaks`): still computed, never used
+    dropped: tuple[str, ...] = ()
+    # BG/NBD parameters per activity event type, fitted on the development rows (`churnml.features.btyd`),
+    # and the horizon its expected days look ahead
+    btyd: tuple[tuple[str, BgNbd], ...] = ()
+    btyd_horizon_days: int = 0
 
     @property
     def is_snapshot(self) -> bool:
@@ -105,8 +125,14 @@ class FeatureSet:
         unknown = sorted({t for t, _ in self.event_values} - set(self.event_types))
         if unknown:
             raise ValueError(f"feature set: value meanings for unknown event types {unknown}")
+        unfitted = sorted({t for t, _ in self.btyd} - set(self.event_types))
+        if unfitted:
+            raise ValueError(f"feature set: BG/NBD parameters for unknown event types {unfitted}")
+        if self.btyd and self.btyd_horizon_days <= 0:
+            raise ValueError("feature set: BG/NBD parameters need the horizon their expected days look ahead")
         # one order whatever the caller's, so a set equals itself after a JSON round trip
         object.__setattr__(self, "event_values", tuple(sorted(self.event_values, key=lambda p: p[0])))
+        object.__setattr__(self, "btyd", tuple(sorted(self.btyd, key=lambda p: p[0])))
 
     def value(self, event_type: str) -> EventValue:
         """What ``event_type``'s value means (``none`` when it carries none)."""
@@ -117,9 +143,25 @@ class FeatureSet:
         """Event types whose value is used."""
         return tuple(t for t in self.event_types if self.value(t).meaning != "none")
 
+    def families(self, event_type: str) -> list[Family]:
+        """The event families of one type under this set's definitions (fitted ones where fitted)."""
+        found = [f for f in event_families(self.value(event_type).meaning) if f.since <= self.definition]
+        if event_type in dict(self.btyd):
+            found += fitted_families()
+        return found
+
+    def computes(self, key: str, event_type: str) -> bool:
+        """Whether a family's column for this type is part of the set (older definitions lack newer ones)."""
+        f = family(key)
+        return f.since <= self.definition and (not f.fitted or event_type in dict(self.btyd))
+
     def event_columns(self, event_type: str) -> list[str]:
         s = slug(event_type)
-        return [c for f in event_families(self.value(event_type).meaning) for c in f.columns(s=s)]
+        return [c for f in self.families(event_type) for c in f.columns(s=s)]
+
+    def with_btyd(self, fitted: dict[str, BgNbd], horizon_days: int) -> FeatureSet:
+        """The same set with BG/NBD features for the fitted types."""
+        return replace(self, btyd=tuple(fitted.items()), btyd_horizon_days=horizon_days)
 
     @property
     def account_columns(self) -> list[str]:
@@ -128,8 +170,13 @@ class FeatureSet:
     @property
     def categorical_columns(self) -> list[str]:
         if self.is_snapshot:
-            return list(self.table_categorical)
-        return [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
+            return [c for c in self.table_categorical if c not in self.dropped]
+        cols = [*CATEGORICAL, *(f"attr_{slug(a)}" for a in self.categorical_attributes)]
+        return [c for c in cols if c not in self.dropped]
+
+    def without(self, columns: tuple[str, ...] | list[str]) -> FeatureSet:
+        """The same set with ``columns`` left out of the model."""
+        return replace(self, dropped=tuple(sorted({*self.dropped, *columns})))
 
     @property
     def numeric_attribute_columns(self) -> list[str]:
@@ -139,13 +186,15 @@ class FeatureSet:
     def columns(self) -> list[str]:
         """Every feature column, in model order."""
         if self.is_snapshot:
-            return [*self.table_numeric, *self.table_categorical]
+            return [c for c in self.table_numeric if c not in self.dropped] + self.categorical_columns
         cols = [c for t in self.event_types for c in self.event_columns(t)]
-        return cols + self.account_columns + self.numeric_attribute_columns + self.categorical_columns
+        cols += self.account_columns + self.numeric_attribute_columns
+        return [c for c in cols if c not in self.dropped] + self.categorical_columns
 
     def to_json(self) -> str:
         data = asdict(self)
         data["event_values"] = {t: asdict(v) for t, v in self.event_values}
+        data["btyd"] = {t: m.to_dict() for t, m in self.btyd}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -166,11 +215,13 @@ class FeatureSet:
             "categorical_attributes",
             "table_numeric",
             "table_categorical",
+            "dropped",
         ):
             data[key] = tuple(data.get(key, ()))
         data["event_values"] = tuple(
             (t, _event_value(v)) for t, v in sorted(dict(data.get("event_values") or {}).items())
         )
+        data["btyd"] = tuple((t, BgNbd(**m)) for t, m in sorted(dict(data.get("btyd") or {}).items()))
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(

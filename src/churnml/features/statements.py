@@ -68,22 +68,58 @@ def active_days(i: FeatureInfo, r: Reading) -> Fact:
     return Fact(f"{cap(i.plural)} on {format_number(n)} of the last {TREND} days", {"days": n})
 
 
-def days_since(i: FeatureInfo, r: Reading) -> Fact:
+def _since_event(i: FeatureInfo, r: Reading, which: str) -> Fact:
+    """'The last login was 3 days ago', 'The first purchase was 13 months ago, on 2024-05-27'."""
     x = r.num(i.name)
     if x is None:
         return Fact(f"No {i.singular} yet", {}, i.higher == "safer")  # never had a failed payment, say
     if x < 1:
-        return Fact(f"The last {i.singular} was less than a day ago", {})
+        return Fact(f"The {which} {i.singular} was less than a day ago", {})
     words, values = ago(x)
     day, date = on_date(r, x) if x >= 30 else (None, {})  # a date helps once it is weeks back
-    return Fact(f"The last {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
+    return Fact(f"The {which} {i.singular} was {words}" + (f", on {day}" if day else ""), values | date)
 
 
-def count_total(i: FeatureInfo, r: Reading) -> Fact:
+def days_since(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_event(i, r, "last")
+
+
+def days_since_first(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_event(i, r, "first")
+
+
+def _since_start(i: FeatureInfo, r: Reading, text: str, quoted: str) -> Fact:
+    """'400 logins since the account started'; 'No login yet' when there is none."""
     n = r.num(i.name)
     if not n:
         return Fact(f"No {i.singular} yet", {}, i.higher == "riskier")
-    return Fact(f"{format_number(n)} {noun(i, n)} since the account started", {"count": n})
+    return Fact(f"{text.format(n=format_number(n), noun=noun(i, n), s='' if n == 1 else 's')} since the account "
+                "started", {quoted: n})  # fmt: skip
+
+
+def count_total(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_start(i, r, "{n} {noun}", "count")
+
+
+def active_days_total(i: FeatureInfo, r: Reading) -> Fact:
+    return _since_start(i, r, f"{cap(i.plural)} on {{n}} day{{s}}", "days")
+
+
+def p_alive(i: FeatureInfo, r: Reading) -> Fact | None:
+    x = r.num(i.name)
+    if x is None:
+        return None  # no such event yet: said by its count
+    pct = float(round(100 * x))
+    return Fact(f"{format_number(pct)}% chance that {i.plural} continue, judging by how often and how lately "
+                "they came", {"percent": pct}, reassuring=pct >= 50 and i.higher == "safer")  # fmt: skip
+
+
+def expected_days(i: FeatureInfo, r: Reading) -> Fact | None:
+    x = r.num(i.name)
+    if x is None:
+        return None
+    return Fact(f"About {format_number(x)} day{'' if x == 1 else 's'} with {i.plural} expected in the next "
+                f"{i.window} days at their usual rhythm", {"days": x})  # fmt: skip
 
 
 def mean_gap(i: FeatureInfo, r: Reading) -> Fact | None:

@@ -13,18 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from churnml.data import ContractTables
 from churnml.features.batch import scoring_rows
+from churnml.features.btyd import with_fitted_columns
 from churnml.features.definitions import family
 from churnml.features.engine import build_features
 from churnml.features.inference import resolve_event_values
 from churnml.features.profile import volume_columns
-from churnml.labels import build_labels, data_window, label_margin, observation_dates
+from churnml.labels import build_labels, label_margin, observation_dates
 from churnml.model import ChurnModel
 from churnml.monitor.drift import DriftSettings, drift_table, volume_table
 from churnml.monitor.estimate import Estimate, estimate_performance, realised_performance
@@ -95,10 +96,13 @@ class MonitorReport:
         return bool(self.reasons)
 
 
-def _score(
-    con: duckdb.DuckDBPyConnection, model: ChurnModel, rows: pd.DataFrame
+def score_rows(
+    tables: ContractTables, model: ChurnModel, rows: pd.DataFrame
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    features = build_features(con, rows, model.feature_set)
+    """The rows' features, with the columns fitted at training (BG/NBD) that drift is also measured on,
+    and their calibrated probabilities."""
+    fs = model.feature_set
+    features = with_fitted_columns(build_features(tables, rows, fs), fs.btyd, fs.btyd_horizon_days)
     return features, model.predict_proba(features, num_threads=0)
 
 
@@ -114,23 +118,23 @@ def estimate_for(
 
 
 def _history(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
+    tables: ContractTables, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
     config: MonitorConfig, capacity: int, tiers: dict[str, float],
 ) -> pd.DataFrame:  # fmt: skip
     """Estimated and realised metrics at each matured observation date from the model's test date on."""
     first = pd.Timestamp(max(model.metadata.get("test_dates") or ["1900-01-01"]))
     margin = label_margin(spec)  # a date's labels are known once its horizon (and grace) has passed
-    dates = [d for d in observation_dates(spec, data_window(con)) if first <= d and d + margin <= as_of]
+    dates = [d for d in observation_dates(spec, tables.window) if first <= d and d + margin <= as_of]
     dates = dates[-config.history_dates :] if config.history_dates else []
     records = []
     if not dates:
         return pd.DataFrame(
             columns=["as_of", "metric", "estimated", "low", "high", "realised", "rows", "churners"]
         )
-    labels = build_labels(con, spec, dates=dates)
+    labels = build_labels(tables, spec, dates=dates)
     labels = labels[labels["churned"].notna()].reset_index(drop=True)
     for date, rows in labels.groupby("observation_date"):
-        _, p = _score(con, model, rows[["customer_id", "observation_date"]].reset_index(drop=True))
+        _, p = score_rows(tables, model, rows[["customer_id", "observation_date"]].reset_index(drop=True))
         y = rows["churned"].to_numpy(int)
         estimated = estimate_for(model, p, capacity, tiers)
         realised = realised_performance(y, p, capacity, tiers)
@@ -179,7 +183,7 @@ def _reasons(report: MonitorReport, config: MonitorConfig) -> list[str]:
 
 
 def monitor_at(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
+    tables: ContractTables, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
     config: MonitorConfig | None = None, capacity: int = 100, tiers: dict[str, float] | None = None,
 ) -> MonitorReport:  # fmt: skip
     """Drift, estimated performance and realised history for the population active at ``as_of``."""
@@ -190,19 +194,19 @@ def monitor_at(
         )
     tiers = tiers or {"high": 0.5, "medium": 0.2}
     as_of = pd.Timestamp(as_of).normalize()
-    rows = scoring_rows(con, spec, as_of)
+    rows = scoring_rows(tables, spec, as_of)
     if rows.empty:
         raise ValueError(f"monitor: no active customers at {as_of.date()}")
-    features, p = _score(con, model, rows)
+    features, p = score_rows(tables, model, rows)
     calendar = {i.name for i in model.catalogue if family(i.family).grows_with_time}
     settings = config.drift_settings()
     fs = model.feature_set
     report = MonitorReport(
         as_of=as_of, rows=len(rows), drift=drift_table(model.profile, features, p, settings, calendar),
         volume=volume_table(model.profile, features, volume_columns(fs), settings),
-        new_event_types=sorted({m.event_type for m in resolve_event_values(con, spec)} - set(fs.event_types)),
+        new_event_types=sorted({m.event_type for m in resolve_event_values(tables, spec)} - set(fs.event_types)),
         estimates=estimate_for(model, p, capacity, tiers),
-        history=_history(con, spec, model, as_of, config, capacity, tiers),
+        history=_history(tables, spec, model, as_of, config, capacity, tiers),
     )  # fmt: skip
     report.reasons = _reasons(report, config)
     return report

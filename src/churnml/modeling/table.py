@@ -10,11 +10,9 @@ fold calibrated by the other folds), so no row is scored by a calibrator that sa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
@@ -22,24 +20,19 @@ from sklearn.model_selection import StratifiedKFold
 
 from churnml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
 from churnml.evaluate import bootstrap_intervals, churn_metrics
-from churnml.features.catalogue import FeatureInfo
+from churnml.features.catalogue import build_catalogue
 from churnml.features.profile import fit_population_profile
 from churnml.features.sets import FeatureSet
-from churnml.model import Calibrator, ChurnModel, encode_features
-from churnml.train import (
-    TrainConfig,
-    TrainResult,
-    _choose_calibrator,
-    _dataset,
-    _fit_fold,
-    _inverse_churn_rate,
-    _params,
-    logistic_baseline,
-    retained_reference,
-    tune_lightgbm,
-)
+from churnml.model import ChurnModel, encode_features
+from churnml.modeling.baselines import baseline_metrics
+from churnml.modeling.calibrate import choose_calibrator, cross_fitted
+from churnml.modeling.config import TrainConfig
+from churnml.modeling.leaks import guard
+from churnml.modeling.splits import holdout_mask
+from churnml.modeling.train import TrainResult, final_model, out_of_fold, retained_reference
+from churnml.modeling.tuning import TuningRun, binned_folds, inverse_churn_rate, search_params, tune_lightgbm
 
-__all__ = ["load_snapshot_table", "holdout_mask", "train_snapshot"]
+__all__ = ["load_snapshot_table", "train_snapshot"]
 
 _POSITIVE = {"1", "yes", "true", "y", "t", "churn", "churned"}
 _NEGATIVE = {"0", "no", "false", "n", "f", "stay", "retained", "active"}
@@ -48,11 +41,15 @@ log = logging.getLogger(__name__)
 NUMERIC_SHARE = 0.95  # a text column whose non-blank values are at least this numeric is a number column
 
 
-def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple[pd.DataFrame, FeatureSet]:
+def load_snapshot_table(
+    path: Path, target: str, id_column: str | None, positive: str | None = None
+) -> tuple[pd.DataFrame, FeatureSet]:
     """Read a CSV/Parquet feature table; return (customer_id, churned, features...) and its feature set.
 
     Without an id column the row number (from 1) is the id: fine for one table, but the held-out test
-    set then follows row order, so a reordered table holds out other customers.
+    set then follows row order, so a reordered table holds out other customers. ``positive`` names the
+    churn value of a two-valued label ("Attrited Customer"); without it the label must read as
+    yes/no, 1/0 or true/false.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,21 +84,32 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
         raise ValueError(
             f"table {path.name}.{id_column}: {len(dupes)} duplicate id(s), e.g. {dupes.iloc[0]!r}; expected one row per customer"
         )
-    labels = raw[target].astype(str).str.strip().str.lower()
-    unknown = sorted(set(labels) - _POSITIVE - _NEGATIVE)
-    if unknown:
-        raise ValueError(
-            f"table {path.name}.{target}: values {unknown[:5]} are not a churn label; expected yes/no, 1/0 or true/false"
-        )
-    churned = labels.isin(_POSITIVE).astype("int8")
+    churned = _churn_label(raw[target], f"table {path.name}.{target}", positive)
     if churned.nunique() < 2:
         raise ValueError(
             f"table {path.name}.{target}: only one class present; need churners and non-churners"
         )
+    numeric, categorical, features = _typed_columns(
+        raw.drop(columns=[c for c in (target, id_column) if c]), path.name
+    )
+    for col in numeric + categorical:
+        if not _looks_like_id(features[col]):
+            continue
+        if id_column is None:
+            raise ValueError(
+                f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
+                f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
+            )
+        log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
+    frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
+    return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+
+
+def _typed_columns(raw: pd.DataFrame, name: str) -> tuple[list[str], list[str], dict[str, pd.Series]]:
+    """(numeric columns, categorical columns, their values): text that is mostly numbers is a number
+    column (blanks missing, not zero), infinite values are missing, anything else is a category."""
     numeric, categorical, features = [], [], {}
     for col in raw.columns:
-        if col in (target, id_column):
-            continue
         values = raw[col]
         if pd.api.types.is_numeric_dtype(values):
             features[col] = values.astype(float)
@@ -119,21 +127,39 @@ def load_snapshot_table(path: Path, target: str, id_column: str | None) -> tuple
     for col in numeric:
         infinite = np.isinf(features[col])
         if infinite.any():  # no value, like a blank: a model can cope, a scaler or a sum cannot
-            log.warning(
-                "table %s.%s: %d infinite value(s) read as missing", path.name, col, int(infinite.sum())
-            )
+            log.warning("table %s.%s: %d infinite value(s) read as missing", name, col, int(infinite.sum()))
             features[col] = features[col].mask(infinite)
-    for col in numeric + categorical:
-        if not _looks_like_id(features[col]):
-            continue
-        if id_column is None:
-            raise ValueError(
-                f"table {path.name}.{col}: one distinct value per row, like an id; as a feature it would "
-                f"let the model memorise rows. Give --id {col} if it is the customer id, or drop it"
+    return numeric, categorical, features
+
+
+def _churn_label(values: pd.Series, where: str, positive: str | None) -> pd.Series:
+    """1 for churners, 0 for the others: by the value ``positive`` names (any two-valued label), else by
+    the usual words (yes/no, 1/0, true/false...); an error names the values found."""
+    text = _id_text(values).where(values.notna(), "")  # 1.0 reads as 1, as --positive 1 does
+    found = sorted(set(text))
+    if positive is None:
+        lowered = text.str.lower()
+        unknown = sorted(set(lowered) - _POSITIVE - _NEGATIVE)
+        if unknown:
+            hint = (
+                f"; name the churn value with --positive, e.g. --positive {found[0]!r}"
+                if len(found) == 2
+                else ""
             )
-        log.warning("table %s.%s: one distinct value per row, like an id; kept as a feature", path.name, col)
-    frame = pd.DataFrame({"customer_id": ids, "churned": churned, **features})
-    return frame, FeatureSet((), (), table_numeric=tuple(numeric), table_categorical=tuple(categorical))
+            raise ValueError(
+                f"{where}: values {unknown[:5]} are not a churn label; expected yes/no, 1/0 or true/false{hint}"
+            )
+        return lowered.isin(_POSITIVE).astype("int8")
+    if len(found) != 2:
+        raise ValueError(
+            f"{where}: --positive needs a label with two values, found {len(found)}: {found[:10]}"
+        )
+    match = [v for v in found if v == positive.strip()] or [
+        v for v in found if v.lower() == positive.strip().lower()
+    ]
+    if len(match) != 1:
+        raise ValueError(f"{where}: --positive {positive!r} is not one of its values {found}")
+    return (text == match[0]).astype("int8")
 
 
 def _id_text(values: pd.Series) -> pd.Series:
@@ -154,27 +180,19 @@ def _looks_like_id(values: pd.Series) -> bool:
     return values.dtype == object or bool((values == values.round()).all())
 
 
-def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
-    """True for the customers held out as the test set: a hash of the id, so the same ones every time."""
-    buckets = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") % 10_000 for i in ids),
-        dtype=np.int64, count=len(ids),
-    )  # fmt: skip
-    return buckets < round(fraction * 10_000)
-
-
 def train_snapshot(
     frame: pd.DataFrame,
     fs: FeatureSet,
-    catalogue: list[FeatureInfo],
     config: TrainConfig,
     folds: int = 5,
-    storage: str | None = None,
-    study_name: str = "churn-table",
+    tuning: TuningRun | None = None,
     id_column: str | None = None,
+    keep_columns: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Hold out a stable share of customers; tune on stratified K-fold CV of the rest, calibrate on its
-    out-of-fold predictions, refit on all of it, and evaluate once on the held-out customers."""
+    """Hold out a stable share of customers; leave out leaking columns (found on the rest, bar
+    ``keep_columns``); tune on stratified K-fold CV of the rest, calibrate on its out-of-fold
+    predictions, refit on all of it, and evaluate once on the held-out customers."""
+    tuning = tuning or TuningRun(study_name="churn-table")
     held_out = holdout_mask(frame["customer_id"], config.table_holdout)
     test_frame, frame = frame[held_out].reset_index(drop=True), frame[~held_out].reset_index(drop=True)
     for name, part in (("held-out test", test_frame), ("development", frame)):
@@ -184,47 +202,39 @@ def train_snapshot(
                 f"table: the {name} rows hold {counts.get(1, 0)} churner(s) and {counts.get(0, 0)} "
                 f"non-churner(s); need at least {folds} of each (more rows, or another table_holdout)"
             )
+    checked = guard(frame, fs, keep_columns, config.seed)
+    fs = checked.feature_set
     y = frame["churned"].to_numpy(int)
     categories = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in fs.categorical_columns}
     x = encode_features(frame, fs, categories)
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
-    pos_weight = _inverse_churn_rate(y)
-
-    study = tune_lightgbm(cv, x, y, fs, config, storage, study_name, pos_weight=pos_weight)
-    best = study.best_trial
-    params = _params(optuna.trial.FixedTrial(best.params), config, pos_weight)
-
-    raw = np.zeros(len(y))
-    fold_of = np.zeros(len(y), dtype=int)
-    for i, (tr, va) in enumerate(cv):
-        booster = _fit_fold(params, x.iloc[tr], y[tr], x.iloc[va], y[va], fs, config)
-        raw[va] = booster.predict(x.iloc[va].to_numpy())
-        fold_of[va] = i
-    oof = pd.DataFrame({"fold": fold_of, "raw": raw, "y": y})
-    calibrator = _choose_calibrator(oof, config.calibration)
-    calibrated = np.zeros(len(y))
-    for i in range(folds):  # cross-fitted: a fold's probabilities come from a calibrator fitted on the others
-        held = fold_of == i
-        calibrated[held] = Calibrator.fit(calibrator.method, raw[~held], y[~held]).predict(raw[held])
-    rounds = max(10, int(best.user_attrs.get("rounds", 100)))
-    final = lgb.train(params, _dataset(x, y, fs), num_boost_round=rounds)
-    model = ChurnModel(final, fs, categories, calibrator, catalogue,
-                       {"mode": "table", "cv_folds": folds, "best_params": best.params, "rounds": rounds,
-                        "test_dates": [], "training_rows": len(y), "held_out_rows": len(test_frame),
-                        "table_holdout": config.table_holdout, "id_column": id_column},
+    pos_weight = inverse_churn_rate(y)
+    binned = binned_folds(cv, x, y, fs)
+    study = tune_lightgbm(cv, x, y, fs, config, tuning, pos_weight, binned)
+    oof = out_of_fold(
+        search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight), binned, config
+    )
+    oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
+    calibrator = choose_calibrator(oof, config.calibration)
+    final, params = final_model(study, x, y, fs, config, pos_weight)
+    model = ChurnModel(final, fs, categories, calibrator, build_catalogue(fs),
+                       {"mode": "table", "evaluation": "customers", "cv_folds": folds, "best_params": study.best_trial.params,
+                        "rounds": params["num_boost_round"], "test_dates": [], "training_rows": len(y),
+                        "held_out_rows": len(test_frame), "table_holdout": config.table_holdout, "id_column": id_column},
                        reference=retained_reference(frame, fs, "accounts that stayed in the training rows"))  # fmt: skip
     y_test = test_frame["churned"].to_numpy(int)
     p_test = model.predict_proba(test_frame)
+    calibrated = cross_fitted(calibrator.method, oof)  # out of fold, in the development rows' order
     model.profile = fit_population_profile(
         frame, fs, calibrated, y, importance=final.feature_importance("gain")
     )
     return TrainResult(
-        model=model, params={**params, "num_boost_round": rounds},
-        test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
-        baselines={"base_rate": churn_metrics(y_test, np.full(len(y_test), y.mean()), capacity=config.capacity),
-                   "logistic_regression": churn_metrics(
-                       y_test, logistic_baseline(frame, test_frame, fs), capacity=config.capacity)},
+        model=model, params=params, test_metrics=churn_metrics(y_test, p_test, capacity=config.capacity),
+        baselines=baseline_metrics(frame, test_frame, fs, config.capacity),
         study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
         cv_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
+        evaluation="customers", leaks=checked.leaks,
+        evaluation_description=f"{len(test_frame):,} held-out customers ({config.table_holdout:.0%} "
+        f"{'by id' if id_column else 'by row number'}); tuned by {folds}-fold cross-validation",
     )  # fmt: skip
