@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from churnml.features.profile import PREDICTION, PopulationProfile, fit_population_profile, js_distance, psi
 from churnml.features.sets import FeatureSet
 from churnml.monitor.drift import DriftSettings, drift_table, null_threshold
-from churnml.monitor.estimate import estimate_performance, realised_performance
+from churnml.monitor.estimate import Estimate, estimate_performance, realised_performance
 from churnml.simulate import CONCEPT_DRIFT_WEIGHTS, DRIVERS, SimulationConfig, simulate
 from tests.conftest import home_store, service_env
 
@@ -51,6 +51,56 @@ def _profile(rng: np.random.Generator) -> tuple[PopulationProfile, pd.DataFrame,
     p = rng.beta(1, 9, 5000)
     fs = FeatureSet((), table_numeric=("logins", "tenure"), table_categorical=("plan",))
     return fit_population_profile(frame, fs, p), frame, p
+
+
+def test_a_column_that_keeps_moving_as_it_did_in_the_reference_is_reported_and_a_break_is_alarmed() -> None:
+    """Accounts age: a column that drifted steadily over the reference dates keeps going, which the
+    reference's own trend explains; the same distance in the other direction is drift."""
+    rng = np.random.default_rng(3)
+    dates = pd.date_range("2024-01-01", periods=6, freq="MS")
+    frame = pd.concat([pd.DataFrame({"gap": rng.gamma(2.0, 10 + 2 * i, 3000), "observation_date": d})
+                       for i, d in enumerate(dates)], ignore_index=True)  # fmt: skip
+    fs = FeatureSet((), table_numeric=("gap",))
+    profile = fit_population_profile(frame, fs, rng.beta(1, 9, len(frame)))
+    later = pd.Timestamp("2024-12-01")  # six months on: the scale went from 10 to 22 and keeps growing
+    ahead = pd.DataFrame({"gap": rng.gamma(2.0, 10 + 2 * 11, 3000)})
+    p = rng.beta(1, 9, 3000)
+    table = drift_table(profile, ahead, p, DriftSettings(), as_of=later).set_index("column")
+    assert table.loc["gap", "drifted"] and not table.loc["gap", "alarm"]
+    assert "trend" in table.loc["gap", "note"]
+    without = drift_table(profile, ahead, p, DriftSettings()).set_index("column")  # no date: no trend
+    assert without.loc["gap", "alarm"]
+    back = pd.DataFrame({"gap": rng.gamma(2.0, 4, 3000)})  # as far, but against the trend
+    broken = drift_table(profile, back, p, DriftSettings(), as_of=later).set_index("column")
+    assert broken.loc["gap", "drifted"] and broken.loc["gap", "alarm"]
+    restored = PopulationProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert restored.columns["gap"].by_date == profile.columns["gap"].by_date
+    assert restored.reference_dates == profile.reference_dates
+
+
+def test_a_moderate_shift_is_reported_and_only_a_major_one_raises_an_alarm() -> None:
+    """PSI from 0.1 is reported as drift (moderate), from 0.25 it is an alarm (major: act on it)."""
+    rng = np.random.default_rng(1)
+    profile, frame, _ = _profile(rng)
+    same = frame.sample(20_000, replace=True, random_state=2).reset_index(drop=True)
+    p = rng.beta(1, 9, 20_000)
+    moderate = drift_table(profile, same.assign(logins=same["logins"] + 2), p, DriftSettings()).set_index(
+        "column"
+    )
+    assert 0.1 < moderate.loc["logins", "value"] < 0.25
+    assert moderate.loc["logins", "drifted"] and not moderate.loc["logins", "alarm"]
+    major = drift_table(profile, same.assign(logins=same["logins"] + 3), p, DriftSettings()).set_index(
+        "column"
+    )
+    assert major.loc["logins", "value"] > 0.25 and major.loc["logins", "alarm"]
+
+
+def test_realised_performance_contradicts_its_estimate_beyond_the_band_chance_allows() -> None:
+    """Several checks share one false-alarm rate: at a smaller alpha the band widens."""
+    auc, rate = Estimate("roc_auc", 0.80, 0.78, 0.82), Estimate("churn_rate", 0.07, 0.065, 0.075)
+    assert not auc.contradicted_by(0.85) and auc.contradicted_by(0.77)  # only falling short counts
+    assert rate.contradicted_by(0.09) and rate.contradicted_by(0.05) and not rate.contradicted_by(0.072)
+    assert auc.contradicted_by(0.775, alpha=0.05) and not auc.contradicted_by(0.775, alpha=0.005)
 
 
 def test_drift_table_flags_a_real_shift_but_not_noise_nor_the_calendar() -> None:

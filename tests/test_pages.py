@@ -9,7 +9,6 @@ import csv
 import html as html_module
 import io
 import json
-import os
 import re
 import time
 import warnings
@@ -17,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 from churnml.config import Settings
+from churnml.engine import write_tables
 from churnml.service.sessions import CSRF_COOKIE, SESSION_COOKIE
 from churnml.workspace.pages import PUBLIC_PATHS, charts, create_pages_app, open_workspace
 
@@ -152,15 +151,7 @@ def workspace_tables(n: int = 250, seed: int = 7) -> dict[str, pd.DataFrame]:
 
 def write_workspace(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
     """Write the tables to a DuckDB file the way `churnml score` does: a temp file, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with duckdb.connect(str(tmp)) as con:
-        for name, frame in tables.items():
-            con.register("_frame", frame)
-            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
-            con.unregister("_frame")
-    os.replace(tmp, path)
-    return path
+    return write_tables(path, tables)
 
 
 def make_client(app: ASGIApp, follow_redirects: bool = True) -> TestClient:

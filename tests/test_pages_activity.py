@@ -8,11 +8,11 @@ import json
 import re
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 
 from churnml.config import Settings
+from churnml.engine import write_tables
 from churnml.service.users import UserStore
 from churnml.workspace.pages import create_pages_app
 from churnml.workspace.store import open_store
@@ -193,12 +193,7 @@ def _monitoring(path: Path, retrain: bool) -> None:
                                 "threshold": 0.1, "drifted": True, "alarm": True, "missing_before": 0.0, "missing_now": 0.0,
                                 "missing_drifted": False, "new_levels": "[]", "note": ""}]),
     }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(path)) as con:
-        for name, frame in frames.items():
-            con.register("_f", frame)
-            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _f")
-            con.unregister("_f")
+    write_tables(path, frames)
 
 
 def test_model_health_says_how_to_start_then_shows_the_latest_verdict(ana) -> None:

@@ -166,7 +166,7 @@ def test_workspace_is_written_atomically_and_keeps_the_old_file_on_failure(batch
         assert con.execute("SELECT model_version FROM meta").fetchall()[0][0] == "7"
     before = path.read_bytes()
     with pytest.raises(Exception):  # noqa: B017, PT011 - any failure while writing
-        write_workspace(scored, path, {"bad name; DROP": pd.DataFrame({"x": [1]})})
+        write_workspace(scored, path, {"SCORES": pd.DataFrame({"x": [1]})})  # a second "scores" table
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import duckdb
+import pandas as pd
 
 from churnml.config import Settings
 
-__all__ = ["NUMERIC_TYPES", "connect", "is_numeric_type", "quote_ident", "quote_literal"]
+__all__ = ["NUMERIC_TYPES", "connect", "is_numeric_type", "quote_ident", "quote_literal", "write_tables"]
 
 # DuckDB's number types (DECIMAL(p, s) besides): what validation reads as a number, and attributes as one
 NUMERIC_TYPES = frozenset({
@@ -51,3 +55,22 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def write_tables(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    """Write data frames as the tables of a new DuckDB file that replaces ``path`` at once (a temp file,
+    then os.replace): readers, such as the pages, never see half a file, and a failure leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with duckdb.connect(str(tmp)) as con:
+            for name, frame in tables.items():
+                con.register("_frame", frame)
+                con.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT * FROM _frame")
+                con.unregister("_frame")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

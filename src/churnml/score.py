@@ -9,15 +9,14 @@ customer at a date, plus their recent history and what changed since the previou
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from churnml.data.tables import ContractTables
+from churnml.engine import write_tables
 from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playbook
 from churnml.explain.changes import reason_changes
 from churnml.features.batch import scoring_rows
@@ -290,25 +289,9 @@ def _past_scores(
 
 def write_workspace(result: ScoreResult, path: Path, extra: dict[str, pd.DataFrame] | None = None) -> Path:
     """Write scores, reasons, history and changes to a DuckDB file atomically (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        with duckdb.connect(str(tmp)) as con:
-            optional = {"reason_changes": result.changes, "usage_monthly": result.usage}
-            tables = {"scores": result.scores, "reasons": result.reasons, "score_history": result.history,
-                      **{k: v for k, v in optional.items() if v is not None}, **(extra or {})}  # fmt: skip
-            for name, frame in tables.items():
-                con.register("_frame", frame)
-                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
-                con.unregister("_frame")
-            meta = pd.DataFrame([{"as_of": result.as_of, "generated_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
-                                  **{k: str(v) for k, v in result.model_info.items()}}])  # fmt: skip
-            con.register("_frame", meta)
-            con.execute("CREATE TABLE meta AS SELECT * FROM _frame")
-            con.unregister("_frame")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    optional = {"reason_changes": result.changes, "usage_monthly": result.usage}
+    meta = pd.DataFrame([{"as_of": result.as_of, "generated_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+                          **{k: str(v) for k, v in result.model_info.items()}}])  # fmt: skip
+    tables = {"scores": result.scores, "reasons": result.reasons, "score_history": result.history,
+              **{k: v for k, v in optional.items() if v is not None}, **(extra or {}), "meta": meta}  # fmt: skip
+    return write_tables(path, tables)

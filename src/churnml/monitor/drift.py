@@ -45,13 +45,14 @@ class DriftSettings:
     """The bars a change must pass to be drift (the ``monitor:`` config section)."""
 
     alpha: float = 0.05  # chance of a false alarm per chunk, shared by the columns tested (Bonferroni)
-    min_psi: float = 0.1
+    min_psi: float = 0.1  # reported as drift from here ("moderate" by the usual reading of PSI) ...
     min_js: float = 0.1
     min_missing: float = 0.05
     min_volume_change: float = 0.25
     draws: int = 300
     seed: int = 0
     min_importance: float = 0.01  # drift in a feature the model barely uses cannot move its scores
+    alarm_psi: float = 0.25  # a number's drift raises an alarm from here ("major": act on it)
 
 
 def tail(values: np.ndarray, alpha: float) -> float:
@@ -93,27 +94,63 @@ def _threshold(
     return max(sampling, between, settings.min_js if ref.categorical else settings.min_psi)
 
 
-def _missing_moved(ref: ColumnProfile, now: float, n: int, alpha: float, settings: DriftSettings) -> bool:
+def _missing_moved(
+    ref: ColumnProfile,
+    now: float,
+    n: int,
+    alpha: float,
+    settings: DriftSettings,
+    expected: float | None = None,
+) -> bool:
     z = stats.norm.isf(alpha / 2)
     sampling = z * np.sqrt(max(ref.missing * (1 - ref.missing), 1e-12) / max(n, 1))
     between = z * float(np.std(ref.missing_between, ddof=1)) if len(ref.missing_between) > 1 else 0.0
-    return abs(now - ref.missing) > max(settings.min_missing, sampling, between)
+    before = ref.missing if expected is None else expected
+    return abs(now - before) > max(settings.min_missing, sampling, between)
+
+
+def _on_course(
+    ref: ColumnProfile, values: pd.Series, heading: np.ndarray, threshold: float, alpha: float,
+    settings: DriftSettings,
+) -> bool:  # fmt: skip
+    """Whether ``values`` lie on the way from the reference to where its trend heads (a steady trend
+    extrapolated months ahead overshoots as often as not: ageing slows down, so any pace up to the
+    trend's counts), within the bars of noise."""
+    shares = np.asarray(ref.shares, float)
+    closest = min(ref.statistic(values, (1 - w) * shares + w * heading) for w in np.linspace(0, 1, 11))
+    missing_now = float(values.isna().mean()) if len(values) else 0.0
+    low, high = sorted((ref.missing, float(heading[-1])))
+    nearest = min(max(missing_now, low), high)
+    return closest <= threshold and not _missing_moved(
+        ref, missing_now, len(values), alpha, settings, nearest
+    )
 
 
 def _column_row(
     name: str, ref: ColumnProfile, values: pd.Series, alpha: float, settings: DriftSettings,
-    rng: np.random.Generator, quiet: str,
+    rng: np.random.Generator, quiet: str, heading: np.ndarray | None = None,
 ) -> dict:  # fmt: skip
+    """``heading``: the shares the reference's own trend puts at this date; a change on its way there (the
+    column kept moving as it did while the model was right, at up to the same pace) is reported without
+    an alarm."""
     n = len(values)
     value = ref.statistic(values)
     threshold = _threshold(ref, n, alpha, settings, rng)
     missing_now = float(values.isna().mean()) if n else 0.0
     missing_moved = _missing_moved(ref, missing_now, n, alpha, settings)
     drifted = value > threshold
+    major = drifted and (ref.categorical or value > settings.alarm_psi)
+    if (
+        (major or missing_moved)
+        and not quiet
+        and heading is not None
+        and _on_course(ref, values, heading, threshold, alpha, settings)
+    ):
+        quiet = "follows the reference's own trend: not an alarm"
     kind = "prediction" if name == PREDICTION else "category" if ref.categorical else "number"
     return {
         "column": name, "kind": kind, "statistic": "js" if ref.categorical else "psi", "value": value,
-        "threshold": threshold, "drifted": bool(drifted), "alarm": bool((drifted or missing_moved) and not quiet),
+        "threshold": threshold, "drifted": bool(drifted), "alarm": bool((major or missing_moved) and not quiet),
         "missing_before": ref.missing, "missing_now": missing_now, "missing_drifted": bool(missing_moved),
         "new_levels": ref.new_levels(values), "note": quiet,
     }  # fmt: skip
@@ -121,20 +158,29 @@ def _column_row(
 
 def drift_table(
     profile: PopulationProfile, features: pd.DataFrame, probability: np.ndarray, settings: DriftSettings,
-    calendar_columns: set[str] = frozenset(),
+    calendar_columns: set[str] = frozenset(), as_of: pd.Timestamp | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """One row per feature column and the prediction: statistic, threshold, and whether it drifted.
 
-    ``calendar_columns`` are reported without raising an alarm (they move with the business's age).
+    ``calendar_columns`` are reported without raising an alarm (they move with the business's age); so is
+    a drift the reference's own straight-line trend over its dates explains at ``as_of``.
     """
     rng = np.random.default_rng(settings.seed)
     columns = [c for c in profile.columns if c == PREDICTION or c in features.columns]
     quiet = {c: _quiet(c, profile, settings, calendar_columns) for c in columns}
     alpha = settings.alpha / max(sum(not q for q in quiet.values()), 1)
+    months = profile.months_since_start(list(profile.reference_dates))
+    now = (
+        float(profile.months_since_start([as_of])[0])
+        if as_of is not None and profile.reference_dates
+        else None
+    )
     rows = []
     for name in columns:
         values = pd.Series(probability) if name == PREDICTION else features[name]
-        rows.append(_column_row(name, profile.columns[name], values, alpha, settings, rng, quiet[name]))
+        ref = profile.columns[name]
+        heading = ref.heading(months, now) if now is not None else None
+        rows.append(_column_row(name, ref, values, alpha, settings, rng, quiet[name], heading))
     return pd.DataFrame(rows, columns=DRIFT_COLUMNS)
 
 

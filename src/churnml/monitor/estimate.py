@@ -15,12 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from churnml.evaluate import grouped_ranking_metrics, score_groups
 
-__all__ = ["Estimate", "METRICS", "estimate_performance", "realised_performance"]
+__all__ = ["CHECKED", "Estimate", "METRICS", "estimate_performance", "realised_performance"]
 
 METRICS = ("roc_auc", "pr_auc", "capture_top_k", "precision_high", "precision_medium", "churn_rate")
+
+
+# what realised performance is checked against its estimate on (ranking falling short, or churn off)
+CHECKED = ("roc_auc", "pr_auc", "churn_rate")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,17 @@ class Estimate:
     value: float
     low: float  # 2.5% of the labellings drawn from the probabilities
     high: float  # 97.5%
+
+    def contradicted_by(self, realised: float, alpha: float = 0.05) -> bool:
+        """Whether the realised figure is beyond what chance allows at level ``alpha``: below the band for
+        a ranking metric, outside it for the churn rate. The 95% band is widened to ``alpha`` (normal
+        scale), so that several checks share one false-alarm rate."""
+        scale = float(stats.norm.isf(alpha / 2) / stats.norm.isf(0.025))
+        low = self.value - scale * (self.value - self.low)
+        high = self.value + scale * (self.high - self.value)
+        if self.metric == "churn_rate":
+            return not low <= realised <= high
+        return realised < low
 
 
 def _grouped(p: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,13 +74,15 @@ def _other_metrics(
 
 def estimate_performance(
     p: np.ndarray, capacity: int = 100, tiers: dict[str, float] | None = None, draws: int = 300, seed: int = 0,
-    chance: np.ndarray | None = None, chance_draws: list[np.ndarray] | None = None,
+    chance: np.ndarray | None = None, chance_draws: list[np.ndarray] | None = None, chance_clusters: int = 1,
 ) -> dict[str, Estimate]:  # fmt: skip
     """Each metric's expected value with a 95% band, for accounts ranked (and tiered) by ``p`` whose
     chance of churning is ``chance`` (default ``p``: a calibrated model; `churnml monitor` passes the
     probabilities recalibrated on the rows the model did not learn from). The band holds the labelling's
     chance and, given ``chance_draws`` (the chances under bootstrap recalibrations), how unsure the
-    recalibration itself is."""
+    recalibration itself is. When those draws resampled ``chance_clusters`` dates, their spread is an
+    estimate from that few dates: it counts at Student's t with one less degree of freedom (and the
+    bootstrap's (k-1)/k shrinkage undone), not at the normal 1.96."""
     p = np.clip(np.asarray(p, float), 0.0, 1.0)
     chance = p if chance is None else np.clip(np.asarray(chance, float), 0.0, 1.0)
     tiers = tiers or {"high": 0.5, "medium": 0.2}
@@ -76,12 +94,14 @@ def estimate_performance(
     d_auc, d_ap = _grouped(p, drawn)
     spread = {"roc_auc": d_auc, "pr_auc": d_ap} | _other_metrics(p, drawn, capacity, tiers)
     recalibrated = _recalibration_spread(p, chance_draws or [], capacity, tiers)
+    k = chance_clusters
+    quantile = float(stats.t.isf(0.025, k - 1) * np.sqrt(k / (k - 1))) if k > 1 else 1.96
     out = {}
     for metric, value in values.items():
         sample = spread[metric][np.isfinite(spread[metric])]
         v = float(value[0])
         low, high = np.percentile(sample, [2.5, 97.5]) if len(sample) else (np.nan, np.nan)
-        extra = 1.96 * recalibrated.get(metric, 0.0)  # independent sources: half-widths add in quadrature
+        extra = quantile * recalibrated.get(metric, 0.0)  # independent sources: half-widths add in quadrature
         low, high = v - np.hypot(v - low, extra), v + np.hypot(high - v, extra)
         out[metric] = Estimate(metric, v, float(low), float(high))
     return out

@@ -28,7 +28,7 @@ from churnml.features.profile import volume_columns
 from churnml.labels import build_labels, label_margin, observation_dates
 from churnml.model import ChurnModel
 from churnml.monitor.drift import DriftSettings, drift_table, volume_table
-from churnml.monitor.estimate import Estimate, estimate_performance, realised_performance
+from churnml.monitor.estimate import CHECKED, Estimate, estimate_performance, realised_performance
 from churnml.spec import DatasetSpec
 
 __all__ = ["MonitorConfig", "MonitorReport", "estimate_for", "load_monitor_config", "monitor_at"]
@@ -43,8 +43,15 @@ class MonitorConfig(BaseModel):
         0.65, ge=0, le=1, description="Retrain below this estimated or realised ROC-AUC."
     )
     min_pr_auc: float = Field(0.0, ge=0, le=1, description="Retrain below this estimated or realised PR-AUC.")
-    alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm rate of the drift tests per run.")
-    min_psi: float = Field(0.1, ge=0)
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="False-alarm rate of a run: half for the drift tests (Bonferroni over the columns), half "
+        "for realised performance against its estimate (over its checks).",
+    )
+    min_psi: float = Field(0.1, ge=0, description="A number's drift is reported from this PSI ...")
+    alarm_psi: float = Field(0.25, ge=0, description="... and raises an alarm from this one ('major').")
     min_js: float = Field(0.1, ge=0)
     min_missing: float = Field(0.05, ge=0, le=1)
     min_volume_change: float = Field(0.25, ge=0)
@@ -59,9 +66,14 @@ class MonitorConfig(BaseModel):
         6, ge=0, description="Matured observation dates to measure realised performance on."
     )
 
+    @property
+    def performance_alpha(self) -> float:
+        """Each check of realised performance against its estimate (`estimate.CHECKED`)."""
+        return self.alpha / 2 / len(CHECKED)
+
     def drift_settings(self) -> DriftSettings:
-        return DriftSettings(self.alpha, self.min_psi, self.min_js, self.min_missing, self.min_volume_change,
-                             min_importance=self.min_importance)  # fmt: skip
+        return DriftSettings(self.alpha / 2, self.min_psi, self.min_js, self.min_missing, self.min_volume_change,
+                             min_importance=self.min_importance, alarm_psi=self.alarm_psi)  # fmt: skip
 
 
 def load_monitor_config(path: Path | None) -> MonitorConfig:
@@ -114,7 +126,7 @@ def estimate_for(
     profile = model.profile
     assert profile is not None
     return estimate_performance(p, capacity, tiers, chance=profile.recalibrate(p),
-                                chance_draws=profile.recalibrate_draws(p))  # fmt: skip
+                                chance_draws=profile.recalibrate_draws(p), chance_clusters=profile.calibration_dates)  # fmt: skip
 
 
 def _history(
@@ -162,11 +174,12 @@ def _reasons(report: MonitorReport, config: MonitorConfig) -> list[str]:
         floor = {"roc_auc": config.min_roc_auc, "pr_auc": config.min_pr_auc}.get(r.metric)
         if floor is not None and r.realised < floor:
             out.append(f"realised {r.metric} {r.realised:.3f} at {r.as_of.date()} is below the floor {floor}")
-        if (r.metric in ("roc_auc", "pr_auc") and r.realised < r.low) or (
-            r.metric == "churn_rate" and not r.low <= r.realised <= r.high
+        if r.metric in CHECKED and Estimate(r.metric, r.estimated, r.low, r.high).contradicted_by(
+            r.realised, config.performance_alpha
         ):
-            out.append(f"realised {r.metric} {r.realised:.3f} at {r.as_of.date()} is outside what the probabilities "
-                       f"estimated ({r.low:.3f}-{r.high:.3f}): they no longer mean what they say (concept drift?)")  # fmt: skip
+            out.append(f"realised {r.metric} {r.realised:.3f} at {r.as_of.date()} is further from its estimate "
+                       f"{r.estimated:.3f} (95% band {r.low:.3f}-{r.high:.3f}) than chance allows: the probabilities no "
+                       "longer mean what they say (concept drift?)")  # fmt: skip
     drifted = report.drift[report.drift["alarm"]]
     if len(drifted) > config.max_drifted_features:
         names = ", ".join(drifted["column"].head(8))
@@ -202,7 +215,7 @@ def monitor_at(
     settings = config.drift_settings()
     fs = model.feature_set
     report = MonitorReport(
-        as_of=as_of, rows=len(rows), drift=drift_table(model.profile, features, p, settings, calendar),
+        as_of=as_of, rows=len(rows), drift=drift_table(model.profile, features, p, settings, calendar, as_of),
         volume=volume_table(model.profile, features, volume_columns(fs), settings),
         new_event_types=sorted({m.event_type for m in resolve_event_values(tables, spec)} - set(fs.event_types)),
         estimates=estimate_for(model, p, capacity, tiers),

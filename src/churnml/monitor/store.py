@@ -9,12 +9,12 @@ version replaces that date's rows.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from churnml.engine import write_tables
 from churnml.monitor.run import MonitorReport
 
 __all__ = ["TABLES", "read_history", "save_report"]
@@ -72,15 +72,4 @@ def save_report(path: Path, report: MonitorReport, model_version: str, run_id: s
                 )
             frame = pd.concat([before[keep], frame], ignore_index=True)
         tables[name] = frame
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        with duckdb.connect(str(tmp)) as con:
-            for name, frame in tables.items():
-                con.register("_frame", frame)
-                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _frame")
-                con.unregister("_frame")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_tables(path, tables)
