@@ -37,7 +37,15 @@ def test_clean_data_loads_contract_tables(write_tiny, con, tmp_path: Path, fmt: 
     assert events.groupby("customer_id").size().to_dict() == {"a": 2, "b": 1, "c": 3}
     assert events.loc[1, "value"] == 4.0
     customers = con.execute("SELECT * FROM customers ORDER BY customer_id").df()
-    assert list(customers.columns) == ["customer_id", "name", "signup_date", "plan", "segment", "mrr", "csm_owner"]
+    assert list(customers.columns) == [
+        "customer_id",
+        "name",
+        "signup_date",
+        "plan",
+        "segment",
+        "mrr",
+        "csm_owner",
+    ]
     assert customers["name"].isna().all()  # optional, not in these files: empty, never made up
     assert customers["mrr"].tolist() == [300.0, 45.0, 1000.0]
 
