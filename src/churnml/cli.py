@@ -35,7 +35,7 @@ from churnml.spec import DatasetSpec, SpecError, load_spec
 if TYPE_CHECKING:  # imported when training runs: the CLI starts without MLflow
     from mlflow.tracking import MlflowClient
 
-    from churnml.modeling import TrainConfig
+    from churnml.modeling import TrainConfig, TuningRun
 
 __all__ = ["app"]
 
@@ -144,6 +144,15 @@ def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[ContractT
 SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
+]
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna study database, e.g. postgresql://user:password@host/db (default: "
+        "$CHURNML_OPTUNA_STORAGE, else $CHURNML_HOME/optuna.db).",
+    ),
 ]
 
 
@@ -341,24 +350,28 @@ def train_command(
         typer.Option(
             "--study",
             help="Optuna study to continue (created if new) in $CHURNML_HOME/optuna.db: adds --trials trials "
-            "to its earlier ones, e.g. after an interrupted run. Default: a new study per run.",
+            "to its earlier ones, e.g. after an interrupted run. Default: a new study per run. On a "
+            "--storage server the study is shared: `churnml tune-worker --study NAME` joins it, and "
+            "--trials is the study's total.",
         ),
     ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Tune, calibrate and evaluate; log to MLflow; register as churn@challenger.
 
     With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
     feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
-    from churnml.modeling import TuningRun, load_snapshot_table, train_snapshot
+    from churnml.modeling import load_snapshot_table, train_snapshot
     from churnml.registry import log_training
 
     if (spec is None) == (table_path is None):
         raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
-    setup = _train_setup(config, trials, timeout)
+    setup = _train_setup(config, trials, timeout, storage)
     settings, cfg = setup.settings, setup.cfg
+    keep = tuple(keep_column or ())
     if table_path is not None:
         try:
             table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
@@ -366,8 +379,10 @@ def train_command(
             raise _fail(str(err)) from None
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
             try:
-                tuning = TuningRun(setup.storage, study or f"{table_path.stem}-{int(time.time())}")
-                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, tuple(keep_column or ()))
+                source = {"table": str(table_path.resolve()), "target": target, "id": id_column,
+                          "positive": positive, "folds": folds, "keep": list(keep)}  # fmt: skip
+                tuning = setup.tuning_run(study or f"{table_path.stem}-{int(time.time())}", source)
+                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, keep)
             except (ValueError, RuntimeError) as err:
                 raise _fail(str(err)) from None
         logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
@@ -376,7 +391,8 @@ def train_command(
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
         table, fs = training_table(tables, loaded)
-    _train_on_spec(setup, loaded, table, fs, study, tuple(keep_column or ()))
+    source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": list(keep)}  # type: ignore[union-attr]
+    _train_on_spec(setup, loaded, table, fs, study, keep, source)
 
 
 @dataclass(frozen=True)
@@ -387,13 +403,40 @@ class _TrainSetup:
     cfg: TrainConfig
     client: MlflowClient
     uri: str
+    storage: str  # the Optuna storage URL
 
-    @property
-    def storage(self) -> str:
-        return f"sqlite:///{(self.settings.home / 'optuna.db').resolve()}"
+    def tuning_run(self, study: str, source: dict, on_trial=None) -> TuningRun:  # noqa: ANN001
+        """One machine's study (SQLite), or a shared one on a database server that workers join."""
+        return _tuning_run(self.settings, self.storage, study, self.cfg, source, on_trial=on_trial)
 
 
-def _train_setup(config: Path | None, trials: int | None, timeout: float | None) -> _TrainSetup:
+def _storage_url(storage: str | None, settings: Settings) -> str:
+    from churnml.modeling.studies import normalise_storage_url
+
+    try:
+        return normalise_storage_url(storage or settings.study_storage,
+                                     "--storage" if storage else "CHURNML_OPTUNA_STORAGE")  # fmt: skip
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
+def _tuning_run(settings: Settings, url: str, study: str, cfg: TrainConfig, source: dict,
+                seed: int | None = None, on_trial=None) -> TuningRun:  # noqa: ANN001 # fmt: skip
+    """On SQLite a run adds its trials to the study; on a server the study is shared, with a budget of
+    ``cfg.trials``, heartbeats, and what workers need to rebuild the tuned rows (``source``)."""
+    from churnml.modeling import TuningRun
+    from churnml.modeling.studies import Heartbeat
+
+    if url.startswith("sqlite"):
+        return TuningRun(url, study, on_trial)
+    heartbeat = Heartbeat(settings.optuna_heartbeat, settings.optuna_grace)
+    source = {**source, "config": cfg.model_dump(mode="json")}
+    return TuningRun(url, study, on_trial, heartbeat, cfg.trials, cfg.seed if seed is None else seed, source)
+
+
+def _train_setup(
+    config: Path | None, trials: int | None, timeout: float | None, storage: str | None = None
+) -> _TrainSetup:
     from churnml.modeling import load_train_config
     from churnml.registry import check_tracking_server, close_unfinished_runs, tracking_uri
 
@@ -412,7 +455,7 @@ def _train_setup(config: Path | None, trials: int | None, timeout: float | None)
         raise _fail(str(err)) from None
     for run_id in close_unfinished_runs(client, settings):
         console.print(f"marked MLflow run {run_id} FAILED (left open by an earlier failure)", highlight=False)
-    return _TrainSetup(settings, cfg, client, uri)
+    return _TrainSetup(settings, cfg, client, uri, _storage_url(storage, settings))
 
 
 def _train_on_spec(
@@ -422,9 +465,10 @@ def _train_on_spec(
     fs: FeatureSet,
     study: str | None,
     keep: tuple[str, ...] = (),
+    source: dict | None = None,
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
-    from churnml.modeling import TuningRun, spec_task, train_model
+    from churnml.modeling import spec_task, train_model
     from churnml.registry import log_training
 
     cfg = setup.cfg
@@ -432,8 +476,8 @@ def _train_on_spec(
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
             task_ = spec_task(loaded, keep)
-            tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
-                               lambda done, total: progress.update(task, completed=done))  # fmt: skip
+            tuning = setup.tuning_run(study or f"{loaded.name}-{int(time.time())}", source or {},
+                                      lambda done, total: progress.update(task, completed=done))  # fmt: skip
             result = train_model(table, fs, task_, cfg, tuning)
         except (ValueError, RuntimeError) as err:
             raise _fail(str(err)) from None
@@ -463,6 +507,108 @@ def _report_training(result, logged: tuple[str, str], cfg, uri: str) -> None:  #
             )
     console.print(metrics)
     console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
+
+
+@app.command("tune-worker")
+def tune_worker_command(
+    study: Annotated[str, typer.Option("--study", help="The shared Optuna study to work on.")],
+    storage: StorageOpt = None,
+    seed: Annotated[
+        int | None, typer.Option(help="This worker's sampler seed (default: drawn at random, recorded).")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Create the study: tune on this spec.")] = None,
+    data: DataOpt = None,
+    table_path: Annotated[
+        Path | None, typer.Option("--table", help="Create the study: tune on a table.")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    positive: Annotated[str | None, typer.Option(help="With --table: the churn value of the label.")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="With --table: the customer id.")] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+    config: Annotated[Path | None, typer.Option(help="Create the study: training config YAML.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Create the study: its trial budget.")] = None,
+) -> None:
+    """Join a shared Optuna study and run its trials until it holds its budget (heartbeats let another
+    worker retry the trial of one that dies). The study's creator (`churnml train --storage URL --study
+    NAME`, or a worker given --spec or --table) recorded the rows to tune on; the others need only --study."""
+    from churnml.modeling import load_train_config
+    from churnml.modeling.studies import worker_name
+
+    settings = _settings()
+    url = _storage_url(storage, settings)
+    if url.startswith("sqlite"):
+        raise _fail("tune-worker: the study must be on a database server: give --storage postgresql://... "
+                    "or set CHURNML_OPTUNA_STORAGE")  # fmt: skip
+    if spec is not None or table_path is not None:
+        if table_path is not None and not target:
+            raise _fail("--table needs --target COL (the churn label column)")
+        source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": []} if spec \
+            else {"table": str(table_path.resolve()), "target": target, "id": id_column, "positive": positive,  # type: ignore[union-attr]
+                  "folds": folds, "keep": []}  # fmt: skip
+        try:
+            cfg = load_train_config(config)
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        cfg = cfg.model_copy(update={"trials": trials} if trials else {})
+    else:
+        source, cfg = _recorded_source(url, study)
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
+    run = _tuning_run(settings, url, study, cfg, source, seed=seed)
+    _run_tuning_worker(run, source, cfg, settings, data)
+    console.print(f"worker {worker_name()} (seed {seed}) done: {_study_summary(url, study)}", highlight=False)
+
+
+def _recorded_source(url: str, study: str) -> tuple[dict, TrainConfig]:
+    """What the study's creator recorded: the rows to tune on and the training config."""
+    import optuna
+
+    from churnml.modeling import TrainConfig
+
+    try:
+        attrs = optuna.load_study(study_name=study, storage=url).user_attrs
+    except KeyError:
+        raise _fail(f"--study: no study {study!r} in the storage; create it with `churnml train --storage URL "
+                    f"--study {study}` or give tune-worker --spec or --table") from None  # fmt: skip
+    if "source" not in attrs:
+        raise _fail(
+            f"--study: study {study!r} records no rows to tune on (not a shared study); give --spec or --table"
+        )
+    source = dict(attrs["source"])
+    return source, TrainConfig.model_validate(source.pop("config"))
+
+
+def _run_tuning_worker(
+    run: TuningRun, source: dict, cfg: TrainConfig, settings: Settings, data: Path | None
+) -> None:
+    """Rebuild the tuned rows as the study's creator did, and run trials on them."""
+    from churnml.modeling import load_snapshot_table, spec_task
+    from churnml.modeling.table import snapshot_development, tune_snapshot
+    from churnml.modeling.train import development_rows, tune_development
+
+    keep = tuple(source.get("keep") or ())
+    try:
+        if "table" in source:
+            table, fs = load_snapshot_table(Path(source["table"]), source["target"], source.get("id"),
+                                            source.get("positive"))  # fmt: skip
+            tune_snapshot(snapshot_development(table, fs, cfg, int(source["folds"]), keep), cfg, run)
+            return
+        given = data or (Path(source["data"]) if source.get("data") else None)
+        loaded = _load_spec(Path(source["spec"]), given)
+        with _validated_data(loaded, settings) as tables:
+            table, fs = training_table(tables, loaded)
+        tune_development(development_rows(table, fs, spec_task(loaded, keep), cfg), cfg, run)
+    except (ValueError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+
+
+def _study_summary(url: str, study: str) -> str:
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    states = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    return f"study {study!r}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
 
 
 @app.command("promote")

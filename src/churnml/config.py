@@ -64,6 +64,13 @@ class Settings:
     alert_min_rise: float = 10.0  # CHURNML_ALERT_MIN_RISE: probability points since the previous score
     alert_webhook_url: str | None = field(default=None, repr=False)  # CHURNML_ALERT_WEBHOOK_URL: JSON POST
     alert_webhook_retries: int = 3  # CHURNML_ALERT_WEBHOOK_RETRIES: attempts after the first
+    # tuning on many machines (`churnml tune-worker`, churnml.modeling.studies): the Optuna study's
+    # database (default: $CHURNML_HOME/optuna.db, one machine's SQLite file)
+    optuna_storage: str | None = field(
+        default=None, repr=False
+    )  # CHURNML_OPTUNA_STORAGE (may hold a password)
+    optuna_heartbeat: int = 30  # CHURNML_OPTUNA_HEARTBEAT: seconds between a running trial's heartbeats
+    optuna_grace: int = 90  # CHURNML_OPTUNA_GRACE: seconds without one before the trial is failed and retried
 
     @property
     def data_dir(self) -> Path:
@@ -126,7 +133,30 @@ class Settings:
             risk_medium=risk_medium,
             **_store_env(),
             **_service_env(),
+            **_tuning_env(),
         )
+
+    @property
+    def study_storage(self) -> str:
+        """Where Optuna studies live: ``CHURNML_OPTUNA_STORAGE``, else ``$CHURNML_HOME/optuna.db``."""
+        return self.optuna_storage or f"sqlite:///{(self.home / 'optuna.db').resolve()}"
+
+
+def _tuning_env() -> dict:
+    """The shared Optuna study's settings from ``CHURNML_*`` variables."""
+    url = os.environ.get("CHURNML_OPTUNA_STORAGE", "").strip() or None
+    if url is not None and "://" not in url:
+        raise ValueError(
+            "CHURNML_OPTUNA_STORAGE: expected a database URL such as "
+            f"postgresql://user:password@host/db, got {url[:40]!r}"
+        )
+    heartbeat = _env_number("CHURNML_OPTUNA_HEARTBEAT", 30, int, 1)
+    grace = _env_number("CHURNML_OPTUNA_GRACE", 3 * heartbeat, int, 1)
+    if grace <= heartbeat:
+        raise ValueError(
+            f"CHURNML_OPTUNA_GRACE: expected more seconds than CHURNML_OPTUNA_HEARTBEAT ({heartbeat}), got {grace}"
+        )
+    return dict(optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace)
 
 
 def _service_env() -> dict:

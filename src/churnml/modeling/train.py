@@ -44,7 +44,10 @@ from churnml.modeling.tuning import (
 from churnml.spec import DatasetSpec, EventLabel, InactivityChurn
 
 __all__ = [
+    "Development",
+    "development_rows",
     "spec_task",
+    "tune_development",
     "TrainTask",
     "TuningRun",
     "TrainResult",
@@ -136,22 +139,11 @@ def train_model(
 ) -> TrainResult:
     """Tune, calibrate and evaluate on a labelled feature table (one row per customer-date); leaking
     columns are left out first (`churnml.modeling.leaks`), found on the development rows."""
-    tuning = tuning or TuningRun()
-    if "churned" not in table:
-        raise ValueError("training table: no 'churned' label column")
-    table = table.sort_values(["observation_date", "customer_id"], kind="stable").reset_index(drop=True)
-    split = choose_evaluation(table, task.purge_days or task.horizon_days, config, task.evaluation)
-    dev, test = table[split.dev].reset_index(drop=True), table[split.test].reset_index(drop=True)
-    if dev["churned"].nunique() < 2 or test["churned"].nunique() < 2:
-        raise ValueError("training table: development and test data each need churners and non-churners")
-    checked = guard(dev, fs, task.keep_columns, config.seed)
-    fs, dev = fit_activity(dev, checked.feature_set, task.btyd_types, task.horizon_days)
-    table, test = (with_fitted_columns(t, fs.btyd, fs.btyd_horizon_days) for t in (table, test))
-    categories = {c: sorted(str(v) for v in dev[c].dropna().unique()) for c in fs.categorical_columns}
-    x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
-    pos_weight = inverse_churn_rate(y)  # test labels stay unseen
+    d = development_rows(table, fs, task, config)
+    table, fs, split, dev, test = d.table, d.fs, d.split, d.dev, d.test
+    categories, x, y, pos_weight = d.categories, d.x, d.y, d.pos_weight
     binned = binned_folds(split.folds, x, y, fs)
-    study = tune_lightgbm(split.folds, x, y, fs, config, tuning, pos_weight, binned)
+    study = tune_lightgbm(split.folds, x, y, fs, config, tuning or TuningRun(), pos_weight, binned)
     params = search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight)
     oof = out_of_fold(params, binned, config)
     calibrator = choose_calibrator(oof, config.calibration)
@@ -167,8 +159,50 @@ def train_model(
     )  # fmt: skip
     model.profile = _population_profile(table, split, model, booster)
     result = _evaluate(model, dev, test, split, config, study, oof, final_params)
-    result.leaks = checked.leaks
+    result.leaks = d.leaks
     return result
+
+
+@dataclass
+class Development:
+    """A behaviour table split for training: what tuning sees (``x``, ``y``, the split's folds) and
+    what it must not (the test rows). A tuning worker rebuilds exactly this from the same table."""
+
+    table: pd.DataFrame  # every row, sorted, with the fitted BG/NBD columns
+    fs: FeatureSet  # without leaking columns, with the BG/NBD ones
+    split: Evaluation
+    dev: pd.DataFrame
+    test: pd.DataFrame
+    leaks: tuple[Leak, ...]
+    categories: dict[str, list[str]]
+    x: pd.DataFrame
+    y: np.ndarray
+    pos_weight: float
+
+
+def development_rows(
+    table: pd.DataFrame, fs: FeatureSet, task: TrainTask, config: TrainConfig
+) -> Development:
+    """Split, drop leaking columns (found on the development rows), fit the BG/NBD columns, encode."""
+    if "churned" not in table:
+        raise ValueError("training table: no 'churned' label column")
+    table = table.sort_values(["observation_date", "customer_id"], kind="stable").reset_index(drop=True)
+    split = choose_evaluation(table, task.purge_days or task.horizon_days, config, task.evaluation)
+    dev, test = table[split.dev].reset_index(drop=True), table[split.test].reset_index(drop=True)
+    if dev["churned"].nunique() < 2 or test["churned"].nunique() < 2:
+        raise ValueError("training table: development and test data each need churners and non-churners")
+    checked = guard(dev, fs, task.keep_columns, config.seed)
+    fs, dev = fit_activity(dev, checked.feature_set, task.btyd_types, task.horizon_days)
+    table, test = (with_fitted_columns(t, fs.btyd, fs.btyd_horizon_days) for t in (table, test))
+    categories = {c: sorted(str(v) for v in dev[c].dropna().unique()) for c in fs.categorical_columns}
+    x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
+    # test labels stay unseen
+    return Development(table, fs, split, dev, test, checked.leaks, categories, x, y, inverse_churn_rate(y))
+
+
+def tune_development(d: Development, config: TrainConfig, tuning: TuningRun) -> optuna.Study:
+    """Only the tuning of `train_model`: what a worker joining a shared study runs."""
+    return tune_lightgbm(d.split.folds, d.x, d.y, d.fs, config, tuning, d.pos_weight)
 
 
 def _population_profile(
