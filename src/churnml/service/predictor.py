@@ -276,9 +276,9 @@ class Predictor:
         con = connect(_ONLINE_DUCKDB, spill=False)
         try:
             fs = self.model.feature_set
-            load_contract_frames(con, customers_frame, events_frame, subs_frame, fs.attributes)
+            tables = load_contract_frames(con, customers_frame, events_frame, subs_frame, fs.attributes)
             stop.check()
-            return build_features(con, rows, fs)  # rows in the order given
+            return build_features(tables, rows, fs)  # rows in the order given
         finally:
             con.close()
 
