@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -42,6 +43,9 @@ from churnml.modeling.tuning import (
     tune_lightgbm,
 )
 from churnml.spec import DatasetSpec, EventLabel, InactivityChurn
+
+if TYPE_CHECKING:  # dask is the optional 'distributed' extra
+    from churnml.modeling.distributed import DaskFit
 
 __all__ = [
     "Development",
@@ -121,12 +125,18 @@ def out_of_fold(params: dict, binned: list[Fold], config: TrainConfig) -> pd.Dat
 
 
 def final_model(study: optuna.Study, x: pd.DataFrame, y: np.ndarray, fs: FeatureSet, config: TrainConfig,
-                pos_weight: float) -> tuple[lgb.Booster, dict[str, object]]:  # fmt: skip
-    """The best trial's parameters, refit on every development row for the backtest's mean rounds."""
+                pos_weight: float, dask: DaskFit | None = None) -> tuple[lgb.Booster, dict[str, object]]:  # fmt: skip
+    """The best trial's parameters, refit on every development row for the backtest's mean rounds: here,
+    or data-parallel on a Dask cluster (``dask``, `churnml.modeling.distributed`) with the same ones."""
     best = study.best_trial
     params = search_params(optuna.trial.FixedTrial(best.params), config, pos_weight)
     rounds = max(10, int(best.user_attrs.get("rounds", 100)))
-    booster = lgb.train(params, lightgbm_dataset(x, y, fs), num_boost_round=rounds)
+    if dask is not None:
+        from churnml.modeling.distributed import dask_booster
+
+        booster = dask_booster(params, x, y, fs, rounds, dask)
+    else:
+        booster = lgb.train(params, lightgbm_dataset(x, y, fs), num_boost_round=rounds)
     return booster, {**params, "num_boost_round": rounds}
 
 
@@ -136,9 +146,11 @@ def train_model(
     task: TrainTask,
     config: TrainConfig,
     tuning: TuningRun | None = None,
+    dask: DaskFit | None = None,
 ) -> TrainResult:
     """Tune, calibrate and evaluate on a labelled feature table (one row per customer-date); leaking
-    columns are left out first (`churnml.modeling.leaks`), found on the development rows."""
+    columns are left out first (`churnml.modeling.leaks`), found on the development rows. ``dask``: fit
+    the final booster on a Dask cluster (the same parameters, the same calibrator)."""
     d = development_rows(table, fs, task, config)
     table, fs, split, dev, test = d.table, d.fs, d.split, d.dev, d.test
     categories, x, y, pos_weight = d.categories, d.x, d.y, d.pos_weight
@@ -147,7 +159,7 @@ def train_model(
     params = search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight)
     oof = out_of_fold(params, binned, config)
     calibrator = choose_calibrator(oof, config.calibration)
-    booster, final_params = final_model(study, x, y, fs, config, pos_weight)
+    booster, final_params = final_model(study, x, y, fs, config, pos_weight, dask)
     model = ChurnModel(
         booster=booster, feature_set=fs, categories=categories, calibrator=calibrator,
         catalogue=build_catalogue(fs, task.event_labels),
