@@ -101,9 +101,30 @@ def test_train_model_on_dask_matches_the_single_machine_model(client, trained, s
                           dask=DaskFit(client, base_port=free_port(), timeout_seconds=FIT_SECONDS))  # fmt: skip
     assert on_dask.params == single.params
     assert on_dask.model.calibrator.method == single.model.calibrator.method
-    # the simulated business's test date holds a few hundred churners: two fits of the same parameters
-    # that differ only in their bagging draws already differ by ~0.01 there. The 0.005 bound is checked
-    # on 15,000 training rows above (and at 200,000 rows in benchmarks/bench_distributed.py)
+    # the simulated business's test date holds 101 churners in 1,719 rows: single-machine fits of the same
+    # parameters that differ only in their seed (bagging draws) span 0.750-0.759 there (five seeds,
+    # measured). The 0.005 bound is checked on 15,000 training rows above, where that noise is smaller
     diff = abs(on_dask.test_metrics["roc_auc"] - single.test_metrics["roc_auc"])
     assert diff < 0.02, (on_dask.test_metrics["roc_auc"], single.test_metrics["roc_auc"])
     assert on_dask.model.predict_proba(table.tail(50)).shape == (50,)  # the calibrated model, whole
+
+
+def test_train_command_fits_on_the_cluster(client, tmp_path) -> None:
+    """`churnml train --dask ADDRESS` fits on the cluster."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import service_env
+    from tests.test_tune_workers import churn_table
+
+    table = churn_table(tmp_path / "table.csv", rows=1500)
+    argv = [str(Path(sys.executable).parent / "churnml"), "train", "--table", str(table), "--target", "churned",
+            "--id", "customer_id", "--folds", "3", "--trials", "2"]  # fmt: skip
+    env = service_env(tmp_path, CHURNML_DASK_LIGHTGBM_PORT=str(free_port()))
+    before = client.run(lambda dask_worker: len(dask_worker.state.log), wait=True)
+    done = subprocess.run([*argv, "--dask", client.scheduler.address], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = client.run(lambda dask_worker: len(dask_worker.state.log), wait=True)
+    assert all(after[w] > before[w] for w in before)  # every worker took part in the fit

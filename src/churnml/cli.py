@@ -356,22 +356,58 @@ def train_command(
         ),
     ] = None,
     storage: StorageOpt = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Fit the final model on this Dask scheduler (tcp://host:8786) with lightgbm.dask "
+            "(default: $CHURNML_DASK_SCHEDULER, else here).",
+        ),
+    ] = None,
 ) -> None:
     """Tune, calibrate and evaluate; log to MLflow; register as churn@challenger.
 
     With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
     feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
-    from churnml.modeling import load_snapshot_table, train_snapshot
-    from churnml.registry import log_training
-
     if (spec is None) == (table_path is None):
         raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
     setup = _train_setup(config, trials, timeout, storage)
-    settings, cfg = setup.settings, setup.cfg
     keep = tuple(keep_column or ())
+    with _dask_fit(dask or setup.settings.dask_scheduler, setup.settings) as fit:
+        _train_command(setup, spec, data, table_path, target, positive, id_column, folds, keep, study, fit)
+
+
+@contextmanager
+def _dask_fit(address: str | None, settings: Settings) -> Iterator[object]:
+    """A connection to the Dask cluster the final model is fitted on (None: fit here)."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+
+        from churnml.modeling.distributed import DaskFit
+    except ImportError:
+        raise _fail("--dask needs the 'distributed' extra: pip install 'churnml[distributed]'") from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as err:
+        raise _fail(f"--dask: the Dask scheduler {address} is not reachable: {err}") from None
+    with client:
+        yield DaskFit(client, settings.dask_lightgbm_port, settings.dask_timeout)
+
+
+def _train_command(setup: _TrainSetup, spec: Path | None, data: Path | None, table_path: Path | None,
+                   target: str | None, positive: str | None, id_column: str | None, folds: int,
+                   keep: tuple[str, ...], study: str | None, fit) -> None:  # noqa: ANN001 # fmt: skip
+    """`churnml train` once its options are checked: on a ready table, or on a spec's behaviour data."""
+    from churnml.modeling import load_snapshot_table, train_snapshot
+    from churnml.registry import log_training
+
+    settings, cfg = setup.settings, setup.cfg
     if table_path is not None:
         try:
             table, fs = load_snapshot_table(table_path, target or "", id_column, positive)
@@ -382,8 +418,8 @@ def train_command(
                 source = {"table": str(table_path.resolve()), "target": target, "id": id_column,
                           "positive": positive, "folds": folds, "keep": list(keep)}  # fmt: skip
                 tuning = setup.tuning_run(study or f"{table_path.stem}-{int(time.time())}", source)
-                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, keep)
-            except (ValueError, RuntimeError) as err:
+                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, keep, fit)
+            except (ValueError, RuntimeError, TimeoutError) as err:
                 raise _fail(str(err)) from None
         logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
         _report_training(result, logged, cfg, setup.uri)
@@ -392,7 +428,7 @@ def train_command(
     with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
         table, fs = training_table(tables, loaded)
     source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": list(keep)}  # type: ignore[union-attr]
-    _train_on_spec(setup, loaded, table, fs, study, keep, source)
+    _train_on_spec(setup, loaded, table, fs, study, keep, source, fit)
 
 
 @dataclass(frozen=True)
@@ -466,6 +502,7 @@ def _train_on_spec(
     study: str | None,
     keep: tuple[str, ...] = (),
     source: dict | None = None,
+    fit=None,  # noqa: ANN001 - a DaskFit (the optional 'distributed' extra)
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
     from churnml.modeling import spec_task, train_model
@@ -478,8 +515,8 @@ def _train_on_spec(
             task_ = spec_task(loaded, keep)
             tuning = setup.tuning_run(study or f"{loaded.name}-{int(time.time())}", source or {},
                                       lambda done, total: progress.update(task, completed=done))  # fmt: skip
-            result = train_model(table, fs, task_, cfg, tuning)
-        except (ValueError, RuntimeError) as err:
+            result = train_model(table, fs, task_, cfg, tuning, fit)
+        except (ValueError, RuntimeError, TimeoutError) as err:
             raise _fail(str(err)) from None
     logged = log_training(result, table, cfg, setup.settings, loaded.name, setup.client)
     _report_training(result, logged, cfg, setup.uri)

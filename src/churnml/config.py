@@ -71,6 +71,10 @@ class Settings:
     )  # CHURNML_OPTUNA_STORAGE (may hold a password)
     optuna_heartbeat: int = 30  # CHURNML_OPTUNA_HEARTBEAT: seconds between a running trial's heartbeats
     optuna_grace: int = 90  # CHURNML_OPTUNA_GRACE: seconds without one before the trial is failed and retried
+    # training beyond one machine (churnml.modeling.distributed): the final fit on a Dask cluster
+    dask_scheduler: str | None = None  # CHURNML_DASK_SCHEDULER: tcp://host:8786 (default: fit here)
+    dask_lightgbm_port: int = 12400  # CHURNML_DASK_LIGHTGBM_PORT: first of the ports LightGBM uses on workers
+    dask_timeout: float = 1800.0  # CHURNML_DASK_TIMEOUT: seconds one distributed fit may take
 
     @property
     def data_dir(self) -> Path:
@@ -143,7 +147,7 @@ class Settings:
 
 
 def _tuning_env() -> dict:
-    """The shared Optuna study's settings from ``CHURNML_*`` variables."""
+    """The shared Optuna study's and the Dask cluster's settings from ``CHURNML_*`` variables."""
     url = os.environ.get("CHURNML_OPTUNA_STORAGE", "").strip() or None
     if url is not None and "://" not in url:
         raise ValueError(
@@ -156,7 +160,16 @@ def _tuning_env() -> dict:
         raise ValueError(
             f"CHURNML_OPTUNA_GRACE: expected more seconds than CHURNML_OPTUNA_HEARTBEAT ({heartbeat}), got {grace}"
         )
-    return dict(optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace)
+    scheduler = os.environ.get("CHURNML_DASK_SCHEDULER", "").strip() or None
+    if scheduler is not None and "://" not in scheduler:
+        raise ValueError(
+            f"CHURNML_DASK_SCHEDULER: expected an address such as tcp://host:8786, got {scheduler!r}"
+        )
+    return dict(
+        optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace, dask_scheduler=scheduler,
+        dask_lightgbm_port=_env_number("CHURNML_DASK_LIGHTGBM_PORT", 12400, int, 1024),
+        dask_timeout=_env_number("CHURNML_DASK_TIMEOUT", 1800.0, float, 1.0),
+    )  # fmt: skip
 
 
 def _service_env() -> dict:

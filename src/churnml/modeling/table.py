@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -32,6 +33,9 @@ from churnml.modeling.leaks import Leak, guard
 from churnml.modeling.splits import holdout_mask
 from churnml.modeling.train import TrainResult, final_model, out_of_fold, retained_reference
 from churnml.modeling.tuning import TuningRun, binned_folds, inverse_churn_rate, search_params, tune_lightgbm
+
+if TYPE_CHECKING:  # dask is the optional 'distributed' extra
+    from churnml.modeling.distributed import DaskFit
 
 __all__ = [
     "SnapshotDevelopment",
@@ -243,6 +247,7 @@ def train_snapshot(
     tuning: TuningRun | None = None,
     id_column: str | None = None,
     keep_columns: tuple[str, ...] = (),
+    dask: DaskFit | None = None,
 ) -> TrainResult:
     """Hold out a stable share of customers; leave out leaking columns (found on the rest, bar
     ``keep_columns``); tune on stratified K-fold CV of the rest, calibrate on its out-of-fold
@@ -258,7 +263,7 @@ def train_snapshot(
     )
     oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
     calibrator = choose_calibrator(oof, config.calibration)
-    final, params = final_model(study, x, y, fs, config, pos_weight)
+    final, params = final_model(study, x, y, fs, config, pos_weight, dask)
     model = ChurnModel(final, fs, categories, calibrator, build_catalogue(fs),
                        {"mode": "table", "evaluation": "customers", "cv_folds": folds, "best_params": study.best_trial.params,
                         "rounds": params["num_boost_round"], "test_dates": [], "training_rows": len(y),
