@@ -23,7 +23,7 @@ from rich.table import Table
 from churnml.config import Settings
 from churnml.data import ContractTables, DataError, DataValidationError, ValidationReport, load_dataset
 from churnml.engine import connect
-from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.batch import FeatureBuilder, latest_date, scoring_rows, training_table
 from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import build_features
 from churnml.features.inference import infer_feature_set, resolve_event_values
@@ -146,6 +146,14 @@ DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
 ]
 
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="What computes the features: duckdb (this machine) or spark (customer partitions on "
+        "$CHURNML_SPARK_MASTER, default local[2]). Default: $CHURNML_ENGINE, else duckdb.",
+    ),
+]
 StorageOpt = Annotated[
     str | None,
     typer.Option(
@@ -271,6 +279,7 @@ def features_command(
         ),
     ] = None,
     data: DataOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Write point-in-time features (Parquet) and the feature catalogue (CSV beside it)."""
     date: pd.Timestamp | None = None
@@ -279,9 +288,39 @@ def features_command(
             date = pd.Timestamp(dt.date.fromisoformat(as_of))
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
+    settings = _settings()
+    engine = _check_engine(engine, settings)  # bad input is refused before any work
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, _settings()) as tables:
-        _write_features(tables, loaded, out, as_of, date)
+    with _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables:
+        _write_features(tables, loaded, out, as_of, date, build)
+
+
+def _check_engine(engine: str | None, settings: Settings) -> str:
+    from churnml.config import ENGINES
+
+    engine = engine or settings.engine
+    if engine not in ENGINES:
+        raise _fail(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    return engine
+
+
+@contextmanager
+def _feature_builder(engine: str | None, settings: Settings) -> Iterator[FeatureBuilder]:
+    """`build_features` here, or the same per customer partition on Spark (a session for the command)."""
+    if _check_engine(engine, settings) == "duckdb":
+        yield build_features
+        return
+    try:
+        from churnml.features.spark import build_features_spark, spark_session
+    except ImportError as err:
+        raise _fail(f"--engine spark needs pyspark: {err}") from None
+    spark = spark_session(settings.spark_master, settings.temp_dir)
+    try:
+        yield lambda tables, rows, fs: build_features_spark(
+            spark, tables, rows, fs, settings.spark_partitions
+        )
+    finally:
+        spark.stop()
 
 
 def _write_features(
@@ -290,16 +329,17 @@ def _write_features(
     out: Path,
     as_of: str | None = None,
     date: pd.Timestamp | None = None,
+    build: FeatureBuilder = build_features,
 ) -> tuple[pd.DataFrame, FeatureSet]:
     """The training table (without ``as_of``) or the scoring rows at a date, written with its catalogue."""
     began = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("building features", total=None)
         if as_of is None:
-            table, fs = training_table(tables, loaded)
+            table, fs = training_table(tables, loaded, build=build)
         else:
             fs = infer_feature_set(tables, loaded)
-            table = build_features(tables, scoring_rows(tables, loaded, date or latest_date(tables)), fs)
+            table = build(tables, scoring_rows(tables, loaded, date or latest_date(tables)), fs)
         progress.update(task, total=1, completed=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
@@ -356,6 +396,7 @@ def train_command(
         ),
     ] = None,
     storage: StorageOpt = None,
+    engine: EngineOpt = None,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -375,9 +416,12 @@ def train_command(
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
     setup = _train_setup(config, trials, timeout, storage)
+    engine = _check_engine(engine, setup.settings)
     keep = tuple(keep_column or ())
     with _dask_fit(dask or setup.settings.dask_scheduler, setup.settings) as fit:
-        _train_command(setup, spec, data, table_path, target, positive, id_column, folds, keep, study, fit)
+        _train_command(
+            setup, spec, data, table_path, target, positive, id_column, folds, keep, study, fit, engine
+        )
 
 
 @contextmanager
@@ -402,7 +446,7 @@ def _dask_fit(address: str | None, settings: Settings) -> Iterator[object]:
 
 def _train_command(setup: _TrainSetup, spec: Path | None, data: Path | None, table_path: Path | None,
                    target: str | None, positive: str | None, id_column: str | None, folds: int,
-                   keep: tuple[str, ...], study: str | None, fit) -> None:  # noqa: ANN001 # fmt: skip
+                   keep: tuple[str, ...], study: str | None, fit, engine: str | None = None) -> None:  # noqa: ANN001 # fmt: skip
     """`churnml train` once its options are checked: on a ready table, or on a spec's behaviour data."""
     from churnml.modeling import load_snapshot_table, train_snapshot
     from churnml.registry import log_training
@@ -425,8 +469,11 @@ def _train_command(setup: _TrainSetup, spec: Path | None, data: Path | None, tab
         _report_training(result, logged, cfg, setup.uri)
         return
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
-    with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
-        table, fs = training_table(tables, loaded)
+    with (
+        _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables,
+        err_console.status("building the training table"),
+    ):  # fmt: skip
+        table, fs = training_table(tables, loaded, build=build)
     source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": list(keep)}  # type: ignore[union-attr]
     _train_on_spec(setup, loaded, table, fs, study, keep, source, fit)
 

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "repo_root", "shared_data_dir"]
+__all__ = ["ENGINES", "Settings", "repo_root", "shared_data_dir"]
+
+ENGINES = ("duckdb", "spark")  # what computes features: one machine's DuckDB, or Spark partitions
 
 
 def repo_root() -> Path:
@@ -71,6 +73,10 @@ class Settings:
     )  # CHURNML_OPTUNA_STORAGE (may hold a password)
     optuna_heartbeat: int = 30  # CHURNML_OPTUNA_HEARTBEAT: seconds between a running trial's heartbeats
     optuna_grace: int = 90  # CHURNML_OPTUNA_GRACE: seconds without one before the trial is failed and retried
+    # features on Spark (churnml.features.spark): `--engine spark` or CHURNML_ENGINE=spark
+    engine: str = "duckdb"  # CHURNML_ENGINE: duckdb | spark
+    spark_master: str = "local[2]"  # CHURNML_SPARK_MASTER: spark://host:7077, yarn, local[N]...
+    spark_partitions: int = 8  # CHURNML_SPARK_PARTITIONS: customer partitions the features are cut into
     # training beyond one machine (churnml.modeling.distributed): the final fit on a Dask cluster
     dask_scheduler: str | None = None  # CHURNML_DASK_SCHEDULER: tcp://host:8786 (default: fit here)
     dask_lightgbm_port: int = 12400  # CHURNML_DASK_LIGHTGBM_PORT: first of the ports LightGBM uses on workers
@@ -147,7 +153,7 @@ class Settings:
 
 
 def _tuning_env() -> dict:
-    """The shared Optuna study's and the Dask cluster's settings from ``CHURNML_*`` variables."""
+    """The engines' settings (Spark, the shared Optuna study, the Dask cluster) from ``CHURNML_*`` variables."""
     url = os.environ.get("CHURNML_OPTUNA_STORAGE", "").strip() or None
     if url is not None and "://" not in url:
         raise ValueError(
@@ -160,6 +166,9 @@ def _tuning_env() -> dict:
         raise ValueError(
             f"CHURNML_OPTUNA_GRACE: expected more seconds than CHURNML_OPTUNA_HEARTBEAT ({heartbeat}), got {grace}"
         )
+    engine = os.environ.get("CHURNML_ENGINE", "duckdb").strip() or "duckdb"
+    if engine not in ENGINES:
+        raise ValueError(f"CHURNML_ENGINE: expected one of {', '.join(ENGINES)}, got {engine!r}")
     scheduler = os.environ.get("CHURNML_DASK_SCHEDULER", "").strip() or None
     if scheduler is not None and "://" not in scheduler:
         raise ValueError(
@@ -167,6 +176,8 @@ def _tuning_env() -> dict:
         )
     return dict(
         optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace, dask_scheduler=scheduler,
+        engine=engine, spark_master=os.environ.get("CHURNML_SPARK_MASTER", "").strip() or "local[2]",
+        spark_partitions=_env_number("CHURNML_SPARK_PARTITIONS", 8, int, 1),
         dask_lightgbm_port=_env_number("CHURNML_DASK_LIGHTGBM_PORT", 12400, int, 1024),
         dask_timeout=_env_number("CHURNML_DASK_TIMEOUT", 1800.0, float, 1.0),
     )  # fmt: skip
