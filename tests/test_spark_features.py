@@ -61,3 +61,36 @@ def test_unknown_engine_is_a_usage_error(tmp_path: Path) -> None:
             "--out", str(tmp_path / "x.parquet"), "--engine", "hadoop"]  # fmt: skip
     done = subprocess.run(argv, env=service_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--engine: expected one of duckdb, spark, got 'hadoop'" in done.stderr
+
+
+def test_scoring_with_features_on_spark_gives_the_same_scores_and_reasons(
+    trained, sim_dir: Path, tmp_path
+) -> None:
+    """Batch scoring (`churnml score --engine spark`) with its features computed per customer partition on
+    Spark: the same scores, tiers and reasons as with the DuckDB engine."""
+    if shutil.which("java") is None:
+        pytest.skip("PySpark needs a Java runtime and `java` is not on PATH (.ci/run installs one)")
+    from churnml.config import Settings
+    from churnml.data import load_dataset
+    from churnml.engine import connect
+    from churnml.features.batch import latest_date
+    from churnml.features.spark import build_features_spark, spark_session
+    from churnml.score import score_customers
+    from churnml.spec import load_spec
+
+    _, _, result = trained
+    spark = spark_session("local[2]", tmp_path / "spark")
+    try:
+        with connect(Settings(home=tmp_path, duckdb_memory_limit="1GB")) as con:
+            spec = load_spec(sim_dir / "spec.yaml")
+            tables = load_dataset(con, spec)
+            as_of = latest_date(tables)
+            here = score_customers(tables, spec, result.model, as_of, history=2)
+            on_spark = score_customers(tables, spec, result.model, as_of, history=2,
+                                       build=lambda t, r, f: build_features_spark(spark, t, r, f, 4))  # fmt: skip
+    finally:
+        spark.stop()
+    assert len(here.scores) > 500
+    pd.testing.assert_frame_equal(on_spark.scores, here.scores)
+    pd.testing.assert_frame_equal(on_spark.reasons, here.reasons)
+    pd.testing.assert_frame_equal(on_spark.history, here.history)

@@ -768,6 +768,7 @@ def score_command(
     top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = 5,
     history: Annotated[int, typer.Option(min=0, max=36, help="Past observation dates to score.")] = 6,
     data: DataOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
     date: pd.Timestamp | None = None
@@ -777,16 +778,18 @@ def score_command(
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
     settings = _settings()
+    engine = _check_engine(engine, settings)
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, settings) as tables:
-        _score(tables, loaded, settings, out, model, date, top_k, history)
+    with _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables:
+        _score(tables, loaded, settings, out, model, date, top_k, history, build)
 
 
 def _score(
     tables: ContractTables, loaded: DatasetSpec, settings: Settings, out: Path | None, model: str | None,
-    date: pd.Timestamp | None, top_k: int = 5, history: int = 6,
+    date: pd.Timestamp | None, top_k: int = 5, history: int = 6, build: FeatureBuilder = build_features,
 ) -> None:  # fmt: skip
-    """Score the active customers with the champion (or ``model``) and write the reports and workspace."""
+    """Score the active customers with the champion (or ``model``) and write the reports and workspace;
+    ``build`` computes the features (here, or on Spark with ``--engine spark``)."""
     from churnml.explain.playbook import load_playbook
     from churnml.retention import retention_tables
     from churnml.score import RiskPolicy, score_customers, write_workspace
@@ -800,7 +803,8 @@ def _score(
     began = time.perf_counter()
     with err_console.status("scoring active customers"):
         result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
-                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
+                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook,
+                                 build=build)  # fmt: skip
         extra = retention_tables(tables, loaded, result)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)
