@@ -14,7 +14,12 @@ import pytest
 
 from tests.conftest import service_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # py4j leaves its gateway sockets to the garbage collector when the session stops
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def _features(home: Path, spec: Path, out: Path, *extra: str) -> None:

@@ -490,6 +490,9 @@ class _TrainSetup:
 
     def tuning_run(self, study: str, source: dict, on_trial=None) -> TuningRun:  # noqa: ANN001
         """One machine's study (SQLite), or a shared one on a database server that workers join."""
+        if not self.storage.startswith("sqlite"):
+            err_console.print(f"Optuna study {study!r} is shared: `churnml tune-worker --study {study}` "
+                              "joins it from other machines", highlight=False)  # fmt: skip
         return _tuning_run(self.settings, self.storage, study, self.cfg, source, on_trial=on_trial)
 
 
