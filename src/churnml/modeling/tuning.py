@@ -320,8 +320,10 @@ def tune_lightgbm(
     lock.acquire()  # workers starting together: one creates the study (and Optuna's tables), the rest join
     try:
         study = _open_study(run, config, _tuning_digest(folds, x, y, config, pos_weight))
-    finally:
-        lock.release()
+    except BaseException:
+        lock.close()
+        raise
+    lock.release()
     budget = study.user_attrs.get("trial_budget")
     if budget is None:
         lock.close()
