@@ -40,6 +40,8 @@ format: setup  ## Apply the formatter
 bench: setup  ## Run the benchmarks (on demand; prints ratios against an in-run baseline)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_features.py --engines 2000 --months 12
+	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_completejourney.py
 

@@ -7,6 +7,10 @@ Issue 3 targets: features for the simulator at 100k customers x 24 monthly dates
 >= 1.5M events/s end to end, <= 8 GB peak memory on 2 cores, and >= 3x a straightforward pandas
 implementation measured in the same run.
 
+Issue 24: `--engines 2000 --months 12` compares the DuckDB engine with the Spark one (the same
+`build_features` per customer partition, `churnml.features.spark`) at 1x, 2x and 4x the customers:
+throughput of each and the ratio, and whether the two tables are equal.
+
 Each measurement runs in its own process so peak memory (ru_maxrss) belongs to it alone:
   1. churnml on the full data: load + validate, labels, features (timed separately);
   2. churnml features on a subset of customers;
@@ -140,6 +144,44 @@ def run_validate(spec_path: str, home: str, queue: mp.Queue) -> None:
     queue.put({"seconds": time.perf_counter() - began, "quarantined": report.tables["events"].quarantined})
 
 
+def run_engines(data_dir: str, master: str, partitions: int, queue: mp.Queue) -> None:
+    """The same feature table on DuckDB (this process) and on Spark (customer partitions, mapInArrow)."""
+    from churnml.features.spark import build_features_spark, spark_session
+
+    con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
+    spec = load_spec(Path(data_dir) / "spec.yaml")
+    tables = load_dataset(con, spec)
+    labels = build_labels(tables, spec)
+    rows = labels[labels["churned"].notna()][["customer_id", "observation_date"]].reset_index(drop=True)
+    fs = infer_feature_set(tables, spec)
+    began = time.perf_counter()
+    duck = build_features(tables, rows, fs)
+    duck_s = time.perf_counter() - began
+    spark = spark_session(master, Path(data_dir) / "spark-tmp")
+    began = time.perf_counter()
+    spk = build_features_spark(spark, tables, rows, fs, partitions)
+    spark_s = time.perf_counter() - began
+    spark.stop()
+    same = bool(
+        (pd.util.hash_pandas_object(duck, index=False) == pd.util.hash_pandas_object(spk, index=False)).all()
+    )
+    queue.put({"events": tables.report.tables["events"].clean, "rows": len(rows), "duckdb": duck_s,
+               "spark": spark_s, "same": same})  # fmt: skip
+
+
+def engine_scaling(base_customers: int, months: int, master: str, partitions: int, tmp: str) -> None:
+    """Features at 1x, 2x and 4x the customers on DuckDB and on Spark: throughput and their ratio."""
+    print(f"engines: features at 1x/2x/4x of {base_customers:,} customers x {months} months, Spark {master}")
+    for scale in (1, 2, 4):
+        data = Path(tmp) / f"scale{scale}"
+        simulate(SimulationConfig(customers=base_customers * scale, months=months, seed=0), data)
+        r = _in_child(run_engines, str(data), master, partitions)
+        print(f"  {scale}x {r['events']:>11,} events {r['rows']:>8,} rows   duckdb {r['duckdb']:6.1f} s "
+              f"{r['events'] / r['duckdb']:>11,.0f} events/s   spark {r['spark']:6.1f} s "
+              f"{r['events'] / r['spark']:>11,.0f} events/s   spark/duckdb time {r['spark'] / r['duckdb']:5.1f}x"
+              f"   same table: {r['same']}")  # fmt: skip
+
+
 def _with_bad_rows(src: Path, dst: Path) -> None:
     """The same data with two bad events appended: a repeated row and a non-finite value."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -186,7 +228,15 @@ def main() -> None:
     parser.add_argument(
         "--bad-rows", action="store_true", help="also time validation of the data with two bad events added"
     )
+    parser.add_argument("--engines", type=int, metavar="CUSTOMERS",
+                        help="only compare the DuckDB and Spark engines at 1x/2x/4x of CUSTOMERS (--months)")  # fmt: skip
+    parser.add_argument("--spark-master", default="local[2]")
+    parser.add_argument("--spark-partitions", type=int, default=8)
     args = parser.parse_args()
+    if args.engines:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine_scaling(args.engines, args.months, args.spark_master, args.spark_partitions, tmp)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:

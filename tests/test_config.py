@@ -68,6 +68,15 @@ def test_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         ({"CHURNML_COMPUTE_THREADS": "0"}, "CHURNML_COMPUTE_THREADS: expected an integer >= 1"),
         ({"CHURNML_BODY_TIMEOUT": "soon"}, "CHURNML_BODY_TIMEOUT: expected a number, got 'soon'"),
+        ({"CHURNML_OPTUNA_STORAGE": "db-host/optuna"}, "CHURNML_OPTUNA_STORAGE: expected a database URL"),
+        (
+            {"CHURNML_OPTUNA_HEARTBEAT": "30", "CHURNML_OPTUNA_GRACE": "20"},
+            "CHURNML_OPTUNA_GRACE: expected more seconds than CHURNML_OPTUNA_HEARTBEAT (30), got 20",
+        ),
+        ({"CHURNML_ENGINE": "hadoop"}, "CHURNML_ENGINE: expected one of duckdb, spark, got 'hadoop'"),
+        ({"CHURNML_SPARK_PARTITIONS": "0"}, "CHURNML_SPARK_PARTITIONS: expected an integer >= 1"),
+        ({"CHURNML_DASK_SCHEDULER": "scheduler:8786"}, "CHURNML_DASK_SCHEDULER: expected an address"),
+        ({"CHURNML_DASK_LIGHTGBM_PORT": "80"}, "CHURNML_DASK_LIGHTGBM_PORT: expected an integer >= 1024"),
     ],
 )
 def test_malformed_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict, message: str) -> None:
@@ -87,3 +96,20 @@ def test_cli_reports_a_malformed_setting_without_a_traceback(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "CHURNML_RISK_MEDIUM / CHURNML_RISK_HIGH: expected 0 < medium < high < 1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_scaling_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The engines' settings: defaults, and the Optuna storage that tuning uses (its own SQLite file by
+    default, the shared database when set)."""
+    monkeypatch.setenv("CHURNML_HOME", str(tmp_path))
+    defaults = Settings.from_env()
+    assert (defaults.engine, defaults.spark_master, defaults.optuna_heartbeat, defaults.optuna_grace) == (
+        "duckdb", "local[2]", 30, 90,
+    )  # fmt: skip
+    assert defaults.study_storage == f"sqlite:///{(tmp_path / 'optuna.db').resolve()}"
+    monkeypatch.setenv("CHURNML_OPTUNA_STORAGE", "postgresql://u:p@db/optuna")
+    monkeypatch.setenv("CHURNML_OPTUNA_HEARTBEAT", "5")
+    monkeypatch.setenv("CHURNML_ENGINE", "spark")
+    shared = Settings.from_env()
+    assert shared.study_storage == "postgresql://u:p@db/optuna" and shared.optuna_grace == 15
+    assert shared.engine == "spark" and "u:p" not in repr(shared)  # the password stays out of logs

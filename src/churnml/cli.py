@@ -23,7 +23,7 @@ from rich.table import Table
 from churnml.config import Settings
 from churnml.data import ContractTables, DataError, DataValidationError, ValidationReport, load_dataset
 from churnml.engine import connect
-from churnml.features.batch import latest_date, scoring_rows, training_table
+from churnml.features.batch import FeatureBuilder, latest_date, scoring_rows, training_table
 from churnml.features.catalogue import build_catalogue, catalogue_frame
 from churnml.features.engine import build_features
 from churnml.features.inference import infer_feature_set, resolve_event_values
@@ -35,7 +35,7 @@ from churnml.spec import DatasetSpec, SpecError, load_spec
 if TYPE_CHECKING:  # imported when training runs: the CLI starts without MLflow
     from mlflow.tracking import MlflowClient
 
-    from churnml.modeling import TrainConfig
+    from churnml.modeling import TrainConfig, TuningRun
 
 __all__ = ["app"]
 
@@ -144,6 +144,23 @@ def _validated_data(spec: DatasetSpec, settings: Settings) -> Iterator[ContractT
 SpecOpt = Annotated[Path, typer.Option("--spec", help="Dataset spec (YAML).", exists=False)]
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Read the data from this folder/database instead of the spec's.")
+]
+
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="What computes the features: duckdb (this machine) or spark (customer partitions on "
+        "$CHURNML_SPARK_MASTER, default local[2]). Default: $CHURNML_ENGINE, else duckdb.",
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna study database, e.g. postgresql://user:password@host/db (default: "
+        "$CHURNML_OPTUNA_STORAGE, else $CHURNML_HOME/optuna.db).",
+    ),
 ]
 
 
@@ -262,6 +279,7 @@ def features_command(
         ),
     ] = None,
     data: DataOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Write point-in-time features (Parquet) and the feature catalogue (CSV beside it)."""
     date: pd.Timestamp | None = None
@@ -270,9 +288,39 @@ def features_command(
             date = pd.Timestamp(dt.date.fromisoformat(as_of))
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD or 'latest', got {as_of!r}") from None
+    settings = _settings()
+    engine = _check_engine(engine, settings)  # bad input is refused before any work
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, _settings()) as tables:
-        _write_features(tables, loaded, out, as_of, date)
+    with _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables:
+        _write_features(tables, loaded, out, as_of, date, build)
+
+
+def _check_engine(engine: str | None, settings: Settings) -> str:
+    from churnml.config import ENGINES
+
+    engine = engine or settings.engine
+    if engine not in ENGINES:
+        raise _fail(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    return engine
+
+
+@contextmanager
+def _feature_builder(engine: str | None, settings: Settings) -> Iterator[FeatureBuilder]:
+    """`build_features` here, or the same per customer partition on Spark (a session for the command)."""
+    if _check_engine(engine, settings) == "duckdb":
+        yield build_features
+        return
+    try:
+        from churnml.features.spark import build_features_spark, spark_session
+    except ImportError as err:
+        raise _fail(f"--engine spark needs pyspark: {err}") from None
+    spark = spark_session(settings.spark_master, settings.temp_dir)
+    try:
+        yield lambda tables, rows, fs: build_features_spark(
+            spark, tables, rows, fs, settings.spark_partitions
+        )
+    finally:
+        spark.stop()
 
 
 def _write_features(
@@ -281,16 +329,17 @@ def _write_features(
     out: Path,
     as_of: str | None = None,
     date: pd.Timestamp | None = None,
+    build: FeatureBuilder = build_features,
 ) -> tuple[pd.DataFrame, FeatureSet]:
     """The training table (without ``as_of``) or the scoring rows at a date, written with its catalogue."""
     began = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("building features", total=None)
         if as_of is None:
-            table, fs = training_table(tables, loaded)
+            table, fs = training_table(tables, loaded, build=build)
         else:
             fs = infer_feature_set(tables, loaded)
-            table = build_features(tables, scoring_rows(tables, loaded, date or latest_date(tables)), fs)
+            table = build(tables, scoring_rows(tables, loaded, date or latest_date(tables)), fs)
         progress.update(task, total=1, completed=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
@@ -341,7 +390,19 @@ def train_command(
         typer.Option(
             "--study",
             help="Optuna study to continue (created if new) in $CHURNML_HOME/optuna.db: adds --trials trials "
-            "to its earlier ones, e.g. after an interrupted run. Default: a new study per run.",
+            "to its earlier ones, e.g. after an interrupted run. Default: a new study per run. On a "
+            "--storage server the study is shared: `churnml tune-worker --study NAME` joins it, and "
+            "--trials is the study's total.",
+        ),
+    ] = None,
+    storage: StorageOpt = None,
+    engine: EngineOpt = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Fit the final model on this Dask scheduler (tcp://host:8786) with lightgbm.dask "
+            "(default: $CHURNML_DASK_SCHEDULER, else here).",
         ),
     ] = None,
 ) -> None:
@@ -350,14 +411,46 @@ def train_command(
     With --spec: features from behaviour and an out-of-time test. With --table/--target [--id]: a ready
     feature table, tuned by stratified cross-validation and tested on held-out customers.
     """
-    from churnml.modeling import TuningRun, load_snapshot_table, train_snapshot
-    from churnml.registry import log_training
-
     if (spec is None) == (table_path is None):
         raise _fail("give either --spec FILE or --table FILE --target COL [--id COL]")
     if table_path is not None and not target:
         raise _fail("--table needs --target COL (the churn label column)")
-    setup = _train_setup(config, trials, timeout)
+    setup = _train_setup(config, trials, timeout, storage)
+    engine = _check_engine(engine, setup.settings)
+    keep = tuple(keep_column or ())
+    with _dask_fit(dask or setup.settings.dask_scheduler, setup.settings) as fit:
+        _train_command(
+            setup, spec, data, table_path, target, positive, id_column, folds, keep, study, fit, engine
+        )
+
+
+@contextmanager
+def _dask_fit(address: str | None, settings: Settings) -> Iterator[object]:
+    """A connection to the Dask cluster the final model is fitted on (None: fit here)."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+
+        from churnml.modeling.distributed import DaskFit
+    except ImportError:
+        raise _fail("--dask needs the 'distributed' extra: pip install 'churnml[distributed]'") from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as err:
+        raise _fail(f"--dask: the Dask scheduler {address} is not reachable: {err}") from None
+    with client:
+        yield DaskFit(client, settings.dask_lightgbm_port, settings.dask_timeout)
+
+
+def _train_command(setup: _TrainSetup, spec: Path | None, data: Path | None, table_path: Path | None,
+                   target: str | None, positive: str | None, id_column: str | None, folds: int,
+                   keep: tuple[str, ...], study: str | None, fit, engine: str | None = None) -> None:  # noqa: ANN001 # fmt: skip
+    """`churnml train` once its options are checked: on a ready table, or on a spec's behaviour data."""
+    from churnml.modeling import load_snapshot_table, train_snapshot
+    from churnml.registry import log_training
+
     settings, cfg = setup.settings, setup.cfg
     if table_path is not None:
         try:
@@ -366,17 +459,23 @@ def train_command(
             raise _fail(str(err)) from None
         with err_console.status(f"tuning with {folds}-fold cross-validation ({cfg.trials} trials)"):
             try:
-                tuning = TuningRun(setup.storage, study or f"{table_path.stem}-{int(time.time())}")
-                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, tuple(keep_column or ()))
-            except (ValueError, RuntimeError) as err:
+                source = {"table": str(table_path.resolve()), "target": target, "id": id_column,
+                          "positive": positive, "folds": folds, "keep": list(keep)}  # fmt: skip
+                tuning = setup.tuning_run(study or f"{table_path.stem}-{int(time.time())}", source)
+                result = train_snapshot(table, fs, cfg, folds, tuning, id_column, keep, fit)
+            except (ValueError, RuntimeError, TimeoutError) as err:
                 raise _fail(str(err)) from None
         logged = log_training(result, table, cfg, settings, table_path.stem, setup.client)
         _report_training(result, logged, cfg, setup.uri)
         return
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
-    with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
-        table, fs = training_table(tables, loaded)
-    _train_on_spec(setup, loaded, table, fs, study, tuple(keep_column or ()))
+    with (
+        _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables,
+        err_console.status("building the training table"),
+    ):  # fmt: skip
+        table, fs = training_table(tables, loaded, build=build)
+    source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": list(keep)}  # type: ignore[union-attr]
+    _train_on_spec(setup, loaded, table, fs, study, keep, source, fit)
 
 
 @dataclass(frozen=True)
@@ -387,13 +486,43 @@ class _TrainSetup:
     cfg: TrainConfig
     client: MlflowClient
     uri: str
+    storage: str  # the Optuna storage URL
 
-    @property
-    def storage(self) -> str:
-        return f"sqlite:///{(self.settings.home / 'optuna.db').resolve()}"
+    def tuning_run(self, study: str, source: dict, on_trial=None) -> TuningRun:  # noqa: ANN001
+        """One machine's study (SQLite), or a shared one on a database server that workers join."""
+        if not self.storage.startswith("sqlite"):
+            err_console.print(f"Optuna study {study!r} is shared: `churnml tune-worker --study {study}` "
+                              "joins it from other machines", highlight=False)  # fmt: skip
+        return _tuning_run(self.settings, self.storage, study, self.cfg, source, on_trial=on_trial)
 
 
-def _train_setup(config: Path | None, trials: int | None, timeout: float | None) -> _TrainSetup:
+def _storage_url(storage: str | None, settings: Settings) -> str:
+    from churnml.modeling.studies import normalise_storage_url
+
+    try:
+        return normalise_storage_url(storage or settings.study_storage,
+                                     "--storage" if storage else "CHURNML_OPTUNA_STORAGE")  # fmt: skip
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
+def _tuning_run(settings: Settings, url: str, study: str, cfg: TrainConfig, source: dict,
+                seed: int | None = None, on_trial=None) -> TuningRun:  # noqa: ANN001 # fmt: skip
+    """On SQLite a run adds its trials to the study; on a server the study is shared, with a budget of
+    ``cfg.trials``, heartbeats, and what workers need to rebuild the tuned rows (``source``)."""
+    from churnml.modeling import TuningRun
+    from churnml.modeling.studies import Heartbeat
+
+    if url.startswith("sqlite"):
+        return TuningRun(url, study, on_trial)
+    heartbeat = Heartbeat(settings.optuna_heartbeat, settings.optuna_grace)
+    source = {**source, "config": cfg.model_dump(mode="json")}
+    return TuningRun(url, study, on_trial, heartbeat, cfg.trials, cfg.seed if seed is None else seed, source)
+
+
+def _train_setup(
+    config: Path | None, trials: int | None, timeout: float | None, storage: str | None = None
+) -> _TrainSetup:
     from churnml.modeling import load_train_config
     from churnml.registry import check_tracking_server, close_unfinished_runs, tracking_uri
 
@@ -412,7 +541,7 @@ def _train_setup(config: Path | None, trials: int | None, timeout: float | None)
         raise _fail(str(err)) from None
     for run_id in close_unfinished_runs(client, settings):
         console.print(f"marked MLflow run {run_id} FAILED (left open by an earlier failure)", highlight=False)
-    return _TrainSetup(settings, cfg, client, uri)
+    return _TrainSetup(settings, cfg, client, uri, _storage_url(storage, settings))
 
 
 def _train_on_spec(
@@ -422,9 +551,11 @@ def _train_on_spec(
     fs: FeatureSet,
     study: str | None,
     keep: tuple[str, ...] = (),
+    source: dict | None = None,
+    fit=None,  # noqa: ANN001 - a DaskFit (the optional 'distributed' extra)
 ) -> None:
     """Tune, evaluate, log and register a model on a spec's labelled feature table."""
-    from churnml.modeling import TuningRun, spec_task, train_model
+    from churnml.modeling import spec_task, train_model
     from churnml.registry import log_training
 
     cfg = setup.cfg
@@ -432,10 +563,10 @@ def _train_on_spec(
         task = progress.add_task("tuning (optuna trials)", total=cfg.trials)
         try:
             task_ = spec_task(loaded, keep)
-            tuning = TuningRun(setup.storage, study or f"{loaded.name}-{int(time.time())}",
-                               lambda done, total: progress.update(task, completed=done))  # fmt: skip
-            result = train_model(table, fs, task_, cfg, tuning)
-        except (ValueError, RuntimeError) as err:
+            tuning = setup.tuning_run(study or f"{loaded.name}-{int(time.time())}", source or {},
+                                      lambda done, total: progress.update(task, completed=done))  # fmt: skip
+            result = train_model(table, fs, task_, cfg, tuning, fit)
+        except (ValueError, RuntimeError, TimeoutError) as err:
             raise _fail(str(err)) from None
     logged = log_training(result, table, cfg, setup.settings, loaded.name, setup.client)
     _report_training(result, logged, cfg, setup.uri)
@@ -463,6 +594,108 @@ def _report_training(result, logged: tuple[str, str], cfg, uri: str) -> None:  #
             )
     console.print(metrics)
     console.print(f"MLflow run {run_id} at {uri}; registered churn v{version} as challenger", highlight=False)
+
+
+@app.command("tune-worker")
+def tune_worker_command(
+    study: Annotated[str, typer.Option("--study", help="The shared Optuna study to work on.")],
+    storage: StorageOpt = None,
+    seed: Annotated[
+        int | None, typer.Option(help="This worker's sampler seed (default: drawn at random, recorded).")
+    ] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Create the study: tune on this spec.")] = None,
+    data: DataOpt = None,
+    table_path: Annotated[
+        Path | None, typer.Option("--table", help="Create the study: tune on a table.")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="With --table: the churn label column.")] = None,
+    positive: Annotated[str | None, typer.Option(help="With --table: the churn value of the label.")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="With --table: the customer id.")] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: cross-validation folds.")] = 5,
+    config: Annotated[Path | None, typer.Option(help="Create the study: training config YAML.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Create the study: its trial budget.")] = None,
+) -> None:
+    """Join a shared Optuna study and run its trials until it holds its budget (heartbeats let another
+    worker retry the trial of one that dies). The study's creator (`churnml train --storage URL --study
+    NAME`, or a worker given --spec or --table) recorded the rows to tune on; the others need only --study."""
+    from churnml.modeling import load_train_config
+    from churnml.modeling.studies import worker_name
+
+    settings = _settings()
+    url = _storage_url(storage, settings)
+    if url.startswith("sqlite"):
+        raise _fail("tune-worker: the study must be on a database server: give --storage postgresql://... "
+                    "or set CHURNML_OPTUNA_STORAGE")  # fmt: skip
+    if spec is not None or table_path is not None:
+        if table_path is not None and not target:
+            raise _fail("--table needs --target COL (the churn label column)")
+        source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": []} if spec \
+            else {"table": str(table_path.resolve()), "target": target, "id": id_column, "positive": positive,  # type: ignore[union-attr]
+                  "folds": folds, "keep": []}  # fmt: skip
+        try:
+            cfg = load_train_config(config)
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        cfg = cfg.model_copy(update={"trials": trials} if trials else {})
+    else:
+        source, cfg = _recorded_source(url, study)
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
+    run = _tuning_run(settings, url, study, cfg, source, seed=seed)
+    _run_tuning_worker(run, source, cfg, settings, data)
+    console.print(f"worker {worker_name()} (seed {seed}) done: {_study_summary(url, study)}", highlight=False)
+
+
+def _recorded_source(url: str, study: str) -> tuple[dict, TrainConfig]:
+    """What the study's creator recorded: the rows to tune on and the training config."""
+    import optuna
+
+    from churnml.modeling import TrainConfig
+
+    try:
+        attrs = optuna.load_study(study_name=study, storage=url).user_attrs
+    except KeyError:
+        raise _fail(f"--study: no study {study!r} in the storage; create it with `churnml train --storage URL "
+                    f"--study {study}` or give tune-worker --spec or --table") from None  # fmt: skip
+    if "source" not in attrs:
+        raise _fail(
+            f"--study: study {study!r} records no rows to tune on (not a shared study); give --spec or --table"
+        )
+    source = dict(attrs["source"])
+    return source, TrainConfig.model_validate(source.pop("config"))
+
+
+def _run_tuning_worker(
+    run: TuningRun, source: dict, cfg: TrainConfig, settings: Settings, data: Path | None
+) -> None:
+    """Rebuild the tuned rows as the study's creator did, and run trials on them."""
+    from churnml.modeling import load_snapshot_table, spec_task
+    from churnml.modeling.table import snapshot_development, tune_snapshot
+    from churnml.modeling.train import development_rows, tune_development
+
+    keep = tuple(source.get("keep") or ())
+    try:
+        if "table" in source:
+            table, fs = load_snapshot_table(Path(source["table"]), source["target"], source.get("id"),
+                                            source.get("positive"))  # fmt: skip
+            tune_snapshot(snapshot_development(table, fs, cfg, int(source["folds"]), keep), cfg, run)
+            return
+        given = data or (Path(source["data"]) if source.get("data") else None)
+        loaded = _load_spec(Path(source["spec"]), given)
+        with _validated_data(loaded, settings) as tables:
+            table, fs = training_table(tables, loaded)
+        tune_development(development_rows(table, fs, spec_task(loaded, keep), cfg), cfg, run)
+    except (ValueError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+
+
+def _study_summary(url: str, study: str) -> str:
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+    states = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    return f"study {study!r}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
 
 
 @app.command("promote")
@@ -538,6 +771,7 @@ def score_command(
     top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = 5,
     history: Annotated[int, typer.Option(min=0, max=36, help="Past observation dates to score.")] = 6,
     data: DataOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Score every active customer at the latest date with reasons and plays (Parquet + DuckDB workspace)."""
     date: pd.Timestamp | None = None
@@ -547,16 +781,18 @@ def score_command(
         except ValueError:
             raise _fail(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from None
     settings = _settings()
+    engine = _check_engine(engine, settings)
     loaded = _load_spec(spec, data)
-    with _validated_data(loaded, settings) as tables:
-        _score(tables, loaded, settings, out, model, date, top_k, history)
+    with _feature_builder(engine, settings) as build, _validated_data(loaded, settings) as tables:
+        _score(tables, loaded, settings, out, model, date, top_k, history, build)
 
 
 def _score(
     tables: ContractTables, loaded: DatasetSpec, settings: Settings, out: Path | None, model: str | None,
-    date: pd.Timestamp | None, top_k: int = 5, history: int = 6,
+    date: pd.Timestamp | None, top_k: int = 5, history: int = 6, build: FeatureBuilder = build_features,
 ) -> None:  # fmt: skip
-    """Score the active customers with the champion (or ``model``) and write the reports and workspace."""
+    """Score the active customers with the champion (or ``model``) and write the reports and workspace;
+    ``build`` computes the features (here, or on Spark with ``--engine spark``)."""
     from churnml.explain.playbook import load_playbook
     from churnml.retention import retention_tables
     from churnml.score import RiskPolicy, score_customers, write_workspace
@@ -570,7 +806,8 @@ def _score(
     began = time.perf_counter()
     with err_console.status("scoring active customers"):
         result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
-                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
+                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook,
+                                 build=build)  # fmt: skip
         extra = retention_tables(tables, loaded, result)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)

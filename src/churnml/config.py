@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "repo_root", "shared_data_dir"]
+__all__ = ["ENGINES", "Settings", "repo_root", "shared_data_dir"]
+
+ENGINES = ("duckdb", "spark")  # what computes features: one machine's DuckDB, or Spark partitions
 
 
 def repo_root() -> Path:
@@ -64,6 +66,21 @@ class Settings:
     alert_min_rise: float = 10.0  # CHURNML_ALERT_MIN_RISE: probability points since the previous score
     alert_webhook_url: str | None = field(default=None, repr=False)  # CHURNML_ALERT_WEBHOOK_URL: JSON POST
     alert_webhook_retries: int = 3  # CHURNML_ALERT_WEBHOOK_RETRIES: attempts after the first
+    # tuning on many machines (`churnml tune-worker`, churnml.modeling.studies): the Optuna study's
+    # database (default: $CHURNML_HOME/optuna.db, one machine's SQLite file)
+    optuna_storage: str | None = field(
+        default=None, repr=False
+    )  # CHURNML_OPTUNA_STORAGE (may hold a password)
+    optuna_heartbeat: int = 30  # CHURNML_OPTUNA_HEARTBEAT: seconds between a running trial's heartbeats
+    optuna_grace: int = 90  # CHURNML_OPTUNA_GRACE: seconds without one before the trial is failed and retried
+    # features on Spark (churnml.features.spark): `--engine spark` or CHURNML_ENGINE=spark
+    engine: str = "duckdb"  # CHURNML_ENGINE: duckdb | spark
+    spark_master: str = "local[2]"  # CHURNML_SPARK_MASTER: spark://host:7077, yarn, local[N]...
+    spark_partitions: int = 8  # CHURNML_SPARK_PARTITIONS: customer partitions the features are cut into
+    # training beyond one machine (churnml.modeling.distributed): the final fit on a Dask cluster
+    dask_scheduler: str | None = None  # CHURNML_DASK_SCHEDULER: tcp://host:8786 (default: fit here)
+    dask_lightgbm_port: int = 12400  # CHURNML_DASK_LIGHTGBM_PORT: first of the ports LightGBM uses on workers
+    dask_timeout: float = 1800.0  # CHURNML_DASK_TIMEOUT: seconds one distributed fit may take
 
     @property
     def data_dir(self) -> Path:
@@ -126,7 +143,44 @@ class Settings:
             risk_medium=risk_medium,
             **_store_env(),
             **_service_env(),
+            **_tuning_env(),
         )
+
+    @property
+    def study_storage(self) -> str:
+        """Where Optuna studies live: ``CHURNML_OPTUNA_STORAGE``, else ``$CHURNML_HOME/optuna.db``."""
+        return self.optuna_storage or f"sqlite:///{(self.home / 'optuna.db').resolve()}"
+
+
+def _tuning_env() -> dict:
+    """The engines' settings (Spark, the shared Optuna study, the Dask cluster) from ``CHURNML_*`` variables."""
+    url = os.environ.get("CHURNML_OPTUNA_STORAGE", "").strip() or None
+    if url is not None and "://" not in url:
+        raise ValueError(
+            "CHURNML_OPTUNA_STORAGE: expected a database URL such as "
+            f"postgresql://user:password@host/db, got {url[:40]!r}"
+        )
+    heartbeat = _env_number("CHURNML_OPTUNA_HEARTBEAT", 30, int, 1)
+    grace = _env_number("CHURNML_OPTUNA_GRACE", 3 * heartbeat, int, 1)
+    if grace <= heartbeat:
+        raise ValueError(
+            f"CHURNML_OPTUNA_GRACE: expected more seconds than CHURNML_OPTUNA_HEARTBEAT ({heartbeat}), got {grace}"
+        )
+    engine = os.environ.get("CHURNML_ENGINE", "duckdb").strip() or "duckdb"
+    if engine not in ENGINES:
+        raise ValueError(f"CHURNML_ENGINE: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    scheduler = os.environ.get("CHURNML_DASK_SCHEDULER", "").strip() or None
+    if scheduler is not None and "://" not in scheduler:
+        raise ValueError(
+            f"CHURNML_DASK_SCHEDULER: expected an address such as tcp://host:8786, got {scheduler!r}"
+        )
+    return dict(
+        optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace, dask_scheduler=scheduler,
+        engine=engine, spark_master=os.environ.get("CHURNML_SPARK_MASTER", "").strip() or "local[2]",
+        spark_partitions=_env_number("CHURNML_SPARK_PARTITIONS", 8, int, 1),
+        dask_lightgbm_port=_env_number("CHURNML_DASK_LIGHTGBM_PORT", 12400, int, 1024),
+        dask_timeout=_env_number("CHURNML_DASK_TIMEOUT", 1800.0, float, 1.0),
+    )  # fmt: skip
 
 
 def _service_env() -> dict:

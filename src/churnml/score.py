@@ -19,7 +19,7 @@ from churnml.data.tables import ContractTables
 from churnml.engine import write_tables
 from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playbook
 from churnml.explain.changes import reason_changes
-from churnml.features.batch import scoring_rows
+from churnml.features.batch import FeatureBuilder, scoring_rows
 from churnml.features.engine import build_features
 from churnml.labels import build_labels, observation_dates
 from churnml.model import ChurnModel
@@ -153,14 +153,16 @@ def score_customers(
     history: int = 6,
     policy: RiskPolicy = RiskPolicy(),
     playbook: Playbook = DEFAULT_PLAYBOOK,
+    build: FeatureBuilder = build_features,
 ) -> ScoreResult:
     """Score every customer active at ``as_of`` with reasons and plays, the ``history`` dates before,
-    and what changed in each account's reasons since its previous score."""
+    and what changed in each account's reasons since its previous score. ``build`` computes the
+    features (`build_features`, or the same on Spark: `churnml.features.spark`)."""
     as_of = pd.Timestamp(as_of).normalize()
     rows = scoring_rows(tables, spec, as_of)
     if rows.empty:
         raise ValueError(f"score: no active customers at {as_of.date()}")
-    features = build_features(tables, rows, model.feature_set)
+    features = build(tables, rows, model.feature_set)
     scored = score_features(model, features, policy, num_threads=0)
     ids = features["customer_id"].to_numpy()
     explained = explain_scored(model, features, scored, k, playbook, num_threads=0)
@@ -171,7 +173,7 @@ def score_customers(
     signals = pd.Series(_problem_signals(explained), index=ids)
     now["reasons"] = signals.reindex(now["customer_id"]).to_numpy()
     past, past_features, past_explained = _past_scores(
-        tables, spec, model, as_of, ids, k, history, policy, playbook
+        tables, spec, model, as_of, ids, k, history, policy, playbook, build
     )
     hist = pd.concat([past, now], ignore_index=True).sort_values(
         ["customer_id", "observation_date"], kind="stable"
@@ -264,7 +266,7 @@ def _score_table(
 
 def _past_scores(
     tables: ContractTables, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp, ids: np.ndarray,
-    k: int, history: int, policy: RiskPolicy, playbook: Playbook,
+    k: int, history: int, policy: RiskPolicy, playbook: Playbook, build: FeatureBuilder = build_features,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[AccountReasons]]:  # fmt: skip
     """The accounts' scores and reasons at the ``history`` observation dates before ``as_of``, explained
     exactly as today's (same k, same rules), so a reason's presence can be compared across dates."""
@@ -277,7 +279,7 @@ def _past_scores(
     past = past[past["customer_id"].isin(set(ids))].reset_index(drop=True)
     if past.empty:
         return empty, None, []
-    past_features = build_features(tables, past, model.feature_set)
+    past_features = build(tables, past, model.feature_set)
     past_scored = score_features(model, past_features, policy, num_threads=0)
     past_explained = explain_scored(model, past_features, past_scored, k, playbook, num_threads=0)
     frame = past[["customer_id", "observation_date"]].join(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
 from churnml.data.tables import ContractTables
@@ -11,19 +13,24 @@ from churnml.features.sets import FeatureSet
 from churnml.labels import build_labels
 from churnml.spec import DatasetSpec
 
-__all__ = ["latest_date", "scoring_rows", "training_table"]
+__all__ = ["FeatureBuilder", "latest_date", "scoring_rows", "training_table"]
+
+
+# what computes the features of rows: `build_features` (DuckDB), or the same on Spark (`features.spark`)
+FeatureBuilder = Callable[[ContractTables, pd.DataFrame, FeatureSet], pd.DataFrame]
 
 
 def training_table(
-    tables: ContractTables, spec: DatasetSpec, feature_set: FeatureSet | None = None
-) -> tuple[pd.DataFrame, FeatureSet]:
+    tables: ContractTables, spec: DatasetSpec, feature_set: FeatureSet | None = None,
+    build: FeatureBuilder = build_features,
+) -> tuple[pd.DataFrame, FeatureSet]:  # fmt: skip
     """Labelled rows at the spec's observation dates with their features (training path)."""
     labels = build_labels(tables, spec)
     labels = labels[labels["churned"].notna()].reset_index(drop=True)
     if labels.empty:
         raise ValueError("training table: no labelled rows; check observation dates against the data window")
     fs = feature_set or infer_feature_set(tables, spec)
-    table = build_features(tables, labels[["customer_id", "observation_date"]], fs)
+    table = build(tables, labels[["customer_id", "observation_date"]], fs)
     table["churned"] = labels["churned"].astype("int8").to_numpy()
     table["churn_date"] = labels["churn_date"].to_numpy()
     return table, fs

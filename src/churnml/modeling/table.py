@@ -11,7 +11,9 @@ fold calibrated by the other folds), so no row is scored by a calibrator that sa
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -27,12 +29,21 @@ from churnml.model import ChurnModel, encode_features
 from churnml.modeling.baselines import baseline_metrics
 from churnml.modeling.calibrate import choose_calibrator, cross_fitted
 from churnml.modeling.config import TrainConfig
-from churnml.modeling.leaks import guard
+from churnml.modeling.leaks import Leak, guard
 from churnml.modeling.splits import holdout_mask
 from churnml.modeling.train import TrainResult, final_model, out_of_fold, retained_reference
 from churnml.modeling.tuning import TuningRun, binned_folds, inverse_churn_rate, search_params, tune_lightgbm
 
-__all__ = ["load_snapshot_table", "train_snapshot"]
+if TYPE_CHECKING:  # dask is the optional 'distributed' extra
+    from churnml.modeling.distributed import DaskFit
+
+__all__ = [
+    "SnapshotDevelopment",
+    "load_snapshot_table",
+    "snapshot_development",
+    "train_snapshot",
+    "tune_snapshot",
+]
 
 _POSITIVE = {"1", "yes", "true", "y", "t", "churn", "churned"}
 _NEGATIVE = {"0", "no", "false", "n", "f", "stay", "retained", "active"}
@@ -180,19 +191,29 @@ def _looks_like_id(values: pd.Series) -> bool:
     return values.dtype == object or bool((values == values.round()).all())
 
 
-def train_snapshot(
+@dataclass
+class SnapshotDevelopment:
+    """A ready-made table split for training: the held-out customers apart, the rest in CV folds."""
+
+    frame: pd.DataFrame  # the development rows
+    test_frame: pd.DataFrame
+    fs: FeatureSet
+    leaks: tuple[Leak, ...]
+    categories: dict[str, list[str]]
+    x: pd.DataFrame
+    y: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    pos_weight: float
+
+
+def snapshot_development(
     frame: pd.DataFrame,
     fs: FeatureSet,
     config: TrainConfig,
     folds: int = 5,
-    tuning: TuningRun | None = None,
-    id_column: str | None = None,
     keep_columns: tuple[str, ...] = (),
-) -> TrainResult:
-    """Hold out a stable share of customers; leave out leaking columns (found on the rest, bar
-    ``keep_columns``); tune on stratified K-fold CV of the rest, calibrate on its out-of-fold
-    predictions, refit on all of it, and evaluate once on the held-out customers."""
-    tuning = tuning or TuningRun(study_name="churn-table")
+) -> SnapshotDevelopment:
+    """Hold out a stable share of customers, drop leaking columns (found on the rest), encode, fold."""
     held_out = holdout_mask(frame["customer_id"], config.table_holdout)
     test_frame, frame = frame[held_out].reset_index(drop=True), frame[~held_out].reset_index(drop=True)
     for name, part in (("held-out test", test_frame), ("development", frame)):
@@ -208,15 +229,41 @@ def train_snapshot(
     categories = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in fs.categorical_columns}
     x = encode_features(frame, fs, categories)
     cv = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(x, y))
-    pos_weight = inverse_churn_rate(y)
-    binned = binned_folds(cv, x, y, fs)
-    study = tune_lightgbm(cv, x, y, fs, config, tuning, pos_weight, binned)
+    return SnapshotDevelopment(
+        frame, test_frame, fs, checked.leaks, categories, x, y, cv, inverse_churn_rate(y)
+    )
+
+
+def tune_snapshot(d: SnapshotDevelopment, config: TrainConfig, tuning: TuningRun) -> optuna.Study:
+    """Only the tuning of `train_snapshot`: what a worker joining a shared study runs."""
+    return tune_lightgbm(d.folds, d.x, d.y, d.fs, config, tuning, d.pos_weight)
+
+
+def train_snapshot(
+    frame: pd.DataFrame,
+    fs: FeatureSet,
+    config: TrainConfig,
+    folds: int = 5,
+    tuning: TuningRun | None = None,
+    id_column: str | None = None,
+    keep_columns: tuple[str, ...] = (),
+    dask: DaskFit | None = None,
+) -> TrainResult:
+    """Hold out a stable share of customers; leave out leaking columns (found on the rest, bar
+    ``keep_columns``); tune on stratified K-fold CV of the rest, calibrate on its out-of-fold
+    predictions, refit on all of it, and evaluate once on the held-out customers."""
+    d = snapshot_development(frame, fs, config, folds, keep_columns)
+    frame, test_frame, fs = d.frame, d.test_frame, d.fs
+    categories, x, y, pos_weight = d.categories, d.x, d.y, d.pos_weight
+    binned = binned_folds(d.folds, x, y, fs)
+    study = tune_lightgbm(d.folds, x, y, fs, config, tuning or TuningRun(study_name="churn-table"),
+                          pos_weight, binned)  # fmt: skip
     oof = out_of_fold(
         search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight), binned, config
     )
     oof = oof.sort_values("row", kind="stable").reset_index(drop=True)
     calibrator = choose_calibrator(oof, config.calibration)
-    final, params = final_model(study, x, y, fs, config, pos_weight)
+    final, params = final_model(study, x, y, fs, config, pos_weight, dask)
     model = ChurnModel(final, fs, categories, calibrator, build_catalogue(fs),
                        {"mode": "table", "evaluation": "customers", "cv_folds": folds, "best_params": study.best_trial.params,
                         "rounds": params["num_boost_round"], "test_dates": [], "training_rows": len(y),
@@ -234,7 +281,7 @@ def train_snapshot(
         study=study, test_frame=test_frame[["customer_id", "churned"]].assign(probability=p_test), oof=oof,
         test_intervals=bootstrap_intervals(y_test, p_test, seed=config.seed),
         cv_metrics=churn_metrics(y, calibrated, capacity=config.capacity),
-        evaluation="customers", leaks=checked.leaks,
+        evaluation="customers", leaks=d.leaks,
         evaluation_description=f"{len(test_frame):,} held-out customers ({config.table_holdout:.0%} "
         f"{'by id' if id_column else 'by row number'}); tuned by {folds}-fold cross-validation",
     )  # fmt: skip

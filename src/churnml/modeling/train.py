@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -43,8 +44,14 @@ from churnml.modeling.tuning import (
 )
 from churnml.spec import DatasetSpec, EventLabel, InactivityChurn
 
+if TYPE_CHECKING:  # dask is the optional 'distributed' extra
+    from churnml.modeling.distributed import DaskFit
+
 __all__ = [
+    "Development",
+    "development_rows",
     "spec_task",
+    "tune_development",
     "TrainTask",
     "TuningRun",
     "TrainResult",
@@ -118,12 +125,18 @@ def out_of_fold(params: dict, binned: list[Fold], config: TrainConfig) -> pd.Dat
 
 
 def final_model(study: optuna.Study, x: pd.DataFrame, y: np.ndarray, fs: FeatureSet, config: TrainConfig,
-                pos_weight: float) -> tuple[lgb.Booster, dict[str, object]]:  # fmt: skip
-    """The best trial's parameters, refit on every development row for the backtest's mean rounds."""
+                pos_weight: float, dask: DaskFit | None = None) -> tuple[lgb.Booster, dict[str, object]]:  # fmt: skip
+    """The best trial's parameters, refit on every development row for the backtest's mean rounds: here,
+    or data-parallel on a Dask cluster (``dask``, `churnml.modeling.distributed`) with the same ones."""
     best = study.best_trial
     params = search_params(optuna.trial.FixedTrial(best.params), config, pos_weight)
     rounds = max(10, int(best.user_attrs.get("rounds", 100)))
-    booster = lgb.train(params, lightgbm_dataset(x, y, fs), num_boost_round=rounds)
+    if dask is not None:
+        from churnml.modeling.distributed import dask_booster
+
+        booster = dask_booster(params, x, y, fs, rounds, dask)
+    else:
+        booster = lgb.train(params, lightgbm_dataset(x, y, fs), num_boost_round=rounds)
     return booster, {**params, "num_boost_round": rounds}
 
 
@@ -133,10 +146,56 @@ def train_model(
     task: TrainTask,
     config: TrainConfig,
     tuning: TuningRun | None = None,
+    dask: DaskFit | None = None,
 ) -> TrainResult:
     """Tune, calibrate and evaluate on a labelled feature table (one row per customer-date); leaking
-    columns are left out first (`churnml.modeling.leaks`), found on the development rows."""
-    tuning = tuning or TuningRun()
+    columns are left out first (`churnml.modeling.leaks`), found on the development rows. ``dask``: fit
+    the final booster on a Dask cluster (the same parameters, the same calibrator)."""
+    d = development_rows(table, fs, task, config)
+    table, fs, split, dev, test = d.table, d.fs, d.split, d.dev, d.test
+    categories, x, y, pos_weight = d.categories, d.x, d.y, d.pos_weight
+    binned = binned_folds(split.folds, x, y, fs)
+    study = tune_lightgbm(split.folds, x, y, fs, config, tuning or TuningRun(), pos_weight, binned)
+    params = search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight)
+    oof = out_of_fold(params, binned, config)
+    calibrator = choose_calibrator(oof, config.calibration)
+    booster, final_params = final_model(study, x, y, fs, config, pos_weight, dask)
+    model = ChurnModel(
+        booster=booster, feature_set=fs, categories=categories, calibrator=calibrator,
+        catalogue=build_catalogue(fs, task.event_labels),
+        metadata=_metadata(split, task, config, study, final_params),
+        # the latest labelled date's retained accounts, the nearest to the dates scored next: descriptive
+        # (what reasons compare an account with), it changes no prediction and no test metric
+        reference=retained_reference(table[table["observation_date"] == table["observation_date"].max()], fs,
+                                     f"accounts that stayed at {table['observation_date'].max().date()}"),
+    )  # fmt: skip
+    model.profile = _population_profile(table, split, model, booster)
+    result = _evaluate(model, dev, test, split, config, study, oof, final_params)
+    result.leaks = d.leaks
+    return result
+
+
+@dataclass
+class Development:
+    """A behaviour table split for training: what tuning sees (``x``, ``y``, the split's folds) and
+    what it must not (the test rows). A tuning worker rebuilds exactly this from the same table."""
+
+    table: pd.DataFrame  # every row, sorted, with the fitted BG/NBD columns
+    fs: FeatureSet  # without leaking columns, with the BG/NBD ones
+    split: Evaluation
+    dev: pd.DataFrame
+    test: pd.DataFrame
+    leaks: tuple[Leak, ...]
+    categories: dict[str, list[str]]
+    x: pd.DataFrame
+    y: np.ndarray
+    pos_weight: float
+
+
+def development_rows(
+    table: pd.DataFrame, fs: FeatureSet, task: TrainTask, config: TrainConfig
+) -> Development:
+    """Split, drop leaking columns (found on the development rows), fit the BG/NBD columns, encode."""
     if "churned" not in table:
         raise ValueError("training table: no 'churned' label column")
     table = table.sort_values(["observation_date", "customer_id"], kind="stable").reset_index(drop=True)
@@ -149,26 +208,13 @@ def train_model(
     table, test = (with_fitted_columns(t, fs.btyd, fs.btyd_horizon_days) for t in (table, test))
     categories = {c: sorted(str(v) for v in dev[c].dropna().unique()) for c in fs.categorical_columns}
     x, y = encode_features(dev, fs, categories), dev["churned"].to_numpy(int)
-    pos_weight = inverse_churn_rate(y)  # test labels stay unseen
-    binned = binned_folds(split.folds, x, y, fs)
-    study = tune_lightgbm(split.folds, x, y, fs, config, tuning, pos_weight, binned)
-    params = search_params(optuna.trial.FixedTrial(study.best_trial.params), config, pos_weight)
-    oof = out_of_fold(params, binned, config)
-    calibrator = choose_calibrator(oof, config.calibration)
-    booster, final_params = final_model(study, x, y, fs, config, pos_weight)
-    model = ChurnModel(
-        booster=booster, feature_set=fs, categories=categories, calibrator=calibrator,
-        catalogue=build_catalogue(fs, task.event_labels),
-        metadata=_metadata(split, task, config, study, final_params),
-        # the latest labelled date's retained accounts, the nearest to the dates scored next: descriptive
-        # (what reasons compare an account with), it changes no prediction and no test metric
-        reference=retained_reference(table[table["observation_date"] == table["observation_date"].max()], fs,
-                                     f"accounts that stayed at {table['observation_date'].max().date()}"),
-    )  # fmt: skip
-    model.profile = _population_profile(table, split, model, booster)
-    result = _evaluate(model, dev, test, split, config, study, oof, final_params)
-    result.leaks = checked.leaks
-    return result
+    # test labels stay unseen
+    return Development(table, fs, split, dev, test, checked.leaks, categories, x, y, inverse_churn_rate(y))
+
+
+def tune_development(d: Development, config: TrainConfig, tuning: TuningRun) -> optuna.Study:
+    """Only the tuning of `train_model`: what a worker joining a shared study runs."""
+    return tune_lightgbm(d.split.folds, d.x, d.y, d.fs, config, tuning, d.pos_weight)
 
 
 def _population_profile(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from sklearn.metrics import average_precision_score
 
 from churnml.features.sets import FeatureSet
 from churnml.modeling.config import TrainConfig
+from churnml.modeling.studies import Heartbeat, StudyLock, optimize_to_budget, storage_for
 
 __all__ = [
     "TuningRun",
@@ -64,11 +66,21 @@ def lightgbm_dataset(
 
 @dataclass(frozen=True)
 class TuningRun:
-    """Where the Optuna study lives and who hears about each trial."""
+    """Where the Optuna study lives and who hears about each trial.
+
+    A study with a trial budget (``budget`` when this run creates it, or one an earlier worker recorded)
+    is shared: every worker runs trials until the study holds that many finished ones
+    (`churnml.modeling.studies`), each sampling with its own ``seed``. Without one, a run adds
+    ``config.trials`` trials to the study. ``source`` records how a worker rebuilds the tuned rows.
+    """
 
     storage: str | None = None
     study_name: str = "churn"
     on_trial: Callable[[int, int], None] | None = None
+    heartbeat: Heartbeat | None = None  # for a study on a database server
+    budget: int | None = None
+    seed: int | None = None  # this worker's sampler seed (default: the config's)
+    source: dict | None = None
 
 
 @dataclass
@@ -212,9 +224,11 @@ def _tuning_digest(
 
 
 def _objective(
-    binned: list[Fold], config: TrainConfig, pos_weight: float, pool: FitPool
+    binned: list[Fold], config: TrainConfig, pos_weight: float, pool: FitPool, seed: int | None = None
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
+        if seed is not None:
+            trial.set_user_attr("worker_seed", seed)
         params = search_params(trial, config, pos_weight)
         scores, rounds = [], []
         for wave in pool.waves(binned):
@@ -236,6 +250,45 @@ def _stop_when_perfect(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> 
     """No trial can meaningfully beat a (nearly) perfect ranking of every fold: stop the search."""
     if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and trial.value >= PERFECT:
         study.stop()
+
+
+def _perfect_found(study: optuna.Study) -> bool:
+    return any(t.value is not None and t.value >= PERFECT
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))  # fmt: skip
+
+
+def _finished(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _open_study(run: TuningRun, config: TrainConfig, digest: str) -> optuna.Study:
+    """The run's study, created if new; refused if it was tuned on other rows, folds or search settings.
+
+    A study this run creates with a ``budget`` records it and the ``source`` for the workers that join."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = run.budget is not None or run.seed is not None
+    study = optuna.create_study(
+        study_name=run.study_name, storage=storage_for(run.storage, run.heartbeat), direction="maximize",
+        load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        # workers side by side: a running trial counts as a bad result, so that they spread out
+        sampler=optuna.samplers.TPESampler(seed=config.seed if run.seed is None else run.seed,
+                                           constant_liar=shared),
+    )  # fmt: skip
+    # a continued study must see the same rows, folds and search space: else old scores are not comparable
+    earlier = study.user_attrs.get("tuning_digest")
+    if earlier is None:
+        study.set_user_attr("tuning_digest", digest)
+    elif earlier != digest:
+        raise ValueError(
+            f"tuning: study {run.study_name!r} was run on other data, folds or search settings; "
+            "continue it only with the same table and config, or give a new study name"
+        )
+    if run.budget is not None and "trial_budget" not in study.user_attrs:
+        study.set_user_attr("trial_budget", run.budget)
+        if run.source is not None:
+            study.set_user_attr("source", run.source)
+    return study
 
 
 # Mean PR-AUC from which nothing is left to gain: a few misranked rows in ten thousand, below what any
@@ -260,35 +313,37 @@ def tune_lightgbm(
     (`binned_folds`), to reuse them afterwards.
     """
     run = run or TuningRun()
-    storage, study_name, on_trial = run.storage, run.study_name, run.on_trial
     if pos_weight is None:
         pos_weight = inverse_churn_rate(y)
     binned = binned if binned is not None else binned_folds(folds, x, y, fs)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
-    )  # fmt: skip
-    # a continued study must see the same rows, folds and search space: else old scores are not comparable
-    digest = _tuning_digest(folds, x, y, config, pos_weight)
-    earlier = study.user_attrs.get("tuning_digest")
-    if earlier is None:
-        study.set_user_attr("tuning_digest", digest)
-    elif earlier != digest:
-        raise ValueError(
-            f"tuning: study {study_name!r} was run on other data, folds or search settings; "
-            "continue it only with the same table and config, or give a new study name"
-        )
-    done_before = len(study.trials)
-    if done_before:  # a continued study: new random draws, not a replay of the first run's trials
-        study.sampler = optuna.samplers.TPESampler(seed=config.seed + done_before)
-    callbacks = [_stop_when_perfect]
-    if on_trial:
-        callbacks.append(lambda s, t: on_trial(len(s.trials) - done_before, config.trials))
+    lock = StudyLock(run.storage, run.study_name)
+    lock.acquire()  # workers starting together: one creates the study (and Optuna's tables), the rest join
+    try:
+        study = _open_study(run, config, _tuning_digest(folds, x, y, config, pos_weight))
+    except BaseException:
+        lock.close()
+        raise
+    lock.release()
+    budget = study.user_attrs.get("trial_budget")
+    if budget is None:
+        lock.close()
     with FitPool(len(binned)) as pool:
-        study.optimize(_objective(binned, config, pos_weight, pool), n_trials=config.trials,
-                       timeout=config.timeout_seconds, callbacks=callbacks)  # fmt: skip
+        objective = _objective(binned, config, pos_weight, pool, run.seed)
+        if budget is not None:  # a shared study: trials until the study holds its budget, by any worker
+            callbacks = [lambda s, t: run.on_trial(_finished(s), budget)] if run.on_trial else None
+            deadline = None if config.timeout_seconds is None else time.monotonic() + config.timeout_seconds
+            optimize_to_budget(study, objective, int(budget), lock, deadline, done=_perfect_found,
+                               callbacks=callbacks)  # fmt: skip
+        else:
+            done_before = len(study.trials)
+            if done_before:  # a continued study: new random draws, not a replay of the first run's trials
+                study.sampler = optuna.samplers.TPESampler(seed=config.seed + done_before)
+            callbacks = [_stop_when_perfect]
+            if run.on_trial:
+                on_trial = run.on_trial
+                callbacks.append(lambda s, t: on_trial(len(s.trials) - done_before, config.trials))
+            study.optimize(objective, n_trials=config.trials, timeout=config.timeout_seconds,
+                           callbacks=callbacks)  # fmt: skip
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise RuntimeError("tuning: no trial completed (all pruned or failed); raise --trials or --timeout")
     return study
