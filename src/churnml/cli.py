@@ -572,6 +572,7 @@ def _score(
         result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
                                  policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
         extra = retention_tables(tables, loaded, result)
+    held = _hold_out(result, settings, churn_model.horizon_days)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)
     result.reasons.to_parquet(out / "reasons.parquet", index=False)
@@ -584,6 +585,29 @@ def _score(
         f"over {churn_model.horizon_days} days -> {out / 'scores.parquet'}, workspace {workspace}",
         highlight=False,
     )
+    console.print(held, highlight=False)
+
+
+def _hold_out(result, settings: Settings, horizon_days: int) -> str:  # noqa: ANN001
+    """Hold out a share of the eligible accounts (marked in the scores, recorded in the CSM store)."""
+    from churnml.impact.holdout import CONTROL, HoldoutPolicy, campaign_period, mark_holdouts
+    from churnml.workspace.holdouts import record_holdouts
+    from churnml.workspace.store import open_store
+
+    policy = HoldoutPolicy(settings.holdout_share)
+    period = campaign_period(result.as_of)
+    result.scores = mark_holdouts(result.scores, period, policy)
+    result.model_info |= {"holdout_share": str(policy.share), "campaign_period": period}
+    if not policy.enabled:
+        return "holdouts are off (CHURNML_HOLDOUT_SHARE=0): the impact of calls cannot be measured"
+    store = open_store(settings.store_url)
+    try:
+        new = record_holdouts(store, result.scores, horizon_days)
+    finally:
+        store.close()
+    control = int((result.scores["holdout_arm"] == CONTROL).sum())
+    return (f"campaign {period}: {control:,} eligible account(s) held out as a control group "
+            f"(share {policy.share:g}), {new:,} new assignment(s) recorded in the CSM store")  # fmt: skip
 
 
 @app.command("monitor")
@@ -685,6 +709,73 @@ def alerts_command(
     console.print(f"{len(new)} new alert(s) of {len(crossings)} crossing(s) (rise >= {rise:g} points or a higher "
                   f"tier) -> {path}" + "".join(f"\n  {o}: {n}" for o, n in sorted(owners.items())),
                   highlight=False)  # fmt: skip
+
+
+@app.command("impact")
+def impact_command(
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Dataset spec: first record the outcomes that have matured.")
+    ] = None,
+    data: DataOpt = None,
+) -> None:
+    """Did the calls help? Save rate of treated against held-out accounts with a 95% interval, the minimum
+    detectable effect, revenue kept overall and per play, and ROI (CHURNML_PLAY_COST)."""
+    from churnml.impact.report import impact_report
+    from churnml.workspace.holdouts import impact_outcomes
+    from churnml.workspace.store import open_store
+
+    settings = _settings()
+    store = open_store(settings.store_url)
+    try:
+        if spec is not None:
+            _record_outcomes(store, _load_spec(spec, data), settings)
+        outcomes, pending = impact_outcomes(store)
+    finally:
+        store.close()
+    report = impact_report(
+        outcomes, pending, settings.holdout_share, settings.play_cost, settings.impact_min_effect
+    )
+    _print_impact(report)
+
+
+def _record_outcomes(store, loaded: DatasetSpec, settings: Settings) -> None:  # noqa: ANN001
+    """Give every assignment whose horizon has passed its outcome (churned, revenue kept)."""
+    from churnml.impact.outcomes import matured_outcomes
+    from churnml.labels import label_margin
+    from churnml.workspace.holdouts import read_holdouts, record_outcomes
+
+    waiting = read_holdouts(store, without_outcome=True)
+    if waiting.empty:
+        return
+    with _validated_data(loaded, settings) as tables:
+        until = tables.window.observed_until - label_margin(loaded)
+        dates = sorted({pd.Timestamp(d) for d in waiting["scored_on"] if pd.Timestamp(d) <= until})
+        labels = build_labels(tables, loaded, dates=dates) if dates else None
+    if labels is None:
+        console.print(
+            f"no outcomes yet: the data covers horizons of scores up to {until.date()}", highlight=False
+        )
+        return
+    new = record_outcomes(store, matured_outcomes(waiting, labels, until), dt.date.today())
+    console.print(f"{new:,} outcome(s) recorded (scores up to {until.date()})", highlight=False)
+
+
+def _print_impact(report) -> None:  # noqa: ANN001
+    from churnml.impact.report import report_rows
+
+    if not report.holdouts_enabled:
+        console.print("[yellow]holdouts are off[/] (CHURNML_HOLDOUT_SHARE=0): new calls cannot be measured")
+    table = Table(title="Impact of the plays: save rate treated against held out (95% interval)")
+    columns = {"play": "play", "treated": "treated", "control": "held out", "treated_rate": "saved (treated)",
+               "control_rate": "saved (held out)", "effect": "difference", "interval": "95% interval",
+               "mde": "detectable", "revenue_kept": "revenue kept", "roi": "ROI", "verdict": "verdict"}  # fmt: skip
+    for label in columns.values():
+        table.add_column(label, justify="left" if label in ("play", "verdict", "95% interval") else "right")
+    for row in report_rows(report):
+        table.add_row(*(row[k] for k in columns))
+    console.print(table)
+    console.print(f"{report.pending:,} assignment(s) wait for their horizon to pass" +
+                  ("" if report.overall.cost is not None else "; set CHURNML_PLAY_COST for ROI"), highlight=False)  # fmt: skip
 
 
 def _date_option(name: str, value: str | None) -> pd.Timestamp | None:

@@ -64,6 +64,13 @@ class Settings:
     alert_min_rise: float = 10.0  # CHURNML_ALERT_MIN_RISE: probability points since the previous score
     alert_webhook_url: str | None = field(default=None, repr=False)  # CHURNML_ALERT_WEBHOOK_URL: JSON POST
     alert_webhook_retries: int = 3  # CHURNML_ALERT_WEBHOOK_RETRIES: attempts after the first
+    # impact (churnml.impact): the share of eligible accounts held out of each month's call list as a
+    # control group (0 turns holdouts off, and then impact cannot be measured), the cost of one play in
+    # the data's currency (ROI is shown when it is set), and the smallest lift in save rate worth
+    # detecting (below it a wide interval reads "too early to tell")
+    holdout_share: float = 0.1  # CHURNML_HOLDOUT_SHARE
+    play_cost: float | None = None  # CHURNML_PLAY_COST
+    impact_min_effect: float = 0.05  # CHURNML_IMPACT_MIN_EFFECT
 
     @property
     def data_dir(self) -> Path:
@@ -126,6 +133,7 @@ class Settings:
             risk_medium=risk_medium,
             **_store_env(),
             **_service_env(),
+            **_impact_env(),
         )
 
 
@@ -167,6 +175,18 @@ def _store_env() -> dict:
         alert_webhook_url=webhook,
         alert_webhook_retries=_env_number("CHURNML_ALERT_WEBHOOK_RETRIES", 3, int, 0),
     )
+
+
+def _impact_env() -> dict:
+    """Holdouts and the impact report's settings from ``CHURNML_*`` variables."""
+    share = _env_number("CHURNML_HOLDOUT_SHARE", 0.1, float, 0.0)
+    if share > 0.5:
+        raise ValueError(f"CHURNML_HOLDOUT_SHARE: expected a share between 0 and 0.5, got {share}")
+    cost = _env_number("CHURNML_PLAY_COST", -1.0, float, 0.0)
+    effect = _env_number("CHURNML_IMPACT_MIN_EFFECT", 0.05, float, 0.001)
+    if effect >= 1:
+        raise ValueError(f"CHURNML_IMPACT_MIN_EFFECT: expected a share of accounts below 1, got {effect}")
+    return dict(holdout_share=share, play_cost=None if cost < 0 else cost, impact_min_effect=effect)
 
 
 def _networks(name: str) -> tuple[str, ...]:
