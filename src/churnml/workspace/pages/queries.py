@@ -47,7 +47,7 @@ SORTS = {
 # columns a workspace from an older `churnml score` may lack, read as NULL there
 OPTIONAL_COLUMNS = {"name": "VARCHAR", "renewal_date": "TIMESTAMP", "probability_change": "DOUBLE",
                     "previous_probability": "DOUBLE", "previous_tier": "VARCHAR", "previous_date": "TIMESTAMP",
-                    "seats": "DOUBLE", "seats_used": "DOUBLE", "tenure_days": "DOUBLE"}  # fmt: skip
+                    "seats": "DOUBLE", "seats_used": "DOUBLE", "tenure_days": "DOUBLE", "holdout_arm": "VARCHAR"}  # fmt: skip
 
 
 class WorkspaceMissing(LookupError):
@@ -200,8 +200,8 @@ def _state_frame(states: Mapping[str, AccountState]) -> pd.DataFrame:
 
 def _ranked_sql(con: duckdb.DuckDBPyConnection, p: ListParams) -> tuple[str, list[Any]]:
     """The list's rows: scores with the store's state, filtered, each with its place by revenue at risk
-    (``position``) and on the call list (``call_rank``: skipping snoozed accounts and those below the
-    minimum tier)."""
+    (``position``) and on the call list (``call_rank``: skipping snoozed accounts, those below the
+    minimum tier and those held out as this campaign's control group)."""
     have = columns(con, "scores")
     optional = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in OPTIONAL_COLUMNS.items() if c not in have)
     tiers = {"high": ("high",), "medium": ("high", "medium"), "": TIERS}[p.min_tier]
@@ -216,7 +216,8 @@ def _ranked_sql(con: duckdb.DuckDBPyConnection, p: ListParams) -> tuple[str, lis
         FROM base WHERE {where}),
     callable AS (
         SELECT customer_id, row_number() OVER (ORDER BY revenue_at_risk DESC NULLS LAST, customer_id) AS call_rank
-        FROM filtered WHERE snoozed_until IS NULL AND lower(risk_tier) IN ({", ".join("?" * len(tiers))})),
+        FROM filtered WHERE snoozed_until IS NULL AND lower(risk_tier) IN ({", ".join("?" * len(tiers))})
+            AND coalesce(CAST(holdout_arm AS VARCHAR), '') <> 'control'),
     ranked AS (
         SELECT f.*, c.call_rank, coalesce(c.call_rank <= ?, FALSE) AS in_call_list
         FROM filtered f LEFT JOIN callable c USING (customer_id))
