@@ -106,3 +106,28 @@ def test_the_impact_panel_shows_save_rates_with_interval_mde_and_revenue_kept(
     assert plays[0] == "all plays" and set(plays[1:]) == set(half["play"])
     assert "ROI" in panel
     assert re.search(r"<td class=\"num\">-?[\d,]+%</td>", panel)  # an ROI figure, with a cost per play set
+
+
+def test_the_call_list_can_take_the_most_expected_revenue_saved(home: Path, tables: Tables) -> None:
+    marked = with_holdouts(tables, 0.1)
+    scores = marked["scores"]
+    rng = np.random.default_rng(9)
+    scores["uplift"] = rng.uniform(-0.02, 0.2, len(scores))
+    scores["expected_revenue_saved"] = scores["uplift"] * scores["mrr"] * 60 / (365.25 / 12)
+    meta = marked["meta"].assign(uplift_model="x")
+    write_workspace(Settings.from_env().workspace_path, {**marked, "scores": scores, "meta": meta})
+    client = make_client(create_pages_app())
+    page = client.get("/ui/?call_by=saved&capacity=10").text
+    called = [x["customer"] for x in list_rows(page) if "call-list" in x["class"]]
+    eligible = scores[(scores["risk_tier"] != "low") & (scores["holdout_arm"] != CONTROL)]
+    best = eligible.sort_values(["expected_revenue_saved", "customer_id"], ascending=[False, True])[
+        "customer_id"
+    ][:10]
+    assert sorted(called) == sorted(best) and "expected revenue saved (uplift × MRR × horizon" in page
+    by_risk = [
+        x["customer"] for x in list_rows(client.get("/ui/?capacity=10").text) if "call-list" in x["class"]
+    ]
+    assert sorted(by_risk) != sorted(called)
+    assert 'data-sort="saved"' in page
+    bad = client.get("/ui/?call_by=luck")
+    assert bad.status_code == 400 and "call_by" in bad.text

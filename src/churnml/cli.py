@@ -163,6 +163,12 @@ def simulate_command(
     drift_month: Annotated[
         int, typer.Option(min=1, help="Month the drift scenario starts (0 = the first).")
     ] = 12,
+    plays: Annotated[
+        bool, typer.Option(help="CSM plays each month, with a holdout; their true effects in plays.parquet.")
+    ] = False,
+    holdout_share: Annotated[
+        float, typer.Option(help="With --plays: the share of the call list held out.")
+    ] = 0.1,
 ) -> None:
     """Simulate a SaaS business with planted churn drivers (Parquet + spec.yaml + ground truth)."""
     try:
@@ -171,7 +177,7 @@ def simulate_command(
         raise _fail(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
     try:
         config = SimulationConfig(customers=customers, months=months, seed=seed, start=start_date, drift=drift,
-                                  drift_month=drift_month)  # fmt: skip
+                                  drift_month=drift_month, plays=plays, holdout_share=holdout_share)  # fmt: skip
     except ValueError as err:
         raise _fail(str(err)) from None
     began = time.perf_counter()
@@ -566,11 +572,14 @@ def _score(
     except ValueError as err:
         raise _fail(str(err)) from None
     churn_model, info = _champion(settings, model)
+    uplift = _uplift_model(settings, churn_model)
+    info = info if uplift is None else {**info, "uplift_model": uplift.kind}
     out = out or settings.reports_dir
     began = time.perf_counter()
     with err_console.status("scoring active customers"):
         result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
-                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook)  # fmt: skip
+                                 policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook,
+                                 uplift=uplift)  # fmt: skip
         extra = retention_tables(tables, loaded, result)
     held = _hold_out(result, settings, churn_model.horizon_days)
     out.mkdir(parents=True, exist_ok=True)
@@ -586,6 +595,20 @@ def _score(
         highlight=False,
     )
     console.print(held, highlight=False)
+
+
+def _uplift_model(settings: Settings, churn_model):  # noqa: ANN001, ANN202
+    """The uplift model `churnml impact --fit-uplift` saved, if it was learnt on this model's features."""
+    from churnml.impact.uplift import UpliftModel
+
+    if not (settings.uplift_path / "uplift.json").is_file():
+        return None
+    uplift = UpliftModel.load(settings.uplift_path)
+    if uplift.columns != churn_model.feature_names:
+        err_console.print(f"[yellow]uplift at {settings.uplift_path} was learnt on another model's features: "
+                          "run `churnml impact --spec FILE --fit-uplift` again[/]", highlight=False)  # fmt: skip
+        return None
+    return uplift
 
 
 def _hold_out(result, settings: Settings, horizon_days: int) -> str:  # noqa: ANN001
@@ -717,6 +740,12 @@ def impact_command(
         Path | None, typer.Option("--spec", help="Dataset spec: first record the outcomes that have matured.")
     ] = None,
     data: DataOpt = None,
+    fit_uplift: Annotated[
+        bool, typer.Option(help="With --spec: learn how much a play lowers each account's churn (X-learner).")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model URI whose features uplift uses (default: champion).")
+    ] = None,
 ) -> None:
     """Did the calls help? Save rate of treated against held-out accounts with a 95% interval, the minimum
     detectable effect, revenue kept overall and per play, and ROI (CHURNML_PLAY_COST)."""
@@ -729,6 +758,10 @@ def impact_command(
     try:
         if spec is not None:
             _record_outcomes(store, _load_spec(spec, data), settings)
+        if fit_uplift:
+            if spec is None:
+                raise _fail("--fit-uplift: needs --spec (features are built from the data)")
+            _fit_uplift(store, _load_spec(spec, data), settings, model)
         outcomes, pending = impact_outcomes(store)
     finally:
         store.close()
@@ -758,6 +791,28 @@ def _record_outcomes(store, loaded: DatasetSpec, settings: Settings) -> None:  #
         return
     new = record_outcomes(store, matured_outcomes(waiting, labels, until), dt.date.today())
     console.print(f"{new:,} outcome(s) recorded (scores up to {until.date()})", highlight=False)
+
+
+MIN_UPLIFT_ROWS = 30  # outcomes per arm before an uplift model is worth fitting
+
+
+def _fit_uplift(store, loaded: DatasetSpec, settings: Settings, model_uri: str | None) -> None:  # noqa: ANN001
+    """Learn uplift from every assignment with an outcome, on the champion's features at the score dates."""
+    from churnml.impact.uplift import fit_uplift
+    from churnml.workspace.holdouts import learning_rows
+
+    rows = learning_rows(store)
+    arms = {"treated": int(rows["treated"].sum()), "held out": int((~rows["treated"]).sum())}
+    if min(arms.values()) < MIN_UPLIFT_ROWS:
+        raise _fail(f"--fit-uplift: too few outcomes to learn from ({arms['treated']} treated, {arms['held out']} held "
+                    f"out; at least {MIN_UPLIFT_ROWS} each)", code=1)  # fmt: skip
+    churn_model, _ = _champion(settings, model_uri)
+    with _validated_data(loaded, settings) as tables:
+        features = build_features(tables, rows[["customer_id", "observation_date"]], churn_model.feature_set)
+    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(), rows["churned"].to_numpy())
+    path = fitted.save(settings.uplift_path)
+    console.print(f"uplift (X-learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} held-out "
+                  f"outcomes -> {path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
 
 
 def _print_impact(report) -> None:  # noqa: ANN001

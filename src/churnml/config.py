@@ -95,6 +95,11 @@ class Settings:
         return self.database_url or f"sqlite:///{(self.home / 'csm.db').resolve()}"
 
     @property
+    def uplift_path(self) -> Path:
+        """The uplift model `churnml impact --fit-uplift` learns and `churnml score` ranks with."""
+        return self.reports_dir / "uplift"
+
+    @property
     def monitoring_path(self) -> Path:
         """The history `churnml monitor` keeps (churnml.monitor.store); the model health page reads it."""
         return self.reports_dir / "monitoring.duckdb"

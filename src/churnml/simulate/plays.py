@@ -35,19 +35,20 @@ class Play:
     effects: dict[str, float] = field(default_factory=dict)
 
 
+# Effects do not follow risk: a play fixes what a CSM can fix. An unfinished onboarding or a bad support
+# experience responds well to a call; an account whose use has been falling for months, or whose card
+# failed, is mostly past what a call can change, though these are the riskiest accounts (Ascarza, 2018).
 PLAYS: tuple[Play, ...] = (
     Play(
         "Onboarding session",
         "incomplete_onboarding",
         {"incomplete_onboarding": 0.9, "engagement_decline": 0.3},
     ),
-    Play("Usage review and training", "engagement_decline", {"engagement_decline": 0.45}),
-    Play("Seat planning call", "seat_contraction", {"seat_contraction": 0.35}),
     Play("Support escalation", "support_friction", {"support_friction": 0.7, "detractor_nps": 0.2}),
     Play("Executive check-in", "detractor_nps", {"detractor_nps": 0.5}),
-    Play(
-        "Billing follow-up", "failed_payment", {"failed_payment": 0.05}
-    ),  # a card problem a call barely fixes
+    Play("Usage review and training", "engagement_decline", {"engagement_decline": 0.05}),
+    Play("Seat planning call", "seat_contraction", {"seat_contraction": 0.2}),
+    Play("Billing follow-up", "failed_payment", {"failed_payment": 0.05}),
 )
 
 

@@ -18,7 +18,9 @@ from churnml.impact.holdout import CONTROL, TREATED
 from churnml.impact.report import OUTCOME_COLUMNS
 from churnml.workspace.store import Store, StoreError
 
-__all__ = ["HOLDOUT_COLUMNS", "impact_outcomes", "read_holdouts", "record_holdouts", "record_outcomes"]
+__all__ = [
+    "HOLDOUT_COLUMNS", "impact_outcomes", "learning_rows", "read_holdouts", "record_holdouts", "record_outcomes",
+]  # fmt: skip
 
 _META = sa.MetaData()
 
@@ -138,3 +140,17 @@ def impact_outcomes(store: Store) -> tuple[pd.DataFrame, int]:
     with store.engine.connect() as con:
         total = con.execute(sa.select(sa.func.count()).select_from(HOLDOUTS)).scalar_one()
     return frame[OUTCOME_COLUMNS].reset_index(drop=True), int(total) - len(frame)
+
+
+def learning_rows(store: Store) -> pd.DataFrame:
+    """What uplift learns from: each assignment with an outcome (customer_id, observation_date = the
+    score date, treated, churned), the treated and held-out accounts of every campaign so far."""
+    query = sa.select(
+        HOLDOUTS.c.customer_id, HOLDOUTS.c.scored_on, HOLDOUTS.c.arm, OUTCOMES.c.churned
+    ).join(OUTCOMES, (OUTCOMES.c.customer_id == HOLDOUTS.c.customer_id) & (OUTCOMES.c.period == HOLDOUTS.c.period))  # fmt: skip
+    frame = _frame(store, query.order_by(HOLDOUTS.c.id))
+    return pd.DataFrame({
+        "customer_id": frame["customer_id"].astype(str),
+        "observation_date": pd.to_datetime(frame["scored_on"]).astype("datetime64[us]"),
+        "treated": (frame["arm"] == TREATED).to_numpy(bool), "churned": frame["churned"].astype(bool).to_numpy(),
+    })  # fmt: skip
