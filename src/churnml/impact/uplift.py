@@ -23,18 +23,25 @@ import pandas as pd
 
 __all__ = ["UPLIFT_PARAMS", "UpliftModel", "fit_uplift"]
 
+# Small trees, large leaves: a play's effect is a few points of churn probability, far below the noise
+# of single outcomes, and on the simulator (benchmarks/bench_uplift.py) shallow, slow models ranked
+# accounts by their true effect best (4 leaves and leaves of 1% of the rows beat 15 leaves of 40 rows)
 UPLIFT_PARAMS = {
-    "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 40, "feature_fraction": 0.8,
-    "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1, "num_threads": 1, "seed": 0,
+    "learning_rate": 0.03, "num_leaves": 4, "feature_fraction": 0.8, "bagging_fraction": 0.8,
+    "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1, "num_threads": 1, "seed": 0,
 }  # fmt: skip
-ROUNDS = 200
+ROUNDS = 300
+LEAF_SHARE = 0.01  # min_data_in_leaf: this share of the rows a model is fitted on (at least 20)
 
 
 def _fit(x: pd.DataFrame, y: np.ndarray, objective: str, params: dict, rounds: int) -> lgb.Booster:
     if len(x) == 0:
         raise ValueError(f"uplift: no rows to fit the {objective} model on (is one arm empty?)")
     data = lgb.Dataset(x, label=np.asarray(y, float), free_raw_data=True)
-    return lgb.train({**params, "objective": objective}, data, num_boost_round=rounds)
+    leaf = params.get("min_data_in_leaf", max(20, int(LEAF_SHARE * len(x))))
+    return lgb.train(
+        {**params, "objective": objective, "min_data_in_leaf": leaf}, data, num_boost_round=rounds
+    )
 
 
 @dataclass
