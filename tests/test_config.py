@@ -87,3 +87,19 @@ def test_cli_reports_a_malformed_setting_without_a_traceback(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "CHURNML_RISK_MEDIUM / CHURNML_RISK_HIGH: expected 0 < medium < high < 1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_impact_settings_are_read_and_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CHURNML_HOLDOUT_SHARE", "CHURNML_PLAY_COST", "CHURNML_IMPACT_MIN_EFFECT"):
+        monkeypatch.delenv(name, raising=False)
+    default = Settings.from_env()
+    assert (default.holdout_share, default.play_cost, default.impact_min_effect) == (0.1, None, 0.05)
+    monkeypatch.setenv("CHURNML_HOLDOUT_SHARE", "0")
+    monkeypatch.setenv("CHURNML_PLAY_COST", "40")
+    assert (Settings.from_env().holdout_share, Settings.from_env().play_cost) == (0.0, 40.0)
+    for name, value in (("CHURNML_HOLDOUT_SHARE", "0.8"), ("CHURNML_HOLDOUT_SHARE", "ten"), ("CHURNML_PLAY_COST", "-5"),
+                        ("CHURNML_IMPACT_MIN_EFFECT", "2")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env()
+        monkeypatch.delenv(name)
