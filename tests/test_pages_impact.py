@@ -131,3 +131,17 @@ def test_the_call_list_can_take_the_most_expected_revenue_saved(home: Path, tabl
     assert 'data-sort="saved"' in page
     bad = client.get("/ui/?call_by=luck")
     assert bad.status_code == 400 and "call_by" in bad.text
+
+
+def test_held_out_accounts_get_no_alert(held: Tables) -> None:
+    from churnml.workspace.alerts import find_crossings
+    from churnml.workspace.pages import open_workspace
+
+    settings = Settings.from_env()
+    with open_workspace(settings.workspace_path, settings) as con:
+        alerted = {c.customer_id for c in find_crossings(con, 0.0)}
+    scores = held["scores"]
+    control = set(scores.loc[scores["holdout_arm"] == CONTROL, "customer_id"])
+    rising = set(scores.loc[scores["probability_change"] > 0, "customer_id"])
+    assert control & rising and not control & alerted
+    assert alerted == rising - control
