@@ -193,3 +193,27 @@ def test_a_bad_arm_is_refused_naming_the_field(store: Store) -> None:  # noqa: F
     marked.loc[marked["holdout_arm"].notna(), "holdout_arm"] = "sometimes"
     with pytest.raises(StoreError, match="holdout_arm"):
         record_holdouts(store, marked, 60)
+
+
+# ------------------------------------------------------------------------------------------ training rows
+
+
+def test_training_leaves_treated_rows_out_and_counts_held_out_rows_for_the_call_list() -> None:
+    from churnml.impact.training import untreated_rows
+
+    dates = pd.to_datetime(["2025-03-01", "2025-04-01", "2025-05-01", "2025-09-01"])
+    table = pd.DataFrame({"customer_id": np.repeat(["a", "b", "c"], 4), "observation_date": np.tile(dates, 3),
+                          "churned": [0, 1, 0, 0] * 3})  # fmt: skip
+    assignments = pd.DataFrame({"customer_id": ["a", "b"], "scored_on": [dt.date(2025, 4, 10)] * 2,
+                                "arm": [TREATED, CONTROL], "probability": [0.1, 0.1]})  # fmt: skip
+    rows = untreated_rows(table, assignments, horizon_days=60)
+    counts = rows.table.groupby(["customer_id", "observation_date"]).size()
+    # within 60 days of the play (March 1st is 40 days before it): a's rows out, b's counted 10 times
+    assert counts.get(("a", dates[0])) is None and counts.get(("a", dates[2])) is None
+    assert counts[("a", dates[3])] == 1  # September: long after the play
+    assert [counts[("b", d)] for d in dates] == [10, 10, 10, 1]
+    assert [counts[("c", d)] for d in dates] == [1, 1, 1, 1]
+    assert (rows.treated_left_out, rows.held_out_weighted, rows.copies) == (3, 3, 27)
+    assert "3 treated row(s) left out" in rows.describe()
+    with pytest.raises(ValueError, match="holdouts.arm"):
+        untreated_rows(table, assignments.assign(arm="maybe"), 60)

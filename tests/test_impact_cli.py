@@ -67,3 +67,6 @@ def test_holdouts_outcomes_impact_and_uplift_end_to_end(home: Path, sim_dir: Pat
     out = churnml(home, "score", "--spec", spec, CHURNML_HOLDOUT_SHARE="0")
     assert "holdouts are off" in out
     assert pd.read_parquet(home / "reports" / "scores.parquet")["holdout_arm"].isna().all()
+    # training now leaves the treated accounts' rows out and counts the held-out ones for the call list
+    out = churnml(home, "train", "--spec", spec, "--trials", "2")
+    assert "treated row(s) left out" in out and "held-out row(s) counted for the call list" in out

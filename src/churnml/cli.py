@@ -382,7 +382,29 @@ def train_command(
     loaded = _load_spec(spec, data)  # type: ignore[arg-type]
     with _validated_data(loaded, settings) as tables, err_console.status("building the training table"):
         table, fs = training_table(tables, loaded)
+    table = _without_plays_success(table, settings, loaded.observation.horizon_days)
     _train_on_spec(setup, loaded, table, fs, study, tuple(keep_column or ()))
+
+
+def _without_plays_success(table: pd.DataFrame, settings: Settings, horizon_days: int) -> pd.DataFrame:
+    """The training rows without the treated accounts' and with the held-out ones weighted, when the CSM
+    store has holdouts (`churnml.impact.training`); a store that does not exist yet is not created."""
+    from churnml.impact.training import untreated_rows
+    from churnml.workspace.holdouts import read_holdouts
+    from churnml.workspace.store import open_store
+
+    if settings.database_url is None and not (settings.home / "csm.db").is_file():
+        return table
+    store = open_store(settings.store_url)
+    try:
+        assignments = read_holdouts(store)
+    finally:
+        store.close()
+    if assignments.empty:
+        return table
+    rows = untreated_rows(table, assignments, horizon_days)
+    console.print(rows.describe(), highlight=False)
+    return rows.table
 
 
 @dataclass(frozen=True)
