@@ -44,6 +44,7 @@ bench: setup  ## Run the benchmarks (on demand; prints ratios against an in-run 
 	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_completejourney.py
+	$(BIN)/python benchmarks/bench_uplift.py
 
 audit: setup  ## Audit the pinned dependencies for known vulnerabilities (pip-audit; needs PyPI's JSON API)
 	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --progress-spinner off

@@ -113,3 +113,19 @@ def test_scaling_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     shared = Settings.from_env()
     assert shared.study_storage == "postgresql://u:p@db/optuna" and shared.optuna_grace == 15
     assert shared.engine == "spark" and "u:p" not in repr(shared)  # the password stays out of logs
+
+
+def test_impact_settings_are_read_and_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CHURNML_HOLDOUT_SHARE", "CHURNML_PLAY_COST", "CHURNML_IMPACT_MIN_EFFECT"):
+        monkeypatch.delenv(name, raising=False)
+    default = Settings.from_env()
+    assert (default.holdout_share, default.play_cost, default.impact_min_effect) == (0.1, None, 0.05)
+    monkeypatch.setenv("CHURNML_HOLDOUT_SHARE", "0")
+    monkeypatch.setenv("CHURNML_PLAY_COST", "40")
+    assert (Settings.from_env().holdout_share, Settings.from_env().play_cost) == (0.0, 40.0)
+    for name, value in (("CHURNML_HOLDOUT_SHARE", "0.8"), ("CHURNML_HOLDOUT_SHARE", "ten"), ("CHURNML_PLAY_COST", "-5"),
+                        ("CHURNML_IMPACT_MIN_EFFECT", "2")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env()
+        monkeypatch.delenv(name)

@@ -406,3 +406,20 @@ def test_model_health_says_how_to_start_then_shows_the_verdict(
         and page.locator("#roc_auc-table tbody tr").count() >= 1
     )
     page.screenshot(path=str(SCREENSHOTS / "model-health.png"), full_page=True)
+
+
+def test_held_out_accounts_are_marked_not_called_and_the_overview_says_too_early(
+    page: Page, site: PagesSite
+) -> None:
+    """The real `churnml score` held out a tenth of the eligible accounts (conftest's champion_home)."""
+    page.goto(site.url + "/ui/?capacity=1000")
+    rows = page.locator("#risk-table tbody tr")
+    held = rows.filter(has_text="hold out: do not contact")
+    assert held.count() > 0, "no held-out account on the first page"
+    for i in range(held.count()):
+        assert "call-list" not in (held.nth(i).get_attribute("class") or "")
+    assert page.locator("#holdout-note").inner_text().startswith("10% of the accounts eligible for a call")
+    page.goto(site.url + "/ui/overview")
+    panel = page.locator("#impact")
+    assert panel.is_visible() and "Too early to tell" in panel.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "overview-impact.png"), full_page=False)

@@ -131,10 +131,10 @@ def test_the_schema_is_migrated_once_and_versioned(store: Store, store_url: str)
     from alembic.runtime.migration import MigrationContext
 
     with store.engine.connect() as con:
-        assert MigrationContext.configure(con).get_current_revision() == "0001"
+        assert MigrationContext.configure(con).get_current_revision() == "0002"
     open_store(store_url).close()  # opening again changes nothing
     with store.engine.connect() as con:
-        assert MigrationContext.configure(con).get_current_revision() == "0001"
+        assert MigrationContext.configure(con).get_current_revision() == "0002"
 
 
 def test_the_store_is_a_sqlite_file_under_home_unless_a_url_is_set(

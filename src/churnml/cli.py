@@ -180,6 +180,12 @@ def simulate_command(
     drift_month: Annotated[
         int, typer.Option(min=1, help="Month the drift scenario starts (0 = the first).")
     ] = 12,
+    plays: Annotated[
+        bool, typer.Option(help="CSM plays each month, with a holdout; their true effects in plays.parquet.")
+    ] = False,
+    holdout_share: Annotated[
+        float, typer.Option(help="With --plays: the share of the call list held out.")
+    ] = 0.1,
 ) -> None:
     """Simulate a SaaS business with planted churn drivers (Parquet + spec.yaml + ground truth)."""
     try:
@@ -188,7 +194,7 @@ def simulate_command(
         raise _fail(f"--start: expected a date YYYY-MM-DD, got {start!r}") from None
     try:
         config = SimulationConfig(customers=customers, months=months, seed=seed, start=start_date, drift=drift,
-                                  drift_month=drift_month)  # fmt: skip
+                                  drift_month=drift_month, plays=plays, holdout_share=holdout_share)  # fmt: skip
     except ValueError as err:
         raise _fail(str(err)) from None
     began = time.perf_counter()
@@ -474,8 +480,30 @@ def _train_command(setup: _TrainSetup, spec: Path | None, data: Path | None, tab
         err_console.status("building the training table"),
     ):  # fmt: skip
         table, fs = training_table(tables, loaded, build=build)
+    table = _without_plays_success(table, settings, loaded.observation.horizon_days)
     source = {"spec": str(spec.resolve()), "data": str(data.resolve()) if data else None, "keep": list(keep)}  # type: ignore[union-attr]
     _train_on_spec(setup, loaded, table, fs, study, keep, source, fit)
+
+
+def _without_plays_success(table: pd.DataFrame, settings: Settings, horizon_days: int) -> pd.DataFrame:
+    """The training rows without the treated accounts' and with the held-out ones weighted, when the CSM
+    store has holdouts (`churnml.impact.training`); a store that does not exist yet is not created."""
+    from churnml.impact.training import untreated_rows
+    from churnml.workspace.holdouts import read_holdouts
+    from churnml.workspace.store import open_store
+
+    if settings.database_url is None and not (settings.home / "csm.db").is_file():
+        return table
+    store = open_store(settings.store_url)
+    try:
+        assignments = read_holdouts(store)
+    finally:
+        store.close()
+    if assignments.empty:
+        return table
+    rows = untreated_rows(table, assignments, horizon_days)
+    console.print(rows.describe(), highlight=False)
+    return rows.table
 
 
 @dataclass(frozen=True)
@@ -802,13 +830,16 @@ def _score(
     except ValueError as err:
         raise _fail(str(err)) from None
     churn_model, info = _champion(settings, model)
+    uplift = _uplift_model(settings, churn_model)
+    info = info if uplift is None else {**info, "uplift_model": uplift.kind}
     out = out or settings.reports_dir
     began = time.perf_counter()
     with err_console.status("scoring active customers"):
         result = score_customers(tables, loaded, churn_model, date or latest_date(tables), info, top_k, history,
                                  policy=RiskPolicy(settings.risk_high, settings.risk_medium), playbook=playbook,
-                                 build=build)  # fmt: skip
+                                 build=build, uplift=uplift)  # fmt: skip
         extra = retention_tables(tables, loaded, result)
+    held = _hold_out(result, settings, churn_model.horizon_days)
     out.mkdir(parents=True, exist_ok=True)
     result.scores.to_parquet(out / "scores.parquet", index=False)
     result.reasons.to_parquet(out / "reasons.parquet", index=False)
@@ -821,6 +852,43 @@ def _score(
         f"over {churn_model.horizon_days} days -> {out / 'scores.parquet'}, workspace {workspace}",
         highlight=False,
     )
+    console.print(held, highlight=False)
+
+
+def _uplift_model(settings: Settings, churn_model):  # noqa: ANN001, ANN202
+    """The uplift model `churnml impact --fit-uplift` saved, if it was learnt on this model's features."""
+    from churnml.impact.uplift import UpliftModel
+
+    if not (settings.uplift_path / "uplift.json").is_file():
+        return None
+    uplift = UpliftModel.load(settings.uplift_path)
+    if uplift.columns != churn_model.feature_names:
+        err_console.print(f"[yellow]uplift at {settings.uplift_path} was learnt on another model's features: "
+                          "run `churnml impact --spec FILE --fit-uplift` again[/]", highlight=False)  # fmt: skip
+        return None
+    return uplift
+
+
+def _hold_out(result, settings: Settings, horizon_days: int) -> str:  # noqa: ANN001
+    """Hold out a share of the eligible accounts (marked in the scores, recorded in the CSM store)."""
+    from churnml.impact.holdout import CONTROL, HoldoutPolicy, campaign_period, mark_holdouts
+    from churnml.workspace.holdouts import record_holdouts
+    from churnml.workspace.store import open_store
+
+    policy = HoldoutPolicy(settings.holdout_share)
+    period = campaign_period(result.as_of)
+    result.scores = mark_holdouts(result.scores, period, policy)
+    result.model_info |= {"holdout_share": str(policy.share), "campaign_period": period}
+    if not policy.enabled:
+        return "holdouts are off (CHURNML_HOLDOUT_SHARE=0): the impact of calls cannot be measured"
+    store = open_store(settings.store_url)
+    try:
+        new = record_holdouts(store, result.scores, horizon_days)
+    finally:
+        store.close()
+    control = int((result.scores["holdout_arm"] == CONTROL).sum())
+    return (f"campaign {period}: {control:,} eligible account(s) held out as a control group "
+            f"(share {policy.share:g}), {new:,} new assignment(s) recorded in the CSM store")  # fmt: skip
 
 
 @app.command("monitor")
@@ -922,6 +990,105 @@ def alerts_command(
     console.print(f"{len(new)} new alert(s) of {len(crossings)} crossing(s) (rise >= {rise:g} points or a higher "
                   f"tier) -> {path}" + "".join(f"\n  {o}: {n}" for o, n in sorted(owners.items())),
                   highlight=False)  # fmt: skip
+
+
+@app.command("impact")
+def impact_command(
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Dataset spec: first record the outcomes that have matured.")
+    ] = None,
+    data: DataOpt = None,
+    fit_uplift: Annotated[
+        bool, typer.Option(help="With --spec: learn how much a play lowers each account's churn (X-learner).")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model URI whose features uplift uses (default: champion).")
+    ] = None,
+) -> None:
+    """Did the calls help? Save rate of treated against held-out accounts with a 95% interval, the minimum
+    detectable effect, revenue kept overall and per play, and ROI (CHURNML_PLAY_COST)."""
+    from churnml.impact.report import impact_report
+    from churnml.workspace.holdouts import impact_outcomes
+    from churnml.workspace.store import open_store
+
+    settings = _settings()
+    store = open_store(settings.store_url)
+    try:
+        if spec is not None:
+            _record_outcomes(store, _load_spec(spec, data), settings)
+        if fit_uplift:
+            if spec is None:
+                raise _fail("--fit-uplift: needs --spec (features are built from the data)")
+            _fit_uplift(store, _load_spec(spec, data), settings, model)
+        outcomes, pending = impact_outcomes(store)
+    finally:
+        store.close()
+    report = impact_report(
+        outcomes, pending, settings.holdout_share, settings.play_cost, settings.impact_min_effect
+    )
+    _print_impact(report)
+
+
+def _record_outcomes(store, loaded: DatasetSpec, settings: Settings) -> None:  # noqa: ANN001
+    """Give every assignment whose horizon has passed its outcome (churned, revenue kept)."""
+    from churnml.impact.outcomes import matured_outcomes
+    from churnml.labels import label_margin
+    from churnml.workspace.holdouts import read_holdouts, record_outcomes
+
+    waiting = read_holdouts(store, without_outcome=True)
+    if waiting.empty:
+        return
+    with _validated_data(loaded, settings) as tables:
+        until = tables.window.observed_until - label_margin(loaded)
+        dates = sorted({pd.Timestamp(d) for d in waiting["scored_on"] if pd.Timestamp(d) <= until})
+        labels = build_labels(tables, loaded, dates=dates) if dates else None
+    if labels is None:
+        console.print(
+            f"no outcomes yet: the data covers horizons of scores up to {until.date()}", highlight=False
+        )
+        return
+    new = record_outcomes(store, matured_outcomes(waiting, labels, until), dt.date.today())
+    console.print(f"{new:,} outcome(s) recorded (scores up to {until.date()})", highlight=False)
+
+
+MIN_UPLIFT_ROWS = 30  # outcomes per arm before an uplift model is worth fitting
+
+
+def _fit_uplift(store, loaded: DatasetSpec, settings: Settings, model_uri: str | None) -> None:  # noqa: ANN001
+    """Learn uplift from every assignment with an outcome, on the champion's features at the score dates."""
+    from churnml.impact.uplift import fit_uplift
+    from churnml.workspace.holdouts import learning_rows
+
+    rows = learning_rows(store)
+    arms = {"treated": int(rows["treated"].sum()), "held out": int((~rows["treated"]).sum())}
+    if min(arms.values()) < MIN_UPLIFT_ROWS:
+        raise _fail(f"--fit-uplift: too few outcomes to learn from ({arms['treated']} treated, {arms['held out']} held "
+                    f"out; at least {MIN_UPLIFT_ROWS} each)", code=1)  # fmt: skip
+    churn_model, _ = _champion(settings, model_uri)
+    with _validated_data(loaded, settings) as tables:
+        features = build_features(tables, rows[["customer_id", "observation_date"]], churn_model.feature_set)
+    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(), rows["churned"].to_numpy())
+    path = fitted.save(settings.uplift_path)
+    console.print(f"uplift (X-learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} held-out "
+                  f"outcomes -> {path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
+
+
+def _print_impact(report) -> None:  # noqa: ANN001
+    from churnml.impact.report import report_rows
+
+    if not report.holdouts_enabled:
+        console.print("[yellow]holdouts are off[/] (CHURNML_HOLDOUT_SHARE=0): new calls cannot be measured")
+    table = Table(title="Impact of the plays: save rate treated against held out (95% interval)")
+    columns = {"play": "play", "treated": "treated", "control": "held out", "treated_rate": "saved (treated)",
+               "control_rate": "saved (held out)", "effect": "difference", "interval": "95% interval",
+               "mde": "detectable", "revenue_kept": "revenue kept", "roi": "ROI", "verdict": "verdict"}  # fmt: skip
+    for label in columns.values():
+        table.add_column(label, justify="left" if label in ("play", "verdict", "95% interval") else "right")
+    for row in report_rows(report):
+        table.add_row(*(row[k] for k in columns))
+    console.print(table)
+    console.print(f"{report.pending:,} assignment(s) wait for their horizon to pass" +
+                  ("" if report.overall.cost is not None else "; set CHURNML_PLAY_COST for ROI"), highlight=False)  # fmt: skip
 
 
 def _date_option(name: str, value: str | None) -> pd.Timestamp | None:

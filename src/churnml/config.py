@@ -81,6 +81,13 @@ class Settings:
     dask_scheduler: str | None = None  # CHURNML_DASK_SCHEDULER: tcp://host:8786 (default: fit here)
     dask_lightgbm_port: int = 12400  # CHURNML_DASK_LIGHTGBM_PORT: first of the ports LightGBM uses on workers
     dask_timeout: float = 1800.0  # CHURNML_DASK_TIMEOUT: seconds one distributed fit may take
+    # impact (churnml.impact): the share of eligible accounts held out of each month's call list as a
+    # control group (0 turns holdouts off, and then impact cannot be measured), the cost of one play in
+    # the data's currency (ROI is shown when it is set), and the smallest lift in save rate worth
+    # detecting (below it a wide interval reads "too early to tell")
+    holdout_share: float = 0.1  # CHURNML_HOLDOUT_SHARE
+    play_cost: float | None = None  # CHURNML_PLAY_COST
+    impact_min_effect: float = 0.05  # CHURNML_IMPACT_MIN_EFFECT
 
     @property
     def data_dir(self) -> Path:
@@ -103,6 +110,11 @@ class Settings:
     def store_url(self) -> str:
         """The CSM store's SQLAlchemy URL: ``CHURNML_DATABASE_URL``, else ``$CHURNML_HOME/csm.db`` (SQLite)."""
         return self.database_url or f"sqlite:///{(self.home / 'csm.db').resolve()}"
+
+    @property
+    def uplift_path(self) -> Path:
+        """The uplift model `churnml impact --fit-uplift` learns and `churnml score` ranks with."""
+        return self.reports_dir / "uplift"
 
     @property
     def monitoring_path(self) -> Path:
@@ -144,6 +156,7 @@ class Settings:
             **_store_env(),
             **_service_env(),
             **_tuning_env(),
+            **_impact_env(),
         )
 
     @property
@@ -221,6 +234,18 @@ def _store_env() -> dict:
         alert_webhook_url=webhook,
         alert_webhook_retries=_env_number("CHURNML_ALERT_WEBHOOK_RETRIES", 3, int, 0),
     )
+
+
+def _impact_env() -> dict:
+    """Holdouts and the impact report's settings from ``CHURNML_*`` variables."""
+    share = _env_number("CHURNML_HOLDOUT_SHARE", 0.1, float, 0.0)
+    if share > 0.5:
+        raise ValueError(f"CHURNML_HOLDOUT_SHARE: expected a share between 0 and 0.5, got {share}")
+    cost = _env_number("CHURNML_PLAY_COST", -1.0, float, 0.0)
+    effect = _env_number("CHURNML_IMPACT_MIN_EFFECT", 0.05, float, 0.001)
+    if effect >= 1:
+        raise ValueError(f"CHURNML_IMPACT_MIN_EFFECT: expected a share of accounts below 1, got {effect}")
+    return dict(holdout_share=share, play_cost=None if cost < 0 else cost, impact_min_effect=effect)
 
 
 def _networks(name: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playboo
 from churnml.explain.changes import reason_changes
 from churnml.features.batch import FeatureBuilder, scoring_rows
 from churnml.features.engine import build_features
+from churnml.impact.uplift import UpliftModel
 from churnml.labels import build_labels, observation_dates
 from churnml.model import ChurnModel
 from churnml.spec import DatasetSpec
@@ -35,6 +36,7 @@ __all__ = [
     "score_customers",
     "score_features",
     "usage_by_month",
+    "with_expected_saving",
     "write_workspace",
 ]
 
@@ -59,6 +61,14 @@ class RiskPolicy:
     def tiers(self, probability: np.ndarray) -> np.ndarray:
         p = np.asarray(probability, float)
         return np.where(p >= self.high, "high", np.where(p >= self.medium, "medium", "low"))
+
+
+def with_expected_saving(scored: pd.DataFrame, uplift: np.ndarray, horizon_days: int) -> pd.DataFrame:
+    """``uplift`` (the fall in churn probability a play would bring) and ``expected_revenue_saved``
+    (uplift × MRR × months in the horizon): what calling the account is worth, not what is at risk."""
+    return scored.assign(
+        uplift=uplift, expected_revenue_saved=revenue_at_risk(uplift, scored["mrr"], horizon_days)
+    )
 
 
 def health_score(probability: np.ndarray) -> np.ndarray:
@@ -154,16 +164,20 @@ def score_customers(
     policy: RiskPolicy = RiskPolicy(),
     playbook: Playbook = DEFAULT_PLAYBOOK,
     build: FeatureBuilder = build_features,
+    uplift: UpliftModel | None = None,
 ) -> ScoreResult:
     """Score every customer active at ``as_of`` with reasons and plays, the ``history`` dates before,
     and what changed in each account's reasons since its previous score. ``build`` computes the
-    features (`build_features`, or the same on Spark: `churnml.features.spark`)."""
+    features (`build_features`, or the same on Spark: `churnml.features.spark`); with an ``uplift``
+    model, also how much a play would lower each churn probability and the revenue that saves."""
     as_of = pd.Timestamp(as_of).normalize()
     rows = scoring_rows(tables, spec, as_of)
     if rows.empty:
         raise ValueError(f"score: no active customers at {as_of.date()}")
     features = build(tables, rows, model.feature_set)
     scored = score_features(model, features, policy, num_threads=0)
+    if uplift is not None:
+        scored = with_expected_saving(scored, uplift.uplift(model.encode(features)), model.horizon_days)
     ids = features["customer_id"].to_numpy()
     explained = explain_scored(model, features, scored, k, playbook, num_threads=0)
     scores = _score_table(tables, features, scored, ids, as_of, explained)

@@ -63,15 +63,17 @@ def find_crossings(
     con: duckdb.DuckDBPyConnection, min_rise_points: float, states: Mapping[str, AccountState] | None = None
 ) -> list[Crossing]:
     """Accounts that moved into a higher tier or rose by ``min_rise_points`` since their previous score,
-    by owner (an assigned owner over the data's), then by revenue at risk."""
+    by owner (an assigned owner over the data's), then by revenue at risk; held-out accounts never."""
     names = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'scores'")
              .fetchall()}  # fmt: skip
     if "previous_probability" not in names:
         return []  # a workspace from before previous scores were kept: nothing to compare
     name = "name" if "name" in names else "NULL AS name"
+    # an alert asks a CSM to act: an account held out of this campaign (churnml.impact) must not get one
+    held = " AND coalesce(CAST(holdout_arm AS VARCHAR), '') <> 'control'" if "holdout_arm" in names else ""
     rows = con.execute(
         f"SELECT customer_id, {name}, csm_owner, previous_date, as_of, previous_probability, probability, "
-        "previous_tier, risk_tier, revenue_at_risk, top_reason FROM scores WHERE previous_probability IS NOT NULL"
+        f"previous_tier, risk_tier, revenue_at_risk, top_reason FROM scores WHERE previous_probability IS NOT NULL{held}"
     ).fetchall()
     states = states or {}
     found = []

@@ -30,9 +30,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from churnml.config import Settings
+from churnml.impact.report import impact_report, report_rows
 from churnml.service.auth import IDENTITY_SCOPE_KEY, Authenticator, AuthMiddleware
 from churnml.service.signin import NO_SIGN_IN, SignIn, form_allowed, signed_in_context
 from churnml.workspace import alerts as alerting
+from churnml.workspace.holdouts import impact_outcomes
 from churnml.workspace.pages import forms, queries, views
 from churnml.workspace.pages.health import model_health
 from churnml.workspace.store import OUTCOMES, Store, StoreError, open_store
@@ -125,7 +127,7 @@ class _Pages:
         owner = next((o for o in options["owners"] if o.lower() == params.owner.lower()), params.owner)
         return self.render(request, "risk_list.html", p=params, options=options, meta=meta, owner_label=owner,
                            definition=views.revenue_definition(meta), list_query=urlencode(params.query()),
-                           sorts=queries.SORTS, **data)  # fmt: skip
+                           sorts=queries.SORTS, holdouts=views.holdout_note(meta), **data)  # fmt: skip
 
     def export_csv(self, request: Request) -> Response:
         params = queries.parse_list_params(request.query_params)
@@ -228,7 +230,20 @@ class _Pages:
                            cohort_months=months, cohort_rows=cohort_rows, **data)  # fmt: skip
             if key:
                 self._overview = (key, context)
-        return self.render(request, "overview.html", **context)
+        return self.render(request, "overview.html", **context, **self._impact(context["meta"]))
+
+    def _impact(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The impact panel: read from the store on every request (outcomes arrive between scores)."""
+        settings = self.settings
+        outcomes, pending = impact_outcomes(self.store())
+        share = (
+            float(meta["holdout_share"])
+            if meta.get("holdout_share") not in (None, "")
+            else settings.holdout_share
+        )
+        report = impact_report(outcomes, pending, share, settings.play_cost, settings.impact_min_effect)
+        return {"impact": report, "impact_rows": report_rows(report), "holdouts": views.holdout_note(meta),
+                "min_effect": settings.impact_min_effect}  # fmt: skip
 
     def _crossings(self, request: Request) -> tuple[list[alerting.Crossing], float, dict[str, Any], set]:
         rise = float(

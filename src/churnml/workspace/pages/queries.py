@@ -43,11 +43,17 @@ SORTS = {
     "change": ("probability_change", "desc"),
     "renewal": ("renewal_date", "asc"),
     "last_touch": ("last_touch", "asc"),
+    "saved": ("expected_revenue_saved", "desc"),  # with an uplift model (`churnml impact --fit-uplift`)
 }
+CALL_BY = {
+    "risk": "revenue_at_risk",
+    "saved": "expected_revenue_saved",
+}  # what the call list takes the most of
 # columns a workspace from an older `churnml score` may lack, read as NULL there
 OPTIONAL_COLUMNS = {"name": "VARCHAR", "renewal_date": "TIMESTAMP", "probability_change": "DOUBLE",
                     "previous_probability": "DOUBLE", "previous_tier": "VARCHAR", "previous_date": "TIMESTAMP",
-                    "seats": "DOUBLE", "seats_used": "DOUBLE", "tenure_days": "DOUBLE"}  # fmt: skip
+                    "seats": "DOUBLE", "seats_used": "DOUBLE", "tenure_days": "DOUBLE", "holdout_arm": "VARCHAR",
+                    "uplift": "DOUBLE", "expected_revenue_saved": "DOUBLE"}  # fmt: skip
 
 
 class WorkspaceMissing(LookupError):
@@ -119,6 +125,7 @@ class ListParams:
     capacity: int = DEFAULT_CAPACITY
     owner_capacity: int = DEFAULT_OWNER_CAPACITY
     min_tier: str = DEFAULT_MIN_TIER
+    call_by: str = "risk"
 
     @property
     def call_capacity(self) -> int:
@@ -147,7 +154,7 @@ class ListParams:
                  "capacity": "" if p.capacity == DEFAULT_CAPACITY else str(p.capacity),
                  "owner_capacity": "" if p.owner_capacity == DEFAULT_OWNER_CAPACITY else str(p.owner_capacity),
                  "min_tier": "" if p.min_tier == DEFAULT_MIN_TIER else (p.min_tier or "any"),
-                 "page": "" if p.page == 1 else str(p.page)}  # fmt: skip
+                 "call_by": "" if p.call_by == "risk" else p.call_by, "page": "" if p.page == 1 else str(p.page)}  # fmt: skip
         return {k: v for k, v in pairs.items() if v}
 
 
@@ -184,7 +191,7 @@ def parse_list_params(params: Mapping[str, str]) -> ListParams:
         page=_int_param(params, "page", 1, 1, 10_000_000),
         capacity=_int_param(params, "capacity", DEFAULT_CAPACITY, 0, MAX_CAPACITY),
         owner_capacity=_int_param(params, "owner_capacity", DEFAULT_OWNER_CAPACITY, 0, MAX_CAPACITY),
-        min_tier="" if min_tier in ("any", "low") else min_tier,
+        min_tier="" if min_tier in ("any", "low") else min_tier, call_by=_choice(params, "call_by", tuple(CALL_BY), "risk"),
     )  # fmt: skip
 
 
@@ -200,8 +207,8 @@ def _state_frame(states: Mapping[str, AccountState]) -> pd.DataFrame:
 
 def _ranked_sql(con: duckdb.DuckDBPyConnection, p: ListParams) -> tuple[str, list[Any]]:
     """The list's rows: scores with the store's state, filtered, each with its place by revenue at risk
-    (``position``) and on the call list (``call_rank``: skipping snoozed accounts and those below the
-    minimum tier)."""
+    (``position``) and on the call list (``call_rank``: skipping snoozed accounts, those below the
+    minimum tier and those held out as this campaign's control group)."""
     have = columns(con, "scores")
     optional = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in OPTIONAL_COLUMNS.items() if c not in have)
     tiers = {"high": ("high",), "medium": ("high", "medium"), "": TIERS}[p.min_tier]
@@ -215,8 +222,9 @@ def _ranked_sql(con: duckdb.DuckDBPyConnection, p: ListParams) -> tuple[str, lis
         SELECT *, row_number() OVER (ORDER BY revenue_at_risk DESC NULLS LAST, customer_id) AS position
         FROM base WHERE {where}),
     callable AS (
-        SELECT customer_id, row_number() OVER (ORDER BY revenue_at_risk DESC NULLS LAST, customer_id) AS call_rank
-        FROM filtered WHERE snoozed_until IS NULL AND lower(risk_tier) IN ({", ".join("?" * len(tiers))})),
+        SELECT customer_id, row_number() OVER (ORDER BY {CALL_BY[p.call_by]} DESC NULLS LAST, customer_id) AS call_rank
+        FROM filtered WHERE snoozed_until IS NULL AND lower(risk_tier) IN ({", ".join("?" * len(tiers))})
+            AND coalesce(CAST(holdout_arm AS VARCHAR), '') <> 'control'),
     ranked AS (
         SELECT f.*, c.call_rank, coalesce(c.call_rank <= ?, FALSE) AS in_call_list
         FROM filtered f LEFT JOIN callable c USING (customer_id))

@@ -19,8 +19,8 @@ from churnml.workspace.pages import charts
 from churnml.workspace.pages.charts import Band, Reference
 
 __all__ = [
-    "EXPORT_COLUMNS", "account_charts", "amount", "cohort_table", "day", "environment", "export_csv", "month",
-    "overview_charts", "points", "revenue_definition",
+    "EXPORT_COLUMNS", "account_charts", "amount", "cohort_table", "day", "environment", "export_csv",
+    "holdout_note", "month", "overview_charts", "points", "revenue_definition",
 ]  # fmt: skip
 
 TIER_COLOURS = {"low": "#2e7d32", "medium": "#b9770e", "high": "#c0392b"}
@@ -58,6 +58,20 @@ def revenue_definition(meta: dict[str, Any]) -> str:
     unit = f" in {currency}" if currency else " in the data's currency (the spec names none)"
     return (f"Revenue at risk = churn probability × MRR × {months} months ({within}){unit}: the revenue "
             "expected to be lost within the horizon if nothing is done. It can exceed one month's MRR.")  # fmt: skip
+
+
+def holdout_note(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What the scores say about holdouts (None for a workspace from before them)."""
+    raw = meta.get("holdout_share")
+    if raw is None or str(raw).strip() == "":
+        return None
+    share = float(raw)
+    if share <= 0:
+        return {"off": True, "text": "Holdouts are off: every eligible account may be called, so the impact of the "
+                "calls cannot be measured. Set CHURNML_HOLDOUT_SHARE (for example 0.1) and score again to measure it."}  # fmt: skip
+    return {"off": False, "text": f"{share:.0%} of the accounts eligible for a call are held out this campaign "
+            "(marked “hold out: do not contact”) as a control group: comparing them with the accounts called "
+            "measures what the calls save."}  # fmt: skip
 
 
 def environment():  # noqa: ANN201 - jinja2 stays an implementation detail
@@ -165,7 +179,7 @@ def cohort_table(cohorts: list[dict[str, Any]]) -> tuple[list[int], list[dict[st
 
 EXPORT_COLUMNS = ["position", "customer_id", "name", "revenue_at_risk", "probability", "change_since_last_score",
                   "risk_tier", "mrr", "renewal_date", "last_touch", "owner", "segment", "plan", "top_reason",
-                  "top_play", "in_call_list", "snoozed_until", "link", "as_of"]  # fmt: skip
+                  "top_play", "in_call_list", "holdout", "snoozed_until", "link", "as_of"]  # fmt: skip
 
 
 def _export_row(r: dict[str, Any], link: str) -> list[Any]:
@@ -175,6 +189,7 @@ def _export_row(r: dict[str, Any], link: str) -> list[Any]:
              "mrr": amount(r["mrr"]), "renewal_date": day(r.get("renewal_date")), "last_touch": day(r.get("last_touch")),
              "owner": r.get("owner"), "segment": r.get("segment"), "plan": r.get("plan"), "top_reason": r.get("top_reason"),
              "top_play": r.get("top_play"), "in_call_list": "yes" if r.get("in_call_list") else "no",
+             "holdout": "hold out: do not contact" if r.get("holdout_arm") == "control" else "",
              "snoozed_until": day(r["snoozed_until"]) if r.get("snoozed_until") is not None else "",
              "link": link + quote(str(r["customer_id"]), safe=""), "as_of": day(r.get("as_of"))}  # fmt: skip
     return [csv_cell(shown[c]) for c in EXPORT_COLUMNS]

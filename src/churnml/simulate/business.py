@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from churnml.simulate.plays import plan_month, plays_frame, plays_frame_empty
+
 __all__ = [
     "SimulationConfig",
     "SimulationSummary",
@@ -133,6 +135,10 @@ class SimulationConfig:
       another risk.
 
     Without ``drift`` the output is the same as before scenarios existed (no extra random draws).
+
+    ``plays`` switches on CSM plays (:mod:`churnml.simulate.plays`): each month the ``call_share`` of
+    at-risk accounts with the highest churn probability is called, a ``holdout_share`` of them held out,
+    and ``plays.parquet`` records the true effects. Off by default, and then the output is unchanged.
     """
 
     customers: int = 2_000
@@ -142,6 +148,9 @@ class SimulationConfig:
     founding_share: float = 0.3  # accounts that exist from the first month
     drift: str | None = None  # None | "covariate" | "concept"
     drift_month: int = 12
+    plays: bool = False
+    call_share: float = 0.25  # of the accounts at risk each month, called (with plays)
+    holdout_share: float = 0.1  # of the call list, held out (with plays)
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -152,6 +161,10 @@ class SimulationConfig:
             raise ValueError(f"drift must be 'covariate' or 'concept', got {self.drift!r}")
         if self.drift and not 1 <= self.drift_month < self.months:
             raise ValueError(f"drift_month must be between 1 and {self.months - 1}, got {self.drift_month}")
+        if self.plays and not 0 < self.call_share <= 1:
+            raise ValueError(f"call_share must be in (0, 1], got {self.call_share}")
+        if self.plays and not 0 < self.holdout_share < 1:
+            raise ValueError(f"holdout_share must be in (0, 1), got {self.holdout_share}")
 
     def weights(self, month: int) -> np.ndarray:
         """The drivers' weights on the monthly churn logit in ``month``."""
@@ -266,6 +279,8 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     sub_rows: list[tuple[np.ndarray, ...]] = []
     truth: list[pd.DataFrame] = []
     billing_offset = signup % 28.0
+    ids = np.array([f"C{first + i:07d}" for i in range(n)]) if config.plays else None
+    plays: list[pd.DataFrame] = []
 
     def close_rows(who: np.ndarray, at: np.ndarray) -> None:
         sub_rows.append(
@@ -290,7 +305,17 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
         ])  # fmt: skip
         weights = config.weights(m)
         logit = BASE_LOGIT + drivers @ weights
-        fire = at_risk[rng.random(len(at_risk)) < 1.0 / (1.0 + np.exp(-logit[at_risk]))]
+        called = None
+        if config.plays:  # the call list's treated accounts churn less this month
+            period = f"{pd.Timestamp(config.start) + pd.DateOffset(months=m):%Y-%m}"
+            called = plan_month(ids, period, at_risk, drivers, weights, logit, config.call_share,
+                                config.holdout_share, list(DRIVERS))  # fmt: skip
+            logit[called.local[~called.control]] = called.logit_treated[~called.control]
+        uniform = rng.random(len(at_risk))
+        fire = at_risk[uniform < 1.0 / (1.0 + np.exp(-logit[at_risk]))]
+        if called is not None:
+            month_plays = plays_frame(called, uniform[np.searchsorted(at_risk, called.local)], LAPSE_SHARE)
+            plays.append(month_plays.assign(month=ms))
         lapse = fire[rng.random(len(fire)) < LAPSE_SHARE]
         churners = np.setdiff1d(fire, lapse)
         when = ms + rng.random(len(fire)) * (me - ms) * 0.9
@@ -417,6 +442,7 @@ def simulate_block(config: SimulationConfig, block: int) -> dict[str, pa.Table]:
     state = _BlockState(
         signup=signup, segment=segment, plan=plan, seats=seats, mrr=mrr, owner=owner, industry=industry,
         country=country, events=events, churn_day=churn_day, horizon_end=horizon_end, sub_rows=sub_rows, truth=truth,
+        plays=plays,
     )  # fmt: skip
     return _block_tables(config, first, n, state)
 
@@ -444,6 +470,7 @@ class _BlockState:
     horizon_end: float
     sub_rows: list[tuple[np.ndarray, ...]]
     truth: list[pd.DataFrame]
+    plays: list[pd.DataFrame] = field(default_factory=list)
 
 
 def _block_tables(config: SimulationConfig, first: int, n: int, s: _BlockState) -> dict[str, pa.Table]:
@@ -503,12 +530,23 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: _BlockState) 
     truth.insert(
         1, "churn_date", _to_ts(start_us, truth.pop("churn_day").to_numpy(dtype=np.float64)).to_pandas()
     )
-    return {
+    tables = {
         "customers": customers,
         "events": events,
         "subscriptions": subs,
         "ground_truth": pa.Table.from_pandas(truth, preserve_index=False),
     }
+    if config.plays:
+        tables["plays"] = _plays_table(s.plays, ids, start_us)
+    return tables
+
+
+def _plays_table(months: list[pd.DataFrame], ids: np.ndarray, start_us: int) -> pa.Table:
+    """The plays' ground truth: one row per account on a month's call list, both arms' probabilities."""
+    frame = pd.concat(months, ignore_index=True) if months else plays_frame_empty()
+    frame.insert(0, "customer_id", ids[frame.pop("local").to_numpy(dtype=np.int64)])
+    frame.insert(1, "month", _to_ts(start_us, frame.pop("month").to_numpy(dtype=np.float64)).to_pandas())
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _blocks(config: SimulationConfig, workers: int) -> Iterator[dict[str, pa.Table]]:
@@ -587,7 +625,7 @@ def simulate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    names = ["customers", "events", "subscriptions", "ground_truth"]
+    names = ["customers", "events", "subscriptions", "ground_truth", *(["plays"] if config.plays else [])]
     tmp = {k: out_dir / f".{k}.parquet.tmp" for k in names}
     writers: dict[str, pq.ParquetWriter] = {}
     counts = dict.fromkeys(names, 0)
