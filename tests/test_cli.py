@@ -262,7 +262,7 @@ def test_labels_reports_scheduled_dates_without_labels_yet(home: Path) -> None:
 
 def test_the_main_job_validates_the_data_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """labels, features, training and scoring share one validated handle (each used to validate again)."""
-    import churnml.cli
+    import churnml.cli.common
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     loads = []
@@ -271,7 +271,7 @@ def test_the_main_job_validates_the_data_once(home: Path, monkeypatch: pytest.Mo
         loads.append(args[1].name)
         return load_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(churnml.cli, "load_dataset", counted)
+    monkeypatch.setattr(churnml.cli.common, "load_dataset", counted)
     result = runner.invoke(
         app, ["run", "--customers", "300", "--months", "12", "--trials", "1", "--no-serve"]
     )
