@@ -21,6 +21,7 @@ Each measurement runs in its own process so peak memory (ru_maxrss) belongs to i
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import tempfile
@@ -169,8 +170,9 @@ def run_engines(data_dir: str, master: str, partitions: int, queue: mp.Queue) ->
                "spark": spark_s, "same": same})  # fmt: skip
 
 
-def engine_scaling(base_customers: int, months: int, master: str, partitions: int, tmp: str) -> None:
+def engine_scaling(base_customers: int, months: int, master: str, partitions: int, tmp: str) -> dict:
     """Features at 1x, 2x and 4x the customers on DuckDB and on Spark: throughput and their ratio."""
+    figures = {}
     print(f"engines: features at 1x/2x/4x of {base_customers:,} customers x {months} months, Spark {master}")
     for scale in (1, 2, 4):
         data = Path(tmp) / f"scale{scale}"
@@ -180,6 +182,10 @@ def engine_scaling(base_customers: int, months: int, master: str, partitions: in
               f"{r['events'] / r['duckdb']:>11,.0f} events/s   spark {r['spark']:6.1f} s "
               f"{r['events'] / r['spark']:>11,.0f} events/s   spark/duckdb time {r['spark'] / r['duckdb']:5.1f}x"
               f"   same table: {r['same']}")  # fmt: skip
+        figures[f"{scale}x"] = {"events": r["events"], "duckdb_events_per_second": r["events"] / r["duckdb"],
+                                "spark_events_per_second": r["events"] / r["spark"],
+                                "spark_to_duckdb_time": r["spark"] / r["duckdb"], "same_table": bool(r["same"])}  # fmt: skip
+    return figures
 
 
 def _with_bad_rows(src: Path, dst: Path) -> None:
@@ -232,10 +238,13 @@ def main() -> None:
                         help="only compare the DuckDB and Spark engines at 1x/2x/4x of CUSTOMERS (--months)")  # fmt: skip
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-partitions", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None, help="write the headline figures here")
     args = parser.parse_args()
     if args.engines:
         with tempfile.TemporaryDirectory() as tmp:
-            engine_scaling(args.engines, args.months, args.spark_master, args.spark_partitions, tmp)
+            figures = engine_scaling(args.engines, args.months, args.spark_master, args.spark_partitions, tmp)
+        if args.json:
+            args.json.write_text(json.dumps({"engines": figures}, indent=1))
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -270,6 +279,10 @@ def main() -> None:
     print(f"  churnml         {ours['seconds']:7.1f} s   peak {ours['peak_mb']:,.0f} MiB")
     print(f"  pandas baseline {base['seconds']:7.1f} s   peak {base['peak_mb']:,.0f} MiB")
     print(f"  ratio           pandas / churnml = {base['seconds'] / ours['seconds']:.1f}x (target >= 3x)")
+    if args.json:  # the floor: >= 1.5M events/s end to end, <= 8 GB, >= 3x pandas
+        figures = {"events": events, "events_per_second": events / end_to_end, "peak_rss_mb": full["peak_mb"],
+                   "ratio_to_pandas": base["seconds"] / ours["seconds"]}  # fmt: skip
+        args.json.write_text(json.dumps(figures, indent=1))
     if args.bad_rows:
         print(f"the same events with two bad rows added ({bad['quarantined']} quarantined):")
         print(

@@ -8,6 +8,7 @@ with pyarrow (the I/O floor any simulator pays), so the ratio is comparable acro
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import tempfile
 import time
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write the headline figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sim"
@@ -82,6 +84,10 @@ def main() -> None:
     print(f"  peak RSS        main {own:,.0f} MiB, largest worker {children:,.0f} MiB")
     print(f"  baseline        pyarrow write of {summary.events:,} random rows: {floor:,.1f} s")
     print(f"  ratio           simulate / write-floor = {elapsed / floor:.2f}x")
+    if args.json:
+        figures = {"events": summary.events, "seconds": elapsed, "events_per_second": summary.events / elapsed,
+                   "peak_rss_mb": max(own, children), "ratio_to_write_floor": elapsed / floor}  # fmt: skip
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":
