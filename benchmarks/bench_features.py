@@ -7,9 +7,12 @@ Issue 3 targets: features for the simulator at 100k customers x 24 monthly dates
 >= 1.5M events/s end to end, <= 8 GB peak memory on 2 cores, and >= 3x a straightforward pandas
 implementation measured in the same run.
 
-Issue 24: `--engines 2000 --months 12` compares the DuckDB engine with the Spark one (the same
-`build_features` per customer partition, `churnml.features.spark`) at 1x, 2x and 4x the customers:
-throughput of each and the ratio, and whether the two tables are equal.
+Issue 24: `--engines 2000 --months 12` compares the DuckDB engine with the Spark one (the Ibis
+definitions as Spark SQL, the same NumPy step per customer partition: `churnml.features.spark`) at 1x,
+2x and 4x the customers: throughput of each and the ratio, and whether the two tables are equal; then
+batch scoring with reasons (`churnml.score.score_and_explain`: features, calibrated probability, SHAP
+reasons and plays, on the driver for DuckDB, inside the partitions for Spark) of the last date's
+accounts with a model trained on the 1x data, and whether scores and reasons are equal.
 
 Each measurement runs in its own process so peak memory (ru_maxrss) belongs to it alone:
   1. churnml on the full data: load + validate, labels, features (timed separately);
@@ -145,9 +148,13 @@ def run_validate(spec_path: str, home: str, queue: mp.Queue) -> None:
     queue.put({"seconds": time.perf_counter() - began, "quarantined": report.tables["events"].quarantined})
 
 
-def run_engines(data_dir: str, master: str, partitions: int, queue: mp.Queue) -> None:
-    """The same feature table on DuckDB (this process) and on Spark (customer partitions, mapInArrow)."""
-    from churnml.features.spark import build_features_spark, spark_session
+def run_engines(data_dir: str, master: str, partitions: int, model_dir: str, queue: mp.Queue) -> None:
+    """The same feature table on DuckDB (this process) and on Spark (customer partitions, mapInArrow),
+    then the same scores and reasons of the accounts at the last date."""
+    from churnml.features.batch import latest_date, scoring_rows
+    from churnml.features.spark import SparkFeatures, build_features_spark, spark_session
+    from churnml.model import ChurnModel
+    from churnml.score import RiskPolicy, score_and_explain
 
     con = connect(Settings(home=Path(data_dir), duckdb_memory_limit="2GB"))
     spec = load_spec(Path(data_dir) / "spec.yaml")
@@ -162,12 +169,39 @@ def run_engines(data_dir: str, master: str, partitions: int, queue: mp.Queue) ->
     began = time.perf_counter()
     spk = build_features_spark(spark, tables, rows, fs, partitions)
     spark_s = time.perf_counter() - began
-    spark.stop()
     same = bool(
         (pd.util.hash_pandas_object(duck, index=False) == pd.util.hash_pandas_object(spk, index=False)).all()
     )
+    if not Path(model_dir).exists():  # the 1x run trains the model every scale scores with
+        _train(tables, spec, duck, labels, Path(model_dir))
+    model = ChurnModel.load(Path(model_dir))
+    accounts = scoring_rows(tables, spec, latest_date(tables))
+    timed = {}
+    for engine, build in (("duckdb", build_features), ("spark", SparkFeatures(spark, partitions))):
+        began = time.perf_counter()
+        timed[engine] = score_and_explain(tables, accounts, model, RiskPolicy(), 5, build=build)
+        timed[f"{engine}_s"] = time.perf_counter() - began
+    spark.stop()
+    a, b = timed["duckdb"], timed["spark"]
+    same_scores = a.scored.equals(b.scored) and [r.to_json() for r in a.explained] == [
+        r.to_json() for r in b.explained
+    ]
     queue.put({"events": tables.report.tables["events"].clean, "rows": len(rows), "duckdb": duck_s,
-               "spark": spark_s, "same": same})  # fmt: skip
+               "spark": spark_s, "same": same, "scored_accounts": len(accounts), "score_duckdb": timed["duckdb_s"],
+               "score_spark": timed["spark_s"], "score_partitions": b.partitions, "same_scores": bool(same_scores)})  # fmt: skip
+
+
+def _train(tables, spec, features: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> None:  # noqa: ANN001
+    """A quick model (4 trials) on the labelled rows, saved to ``folder``."""
+    from churnml.labels import label_margin
+    from churnml.modeling import TrainConfig, TrainTask, train_model
+
+    labelled = labels[labels["churned"].notna()].reset_index(drop=True)
+    table = features.assign(churned=labelled["churned"].astype("int8").to_numpy(),
+                            churn_date=labelled["churn_date"].to_numpy())  # fmt: skip
+    fs = infer_feature_set(tables, spec)
+    task = TrainTask(spec.observation.horizon_days, purge_days=label_margin(spec).days)
+    train_model(table, fs, task, TrainConfig(trials=4, backtest_folds=2)).model.save(folder)
 
 
 def engine_scaling(base_customers: int, months: int, master: str, partitions: int, tmp: str) -> dict:
@@ -177,14 +211,24 @@ def engine_scaling(base_customers: int, months: int, master: str, partitions: in
     for scale in (1, 2, 4):
         data = Path(tmp) / f"scale{scale}"
         simulate(SimulationConfig(customers=base_customers * scale, months=months, seed=0), data)
-        r = _in_child(run_engines, str(data), master, partitions)
+        r = _in_child(run_engines, str(data), master, partitions, str(Path(tmp) / "model"))
         print(f"  {scale}x {r['events']:>11,} events {r['rows']:>8,} rows   duckdb {r['duckdb']:6.1f} s "
               f"{r['events'] / r['duckdb']:>11,.0f} events/s   spark {r['spark']:6.1f} s "
               f"{r['events'] / r['spark']:>11,.0f} events/s   spark/duckdb time {r['spark'] / r['duckdb']:5.1f}x"
               f"   same table: {r['same']}")  # fmt: skip
+        print(f"     scoring {r['scored_accounts']:>8,} accounts with reasons   duckdb {r['score_duckdb']:6.1f} s "
+              f"{r['scored_accounts'] / r['score_duckdb']:>8,.0f} accounts/s   spark {r['score_spark']:6.1f} s "
+              f"{r['scored_accounts'] / r['score_spark']:>8,.0f} accounts/s ({r['score_partitions']} partitions)"
+              f"   spark/duckdb time {r['score_spark'] / r['score_duckdb']:5.1f}x   same scores and reasons: "
+              f"{r['same_scores']}")  # fmt: skip
         figures[f"{scale}x"] = {"events": r["events"], "duckdb_events_per_second": r["events"] / r["duckdb"],
                                 "spark_events_per_second": r["events"] / r["spark"],
-                                "spark_to_duckdb_time": r["spark"] / r["duckdb"], "same_table": bool(r["same"])}  # fmt: skip
+                                "spark_to_duckdb_time": r["spark"] / r["duckdb"], "same_table": bool(r["same"]),
+                                "scored_accounts": r["scored_accounts"],
+                                "duckdb_scored_accounts_per_second": r["scored_accounts"] / r["score_duckdb"],
+                                "spark_scored_accounts_per_second": r["scored_accounts"] / r["score_spark"],
+                                "spark_to_duckdb_scoring_time": r["score_spark"] / r["score_duckdb"],
+                                "same_scores_and_reasons": bool(r["same_scores"])}  # fmt: skip
     return figures
 
 

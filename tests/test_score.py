@@ -202,3 +202,31 @@ def test_playbook_matches_reasons_whose_facts_fit_and_loads_from_yaml(tmp_path: 
     path.write_text("plays:\n  - name: Call them\n    when: {groups: [usage]}\n")
     with pytest.raises(ValueError, match=r"plays\.0\.action"):
         load_playbook(path)
+
+
+def test_a_model_and_its_reasons_travel_as_files_and_json_and_arrive_equal(sim_dir: Path, trained) -> None:
+    """How Spark executors get the model (its own files, checked on load) and give back the reasons."""
+    from churnml.explain import AccountReasons
+    from churnml.features.batch import scoring_rows
+    from churnml.model import ChurnModel
+    from churnml.score import score_and_explain
+
+    _, _, result = trained
+    files = result.model.to_files()
+    assert set(files) == {"booster.txt", "model.json"}
+    arrived = ChurnModel.from_files(files)
+    with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
+        spec = load_spec(sim_dir / "spec.yaml")
+        tables = load_dataset(con, spec)
+        rows = scoring_rows(tables, spec, latest_date(tables)).head(300)
+        here = score_and_explain(tables, rows, result.model, RiskPolicy(), 5)
+        there = score_and_explain(tables, rows, arrived, RiskPolicy(), 5)
+    pd.testing.assert_frame_equal(there.scored, here.scored)
+    assert any(a.problems for a in here.explained) and any(a.context for a in here.explained)
+    assert (
+        [AccountReasons.from_json(a.to_json()) for a in here.explained] == here.explained == there.explained
+    )
+    with pytest.raises(ValueError, match="corrupt"):
+        ChurnModel.from_files({**files, "model.json": files["model.json"][:100]})
+    with pytest.raises(FileNotFoundError, match="booster.txt is missing"):
+        ChurnModel.from_files({"model.json": files["model.json"]})

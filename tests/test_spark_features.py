@@ -79,8 +79,8 @@ def test_scoring_with_features_on_spark_gives_the_same_scores_and_reasons(
     from churnml.data import load_dataset
     from churnml.engine import connect
     from churnml.features.batch import latest_date
-    from churnml.features.spark import build_features_spark, spark_session
-    from churnml.score import score_customers
+    from churnml.features.spark import SparkFeatures, spark_session
+    from churnml.score import RiskPolicy, score_and_explain, score_customers
     from churnml.spec import load_spec
 
     _, _, result = trained
@@ -91,11 +91,20 @@ def test_scoring_with_features_on_spark_gives_the_same_scores_and_reasons(
             tables = load_dataset(con, spec)
             as_of = latest_date(tables)
             here = score_customers(tables, spec, result.model, as_of, history=2)
-            on_spark = score_customers(tables, spec, result.model, as_of, history=2,
-                                       build=lambda t, r, f: build_features_spark(spark, t, r, f, 4))  # fmt: skip
+            on_spark = score_customers(
+                tables, spec, result.model, as_of, history=2, build=SparkFeatures(spark, 4)
+            )
+            # the model, its SHAP reasons and plays ran inside the customer partitions, not on the driver
+            rows = on_spark.scores[["customer_id", "as_of"]].rename(columns={"as_of": "observation_date"})
+            partitioned = score_and_explain(
+                tables, rows, result.model, RiskPolicy(), 5, build=SparkFeatures(spark, 4)
+            )
     finally:
         spark.stop()
     assert len(here.scores) > 500
     pd.testing.assert_frame_equal(on_spark.scores, here.scores)
     pd.testing.assert_frame_equal(on_spark.reasons, here.reasons)
     pd.testing.assert_frame_equal(on_spark.history, here.history)
+    assert partitioned.partitions >= 2 and len(partitioned.explained) == len(rows)
+    top = pd.Series([a.headline for a in partitioned.explained], index=rows["customer_id"])
+    assert top.reindex(here.scores["customer_id"]).tolist() == here.scores["top_reason"].tolist()

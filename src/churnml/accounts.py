@@ -75,8 +75,10 @@ def account_table(
     attributes: tuple[str, ...] = (),
     attribute_columns: tuple[str, ...] = (),
     term_months: int = 1,
+    ordered: bool = True,
 ) -> ibis.Table:
-    """Account features per row of ``rows``, ordered by ``_ri``.
+    """Account features per row of ``rows`` with its ``_ri`` and customer key ``ck``, ordered by ``_ri``
+    (unless not ``ordered``: Spark partitions the rows by customer instead of sorting them globally).
 
     ``users`` holds ``(ck, t, users)``; ``attributes`` are profile columns returned as
     ``attribute_columns``. Tenure counts from the signup date, else from the first subscription that
@@ -108,8 +110,8 @@ def account_table(
     j = j.left_join(p, j._ri == p._ri).drop("_ri_right")
     j = j.left_join(u, [j.ck == u.u_ck, j.t == u.u_t])
     seats_in_use = j.users.fill_null(0) / ibis.ifelse(j.now_seats == 0, ibis.null("float64"), j.now_seats)
-    return j.select(
-        "_ri", "segment", *attribute_columns,
+    out = j.select(
+        "_ri", "ck", "segment", *attribute_columns,
         tenure_days=_days(j.t, j.since),
         active_users_30d=j.users,
         mrr=ibis.coalesce(j.now_mrr, j.profile_mrr),
@@ -118,7 +120,8 @@ def account_table(
         seats_used_ratio=seats_in_use,
         plan=ibis.coalesce(j.now_plan, j.profile_plan),
         days_to_renewal=_days(j.renewal, j.t),
-    ).order_by("_ri")  # fmt: skip
+    )  # fmt: skip
+    return out.order_by("_ri") if ordered else out
 
 
 @functools.cache

@@ -10,8 +10,10 @@ integer, ``(type * n_keys + customer) * span + day``:
   so the run's last entry is the last value (on a tied timestamp the largest value).
 
 Both are a join and a sort, defined here as Ibis expressions: the embedded default compiles them to
-DuckDB SQL, and the same expressions run on a distributed engine (tested on PySpark) when the events
-outgrow one machine. A sort of the events is much cheaper than a ``GROUP BY`` per customer-type-day
+DuckDB SQL, and the same expressions run on PySpark when the events outgrow one machine
+(`churnml.features.spark`). There a global sort is not wanted: `keyed_events` and `keyed_values` are
+the same tables unsorted with each event's customer key ``ck``, partitioned by it, and each partition
+sorts its share by `EVENT_ORDER` and `VALUE_ORDER`. A sort of the events is much cheaper than a ``GROUP BY`` per customer-type-day
 here (47M events give 23M such groups; their hash table cost twice the sort), and NumPy reads counts,
 windows and last values straight off the sorted runs (`churnml.features`). That second half needs
 only one customer's events at a time, so it partitions by customer.
@@ -29,8 +31,12 @@ __all__ = [
     "TYPES",
     "USER_EVENTS",
     "DAYS",
+    "EVENT_ORDER",
+    "VALUE_ORDER",
     "event_table",
     "value_table",
+    "keyed_events",
+    "keyed_values",
     "duckdb_event_sql",
     "user_table",
 ]
@@ -42,6 +48,8 @@ KEYS = ibis.schema({"customer_id": "string", "ck": "int64"})  # customer -> dens
 TYPES = ibis.schema({"event_type": "string", "ti": "int64"})  # event type -> dense integer key
 USER_EVENTS = ibis.schema({"customer_id": "string", "timestamp": "timestamp", "user_id": "string"})
 DAYS = ibis.schema({"t": "timestamp", "day": "date", "age": "int64"})  # each date's days, `age` days back
+EVENT_ORDER = ("key", "timestamp")  # a run's last event is its latest
+VALUE_ORDER = ("key", "timestamp", "value")  # a run's last entry is the last value (the largest on a tie)
 
 
 def _keyed(
@@ -62,7 +70,20 @@ def event_table(
     so ``0 <= day < span``.
     """
     k = _keyed(events, keys, types, n_keys, span, origin_day)
-    return k.select("key", "timestamp").order_by(["key", "timestamp"])
+    return k.select("key", "timestamp").order_by(list(EVENT_ORDER))
+
+
+def keyed_events(
+    events: ibis.Table, keys: ibis.Table, types: ibis.Table, *, n_keys: int, span: int, origin_day: int
+) -> ibis.Table:
+    """`event_table` unsorted, with each event's customer key ``ck`` to partition it by."""
+    return _keyed(events, keys, types, n_keys, span, origin_day).select("ck", *EVENT_ORDER)
+
+
+def _with_value(keyed: ibis.Table) -> ibis.Table:
+    # NaN is no value on every path: pandas (the online path) reads it as missing, Ibis' Spark SQL drops
+    # it, and DuckDB would keep it and sort it above every number (validation quarantines NaN anyway)
+    return keyed.filter(keyed.value.notnull() & ~keyed.value.isnan())
 
 
 def value_table(
@@ -70,11 +91,15 @@ def value_table(
 ) -> ibis.Table:
     """``(key, value)`` of the events with a value, sorted by key, time and value: the last entry of a
     run is the last value, the same on every engine and whatever the row order (so the paths agree)."""
-    k = _keyed(events, keys, types, n_keys, span, origin_day)
-    # NaN is no value on every path: pandas (the online path) reads it as missing, Ibis' Spark SQL drops
-    # it, and DuckDB would keep it and sort it above every number (validation quarantines NaN anyway)
-    k = k.filter(k.value.notnull() & ~k.value.isnan())
-    return k.order_by(["key", "timestamp", "value"]).select("key", "value")
+    k = _with_value(_keyed(events, keys, types, n_keys, span, origin_day))
+    return k.order_by(list(VALUE_ORDER)).select("key", "value")
+
+
+def keyed_values(
+    events: ibis.Table, keys: ibis.Table, types: ibis.Table, *, n_keys: int, span: int, origin_day: int
+) -> ibis.Table:
+    """`value_table` unsorted, with ``ck`` and the timestamp its order needs."""
+    return _with_value(_keyed(events, keys, types, n_keys, span, origin_day)).select("ck", *VALUE_ORDER)
 
 
 # Placeholders compiled into the DuckDB templates (16-digit numbers no real query contains)

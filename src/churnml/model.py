@@ -152,6 +152,25 @@ class ChurnModel:
         (folder / "model.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         return folder
 
+    def to_files(self) -> dict[str, bytes]:
+        """The saved files as bytes: how the model travels to where it scores (Spark executors), in
+        its own format, and is checked there as any load is (`from_files`)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="churnml-model-") as folder:
+            self.save(Path(folder))
+            return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ChurnModel:
+        """The model whose saved files ``to_files`` gave, loaded and checked."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="churnml-model-") as folder:
+            for name, data in files.items():
+                (Path(folder) / Path(name).name).write_bytes(data)
+            return cls.load(Path(folder))
+
     @classmethod
     def load(cls, folder: Path) -> ChurnModel:
         """The model saved in ``folder``, checked: files whole, definitions computable, columns consistent."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from churnml.data.tables import ContractTables
 from churnml.engine import write_tables
@@ -26,11 +28,16 @@ from churnml.labels import build_labels, observation_dates
 from churnml.model import ChurnModel
 from churnml.spec import DatasetSpec
 
+if TYPE_CHECKING:
+    from churnml.features.spark import PartitionStep
+
 __all__ = [
     "RiskPolicy",
     "ScoreResult",
+    "ScoredRows",
     "explain_scored",
     "health_score",
+    "score_and_explain",
     "reason_records",
     "revenue_at_risk",
     "score_customers",
@@ -116,6 +123,81 @@ def explain_scored(
 
 
 @dataclass
+class ScoredRows:
+    """Rows with their features, scores and reasons, and how many Spark partitions computed them (0: here)."""
+
+    features: pd.DataFrame
+    scored: pd.DataFrame  # score_features' columns, index 0..n-1
+    explained: list[AccountReasons]
+    partitions: int = 0
+
+    @property
+    def parts(self) -> tuple[pd.DataFrame, pd.DataFrame, list[AccountReasons]]:
+        return self.features, self.scored, self.explained
+
+
+_SCORED = {"probability": pa.float64(), "health_score": pa.int64(), "risk_tier": pa.string(),
+           "mrr": pa.float64(), "revenue_at_risk": pa.float64()}  # fmt: skip
+_EXPLAINED = "_reasons"
+_STEP = "_scored_"  # the step's columns beside the features (``mrr`` is both)
+
+
+def score_and_explain(
+    tables: ContractTables, rows: pd.DataFrame, model: ChurnModel, policy: RiskPolicy, k: int,
+    playbook: Playbook = DEFAULT_PLAYBOOK, build: FeatureBuilder = build_features,
+) -> ScoredRows:  # fmt: skip
+    """The features, scores and reasons of ``rows``: here, or with the Spark engine inside each customer
+    partition (the model travels to the executors in its own files and is checked there on load), so
+    batch scoring with SHAP reasons grows with the cluster, not with the driver."""
+    from churnml.features.spark import SparkFeatures  # pyspark itself is imported only when used
+
+    if not isinstance(build, SparkFeatures):
+        features = build(tables, rows, model.feature_set)
+        scored = score_features(model, features, policy, num_threads=0)
+        return ScoredRows(
+            features, scored, explain_scored(model, features, scored, k, playbook, num_threads=0)
+        )
+    done, partitions = build.with_step(
+        tables, rows, model.feature_set, _scoring_step(model, policy, k, playbook)
+    )
+    explained = [AccountReasons.from_json(text) for text in done[_EXPLAINED]]
+    step_columns = [f"{_STEP}{c}" for c in _SCORED]
+    scored = done[step_columns].set_axis(list(_SCORED), axis=1).astype({"health_score": int})
+    return ScoredRows(done.drop(columns=[*step_columns, _EXPLAINED]), scored, explained, partitions)
+
+
+def _scoring_step(model: ChurnModel, policy: RiskPolicy, k: int, playbook: Playbook) -> PartitionStep:
+    """`score_features` and `explain_scored` as each Spark partition runs them on its features."""
+    from churnml.features.spark import PartitionStep
+
+    files = model.to_files()
+
+    def run(features: pd.DataFrame) -> pd.DataFrame:
+        here = _executor_model(files)
+        scored = score_features(here, features, policy)
+        explained = explain_scored(here, features, scored, k, playbook)
+        out = scored.reset_index(drop=True).add_prefix(_STEP)
+        return out.assign(**{_EXPLAINED: [a.to_json() for a in explained]})
+
+    return PartitionStep(
+        run, pa.schema([*((f"{_STEP}{c}", t) for c, t in _SCORED.items()), (_EXPLAINED, pa.string())])
+    )
+
+
+_EXECUTOR_MODELS: dict[str, ChurnModel] = {}  # an executor's Python worker loads each model once
+
+
+def _executor_model(files: dict[str, bytes]) -> ChurnModel:
+    import hashlib
+
+    digest = hashlib.sha256(b"".join(files[name] for name in sorted(files))).hexdigest()
+    if digest not in _EXECUTOR_MODELS:
+        _EXECUTOR_MODELS.clear()
+        _EXECUTOR_MODELS[digest] = ChurnModel.from_files(files)
+    return _EXECUTOR_MODELS[digest]
+
+
+@dataclass
 class ScoreResult:
     as_of: pd.Timestamp
     scores: pd.DataFrame  # one row per active customer, ranked by revenue at risk
@@ -174,12 +256,10 @@ def score_customers(
     rows = scoring_rows(tables, spec, as_of)
     if rows.empty:
         raise ValueError(f"score: no active customers at {as_of.date()}")
-    features = build(tables, rows, model.feature_set)
-    scored = score_features(model, features, policy, num_threads=0)
+    features, scored, explained = score_and_explain(tables, rows, model, policy, k, playbook, build).parts
     if uplift is not None:
         scored = with_expected_saving(scored, uplift.uplift(model.encode(features)), model.horizon_days)
     ids = features["customer_id"].to_numpy()
-    explained = explain_scored(model, features, scored, k, playbook, num_threads=0)
     scores = _score_table(tables, features, scored, ids, as_of, explained)
     now = scores[["customer_id", "as_of", "probability", "risk_tier", "revenue_at_risk"]].rename(
         columns={"as_of": "observation_date"}
@@ -293,9 +373,9 @@ def _past_scores(
     past = past[past["customer_id"].isin(set(ids))].reset_index(drop=True)
     if past.empty:
         return empty, None, []
-    past_features = build(tables, past, model.feature_set)
-    past_scored = score_features(model, past_features, policy, num_threads=0)
-    past_explained = explain_scored(model, past_features, past_scored, k, playbook, num_threads=0)
+    past_features, past_scored, past_explained = score_and_explain(
+        tables, past, model, policy, k, playbook, build
+    ).parts
     frame = past[["customer_id", "observation_date"]].join(
         past_scored[["probability", "risk_tier", "revenue_at_risk"]].reset_index(drop=True)
     )

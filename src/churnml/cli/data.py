@@ -186,19 +186,19 @@ def check_engine(engine: str | None, settings: Settings) -> str:
 
 @contextmanager
 def feature_builder(engine: str | None, settings: Settings) -> Iterator[FeatureBuilder]:
-    """`build_features` here, or the same per customer partition on Spark (a session for the command)."""
+    """`build_features` here, or the Ibis definitions on Spark and the same NumPy step per customer
+    partition (a session for the command)."""
     if check_engine(engine, settings) == "duckdb":
         yield build_features
         return
+    from churnml.features.spark import SparkFeatures, spark_session
+
     try:
-        from churnml.features.spark import build_features_spark, spark_session
+        spark = spark_session(settings.spark_master, settings.temp_dir)
     except ImportError as err:
         raise fail(f"--engine spark needs pyspark: {err}") from None
-    spark = spark_session(settings.spark_master, settings.temp_dir)
-    try:
-        yield lambda tables, rows, fs: build_features_spark(
-            spark, tables, rows, fs, settings.spark_partitions
-        )
+    try:  # scoring with it runs the model and its reasons in the partitions too (churnml.score)
+        yield SparkFeatures(spark, settings.spark_partitions)
     finally:
         spark.stop()
 

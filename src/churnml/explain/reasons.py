@@ -17,8 +17,9 @@ come in three kinds:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,16 @@ class AccountReasons:
     def shown(self) -> list[Reason]:
         """What the account page leads with: problems when action is needed, else protective factors."""
         return self.problems if self.action_needed else self.protective
+
+    def to_json(self) -> str:
+        """As JSON (how reasons computed on a Spark executor travel back); `from_json` reads it back equal."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> AccountReasons:
+        data = json.loads(text)
+        kinds = {k: [Reason(**r) for r in data[k]] for k in ("problems", "protective", "context")}
+        return cls(**kinds, action_needed=bool(data["action_needed"]))
 
 
 def strength(contribution: float) -> str:

@@ -22,6 +22,7 @@ saved with the model, so scoring always produces the same columns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,10 +46,18 @@ from churnml.features.runs import (
 )
 from churnml.features.sets import FeatureSet
 
-__all__ = ["build_features", "engine_threads"]
+__all__ = [
+    "EventShape",
+    "build_features",
+    "date_bounds",
+    "engine_threads",
+    "feature_rows",
+    "features_from_events",
+]
 
 
-def _check_rows(rows: pd.DataFrame) -> pd.DataFrame:
+def feature_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` checked, as ``(_ri, customer_id, t)``: the row index, the id as text, the date."""
     missing = {"customer_id", "observation_date"} - set(rows.columns)
     if missing:
         raise ValueError(
@@ -72,7 +81,7 @@ def build_features(tables: ContractTables, rows: pd.DataFrame, feature_set: Feat
     not change while this runs: events are read by several statements, each on its own snapshot.
     """
     fs, con = feature_set, tables.con
-    frame = _check_rows(rows)
+    frame = feature_rows(rows)
     out = pd.DataFrame({"customer_id": frame["customer_id"], "observation_date": frame["t"]})
     n = len(frame)
     if n == 0:
@@ -101,13 +110,36 @@ def build_features(tables: ContractTables, rows: pd.DataFrame, feature_set: Feat
             side.close()
 
 
-@dataclass
-class _Fetched:
-    """The sorted keyed events of the rows' customers, and the day numbering their keys use."""
+@dataclass(frozen=True)
+class EventShape:
+    """How the keyed events number customers and days: key = (type * n_keys + customer) * span + day."""
 
-    events: dict[str, np.ndarray]
+    n_keys: int  # customers (``ck`` runs from 0 to n_keys - 1)
     origin: int  # day 0, in days since 1970
     span: int  # days from day 0 to the last date
+
+    @staticmethod
+    def of(origin: int | None, t: pd.Series) -> EventShape:
+        """Day 0 at the first event's day (``origin``; the first date when there is none), up to the
+        last date (the customers are counted later)."""
+        t_days = t.to_numpy().astype("datetime64[D]").astype(np.int64)
+        origin = int(origin) if origin is not None else int(t_days.min())
+        return EventShape(0, origin, int(max(t_days.max() - origin, 0)) + 1)
+
+
+def date_bounds(t: pd.Series) -> tuple[str, str, bool]:
+    """SQL literals of the first and last date, and whether the dates are dense: so close that a day
+    sits in more than two dates' windows (the distinct users are then counted per day first)."""
+    first_t, last_t = quote_literal(str(t.min())), quote_literal(str(t.max()))
+    dates = np.unique(t.to_numpy().astype("datetime64[D]").astype(np.int64))
+    return first_t, last_t, bool(len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND))
+
+
+@dataclass
+class _Fetched:
+    """The day numbering the keyed events of the rows' customers use, and the dates' bounds."""
+
+    shape: EventShape
     first_t: str  # SQL literals of the first and last row dates
     last_t: str
     dense: bool  # dates so close that a day sits in several dates' windows
@@ -142,24 +174,20 @@ class _Matrix:
 
 
 def _fetch_events(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, n_keys: int) -> _Fetched:
-    """1. every event before the last date (rows' customers, known types), sorted by one integer key =
-    (type * customers + customer) * span + day, then the events with a value."""
-    first_t, last_t = quote_literal(str(frame["t"].min())), quote_literal(str(frame["t"].max()))
+    """1. the day numbering of the events before the last date (rows' customers, known types), keyed by
+    one integer = (type * customers + customer) * span + day, and their view ``_events_before``."""
+    first_t, last_t, dense = date_bounds(frame["t"])
     # Literal bounds, not scalar subqueries: DuckDB pushes literals into the scan (3x faster here).
-    t_days = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64)
     day_sql = """(CAST(e."timestamp" AS DATE) - DATE '1970-01-01')"""  # days since 1970, as NumPy counts them
     first_day = con.execute(
         f'SELECT min({day_sql}) FROM events e WHERE e."timestamp" < TIMESTAMP {last_t}'
     ).fetchall()[0][0]
-    origin = int(first_day) if first_day is not None else int(t_days.min())
-    span = int(max(t_days.max() - origin, 0)) + 1
+    shape = EventShape.of(first_day, frame["t"])
     con.execute(
         'CREATE OR REPLACE TEMP VIEW _events_before AS SELECT customer_id, "timestamp", event_type, value '
         f'FROM events WHERE "timestamp" < TIMESTAMP {last_t}'
     )
-    dates = np.unique(t_days)
-    dense = bool(len(dates) * TREND > 2 * (dates[-1] - dates[0] + TREND))  # a day sits in > 2 dates' windows
-    return _Fetched({}, origin, span, first_t, last_t, dense)
+    return _Fetched(EventShape(n_keys, shape.origin, shape.span), first_t, last_t, dense)
 
 
 def _build_features(
@@ -171,7 +199,8 @@ def _build_features(
     n_keys: int,
 ) -> pd.DataFrame:
     got = _fetch_events(con, frame, n_keys)
-    fetched = con.execute(duckdb_event_sql(n_keys, got.span, got.origin, valued=False))
+    shape = got.shape
+    fetched = con.execute(duckdb_event_sql(n_keys, shape.span, shape.origin, valued=False))
     account_job = (
         None
         if side is None
@@ -179,20 +208,34 @@ def _build_features(
     )
     timed = fetched.fetchnumpy()
     del fetched
-    valued = con.execute(duckdb_event_sql(n_keys, got.span, got.origin, valued=True)).fetchnumpy()
-    got.events = prepare_events(timed, valued)
+    valued = con.execute(duckdb_event_sql(n_keys, shape.span, shape.origin, valued=True)).fetchnumpy()
+    events = prepare_events(timed, valued)
     del timed, valued
-    t_rel = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64) - got.origin
-    matrix = _Matrix(len(frame), fs)
-    first_rel, active = _event_columns(con, matrix, frame, got, t_rel, n_keys)
-    got.events = {}  # the largest arrays here
 
-    # 4. account state as of the date (already running on the side session when there is one)
-    account = (
-        _account_frame(con, fs, got.first_t, got.last_t, got.dense)
-        if account_job is None
-        else account_job.result()
-    )
+    def account() -> pd.DataFrame:
+        """4. account state as of the date (already running on the side session when there is one)."""
+        if account_job is None:
+            return _account_frame(con, fs, got.first_t, got.last_t, got.dense)
+        return account_job.result()
+
+    return features_from_events(frame, fs, events, shape, account, engine_threads(con))
+
+
+def features_from_events(
+    frame: pd.DataFrame, fs: FeatureSet, events: dict[str, np.ndarray], shape: EventShape,
+    account: Callable[[], pd.DataFrame], threads: int,
+) -> pd.DataFrame:  # fmt: skip
+    """2.-4. the features of ``frame``'s rows (``_ri, customer_id, t, ck``) from their customers' sorted
+    keyed ``events`` (`prepare_events`) and account state (``account()``, one row per row, in order).
+
+    The half that needs only one customer's rows at a time: the DuckDB engine runs it on all rows,
+    Spark on each customer partition (`churnml.features.spark`). ``events`` is emptied once read.
+    """
+    t_rel = frame["t"].to_numpy().astype("datetime64[D]").astype(np.int64) - shape.origin
+    matrix = _Matrix(len(frame), fs)
+    first_rel, active = _event_columns(matrix, frame, events, shape, t_rel, threads)
+    events.clear()  # the largest arrays here
+    account = account()
     no_since = account["tenure_days"].isna().to_numpy() & (first_rel < t_rel)
     account["tenure_days"] = np.where(
         no_since, (t_rel - first_rel).astype(np.float64), account["tenure_days"]
@@ -205,8 +248,8 @@ def _build_features(
 
 
 def _event_columns(
-    con: duckdb.DuckDBPyConnection, matrix: _Matrix, frame: pd.DataFrame, got: _Fetched, t_rel: np.ndarray,
-    n_keys: int,
+    matrix: _Matrix, frame: pd.DataFrame, events: dict[str, np.ndarray], shape: EventShape, t_rel: np.ndarray,
+    threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """2.-3. every event family per (row, event type), and each row's first active day and active days.
 
@@ -219,14 +262,14 @@ def _event_columns(
     inverse[order] = np.arange(n)
     ck_sorted, rel_sorted = ck[order], t_rel[order]
     t_us = frame["t"].to_numpy().astype("datetime64[us]").astype(np.int64)[order]
-    events = got.events
+    n_keys, span = shape.n_keys, shape.span
 
     fitted = dict(fs.btyd)
 
     def type_features(ti: int) -> None:
-        base = (ti * n_keys + ck_sorted) * got.span
+        base = (ti * n_keys + ck_sorted) * span
         computed = count_features(events, base, rel_sorted, t_us, WINDOWS)
-        computed |= value_features(events, base, rel_sorted, fs.value(types[ti]).meaning, got.span)
+        computed |= value_features(events, base, rel_sorted, fs.value(types[ti]).meaning, span)
         if types[ti] in fitted:  # BG/NBD from the row's own summary and the parameters the set carries
             inputs = [
                 computed[(k, None)] for k in ("active_days_total", "days_since_first", "days_since_last")
@@ -243,11 +286,11 @@ def _event_columns(
     def day_features() -> tuple[np.ndarray, np.ndarray]:
         """Each row's first active day and active days in the last TREND days, over all types."""
         keys = events["key"]
-        days = account_days(keys[:-1] if keys[-1] == NO_KEY else keys, n_keys, got.span)
-        return first_and_active_days(days, ck, t_rel, got.span)
+        days = account_days(keys[:-1] if keys[-1] == NO_KEY else keys, n_keys, span)
+        return first_and_active_days(days, ck, t_rel, span)
 
     # one type per thread: NumPy releases the GIL in searches and gathers, and each type has its columns
-    with ThreadPoolExecutor(max_workers=max(1, min(len(types), engine_threads(con)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(types), threads))) as pool:
         days_job = pool.submit(day_features)  # single-threaded: it runs alongside the types
         list(pool.map(type_features, range(len(types))))
     return days_job.result()
@@ -355,5 +398,5 @@ def _account_frame(
         (a, "string" if a in categorical else "float64", f"attr_{slug(a)}") for a in fs.attributes
     )
     sql = duckdb_account_sql(attributes, int(fs.term_months), TREND, dense_dates)
-    frame = con.execute(sql).df().drop(columns="_ri")
+    frame = con.execute(sql).df().drop(columns=["_ri", "ck"])
     return frame.reset_index(drop=True)
