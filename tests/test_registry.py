@@ -132,7 +132,7 @@ def test_a_failed_training_run_leaves_the_champion_alone(
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal arrives here
 
-    monkeypatch.setattr("churnml.registry._shap_summary", terminated)
+    monkeypatch.setattr("churnml.registry.plots.shap_summary", terminated)
     with pytest.raises(SystemExit):
         log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
     monkeypatch.undo()

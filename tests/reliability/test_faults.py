@@ -130,14 +130,14 @@ def test_tracking_server_dying_mid_run_fails_the_run_and_spares_the_champion(
         log_training(result, table, TrainConfig(trials=4), settings, "sim", client)
         assert promote_challenger(client).promoted  # v1 is champion
 
-        real_plots = registry._plots
+        real_plots = registry.plots.training_plots
 
         def plots_then_outage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the fault: server dies mid-run
             made = real_plots(*args, **kwargs)
             _kill(server)
             return made
 
-        monkeypatch.setattr(registry, "_plots", plots_then_outage)
+        monkeypatch.setattr(registry.plots, "training_plots", plots_then_outage)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         with pytest.raises(Exception):  # noqa: B017, PT011 - whatever MLflow raises when its server is gone

@@ -15,7 +15,6 @@ memory stays bounded whatever the number of customers.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,37 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from churnml.simulate.config import SimulationConfig, SimulationSummary
 from churnml.simulate.plays import plan_month, plays_frame, plays_frame_empty
+from churnml.simulate.spec import simulation_spec
+from churnml.simulate.world import (
+    BASE_LOGIT,
+    BLOCK_SIZE,
+    COUNTRIES,
+    CSMS,
+    DAY_US,
+    DRIVERS,
+    EVENT_TYPES,
+    FEATURE,
+    GROWTH,
+    GROWTH_SHARE,
+    INDUSTRIES,
+    LAPSE_SHARE,
+    LOGIN,
+    NPS,
+    ONB_DONE,
+    ONB_STEP,
+    PAY_FAIL,
+    PAY_OK,
+    PLAN,
+    PLANS,
+    PRICE_PER_SEAT,
+    SEAT,
+    SEGMENT_P,
+    SEGMENTS,
+    TICKET,
+    account_names,
+)
 
 __all__ = [
     "SimulationConfig",
@@ -38,149 +67,6 @@ __all__ = [
     "simulate_block",
     "simulation_spec",
 ]
-
-BLOCK_SIZE = 5_000  # customers per independently seeded block; fixed so output is per-seed deterministic
-DAY_US = 86_400_000_000
-
-SEGMENTS = np.array(["SMB", "Mid-Market", "Enterprise"])
-SEGMENT_P = [0.6, 0.3, 0.1]
-PLANS = np.array(
-    ["starter", "team", "business", "enterprise", "growth"]
-)  # growth: the covariate-drift scenario's
-PRICE_PER_SEAT = np.array([15.0, 30.0, 50.0, 80.0, 40.0])
-GROWTH = 4
-INDUSTRIES = np.array(
-    ["software", "retail", "finance", "healthcare", "education", "media", "manufacturing", "services"]
-)
-COUNTRIES = np.array(["US", "GB", "DE", "FR", "NL", "CA", "AU", "BR"])
-CSMS = np.array(
-    ["Ana Souza", "Ben Carter", "Chloe Martin", "David Kim", "Elena Rossi", "Farid Haddad",
-     "Grace Liu", "Hugo Weber", "Isla Brown", "Jonas Berg", "Keiko Sato", "Liam Walsh"]
-)  # fmt: skip
-
-# account names, made from the account's number (no random draw: the rest of the output is unchanged)
-NAME_FIRST = np.array(
-    ["Acme", "Blue", "Bright", "Cedar", "Delta", "Ember", "Fjord", "Granite", "Harbor", "Iris", "Juniper", "Kestrel",
-     "Lumen", "Maple", "Nimbus", "Orbit", "Pine", "Quartz", "River", "Summit", "Tidal", "Umber", "Vertex", "Willow",
-     "Xenon", "Yarrow", "Zephyr", "Atlas", "Beacon", "Copper", "Drift", "Echo", "Falcon", "Glacier", "Helix"]
-)  # fmt: skip
-NAME_SECOND = np.array(
-    ["Analytics", "Labs", "Logistics", "Health", "Foods", "Media", "Robotics", "Energy", "Studio", "Works",
-     "Systems", "Partners", "Retail", "Finance", "Learning", "Travel", "Security", "Bio", "Cloud", "Print",
-     "Motors", "Design", "Legal", "Farms", "Games", "Textiles", "Capital", "Clinics", "Networks", "Tools"]
-)  # fmt: skip
-NAME_SUFFIX = np.array(["Inc", "Ltd", "GmbH", "SA", "BV", "Co", "LLC", "AG", "Group", "Oy", "AB", "SAS"])
-
-
-def account_names(numbers: np.ndarray) -> np.ndarray:
-    """A company-like name per account number, distinct for the first 12,600 accounts."""
-    sizes = (len(NAME_FIRST), len(NAME_SECOND), len(NAME_SUFFIX))
-    k = (np.asarray(numbers, np.int64) * 7919) % (
-        sizes[0] * sizes[1] * sizes[2]
-    )  # 7919: a prime, spreads them
-    first, rest = k % sizes[0], k // sizes[0]
-    return np.char.add(np.char.add(np.char.add(NAME_FIRST[first], " "), NAME_SECOND[rest % sizes[1]]),
-                       np.char.add(" ", NAME_SUFFIX[(rest // sizes[1]) % sizes[2]]))  # fmt: skip
-
-
-EVENT_TYPES = np.array(
-    ["login", "feature_use", "onboarding_step", "onboarding_completed", "support_ticket", "nps_response",
-     "payment_succeeded", "payment_failed", "seat_change", "plan_change"]
-)  # fmt: skip
-(LOGIN, FEATURE, ONB_STEP, ONB_DONE, TICKET, NPS, PAY_OK, PAY_FAIL, SEAT, PLAN) = range(len(EVENT_TYPES))
-
-BASE_LOGIT = -4.6
-# driver -> (weight on the monthly churn logit, plain description)
-DRIVERS: dict[str, tuple[float, str]] = {
-    "engagement_decline": (0.85, "usage falling month over month (value = months of decline, capped at 3)"),
-    "seat_contraction": (1.1, "seats removed in the last 2 months"),
-    "support_friction": (1.0, "a support ticket rated CSAT <= 2 in the last 2 months"),
-    "detractor_nps": (1.0, "latest NPS answer (last 6 months) was a detractor (0-6)"),
-    "failed_payment": (1.8, "an invoice failed last month and was not recovered"),
-    "incomplete_onboarding": (1.2, "onboarding not completed, account younger than 6 months"),
-}
-# what each simulated event's value is (the spec declares them, so nothing about them is inferred)
-SIMULATED_EVENT_VALUES = {
-    "login": "none",
-    "feature_use": "identifier",  # which feature (1-11)
-    "onboarding_step": "category",  # which step (1-5)
-    "onboarding_completed": "none",
-    "support_ticket": {"meaning": "score", "scale": [1, 5], "bands": {"unhappy": [1, 2], "neutral": [3, 3],
-                                                                      "happy": [4, 5]}},
-    "nps_response": {"meaning": "score", "scale": [0, 10], "bands": {"detractor": [0, 6], "passive": [7, 8],
-                                                                    "promoter": [9, 10]}},
-    "payment_succeeded": "amount",
-    "payment_failed": "amount",
-    "seat_change": {"meaning": "quantity", "unit": "seats"},
-    "plan_change": {"meaning": "quantity", "unit": "of MRR", "up": "gained from upgrades", "down": "lost to downgrades"},
-}  # fmt: skip
-LAPSE_SHARE = 0.06  # churn decisions that are really a lapse: resubscribe within 3-20 days (not churn)
-
-
-# The concept-drift scenario's driver weights from its month on: what used to matter most (failed payments,
-# detractors, seat cuts) matters little, and an unfinished onboarding and declining use matter far more
-CONCEPT_DRIFT_WEIGHTS = {"engagement_decline": 1.7, "seat_contraction": 0.2, "support_friction": 0.3,
-                         "detractor_nps": 0.2, "failed_payment": 0.3, "incomplete_onboarding": 2.6}  # fmt: skip
-GROWTH_SHARE = 0.5  # of the signups from the covariate-drift month on, on the new growth plan
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    """What to simulate. ``drift`` starts a scenario at month ``drift_month`` (0 = the first month):
-
-    - ``covariate``: half the accounts that sign up from then on take a new plan, *growth*, and use the
-      product differently (twice the engagement, half the support tickets); churn still follows the same
-      drivers with the same weights, so only who is scored changes;
-    - ``concept``: the drivers' weights change (`CONCEPT_DRIFT_WEIGHTS`): the same behaviour now means
-      another risk.
-
-    Without ``drift`` the output is the same as before scenarios existed (no extra random draws).
-
-    ``plays`` switches on CSM plays (:mod:`churnml.simulate.plays`): each month the ``call_share`` of
-    at-risk accounts with the highest churn probability is called, a ``holdout_share`` of them held out,
-    and ``plays.parquet`` records the true effects. Off by default, and then the output is unchanged.
-    """
-
-    customers: int = 2_000
-    months: int = 18
-    seed: int = 0
-    start: dt.date = dt.date(2024, 1, 1)
-    founding_share: float = 0.3  # accounts that exist from the first month
-    drift: str | None = None  # None | "covariate" | "concept"
-    drift_month: int = 12
-    plays: bool = False
-    call_share: float = 0.25  # of the accounts at risk each month, called (with plays)
-    holdout_share: float = 0.1  # of the call list, held out (with plays)
-
-    def __post_init__(self) -> None:
-        if self.customers < 1:
-            raise ValueError(f"customers must be >= 1, got {self.customers}")
-        if not 3 <= self.months <= 120:
-            raise ValueError(f"months must be between 3 and 120, got {self.months}")
-        if self.drift not in (None, "covariate", "concept"):
-            raise ValueError(f"drift must be 'covariate' or 'concept', got {self.drift!r}")
-        if self.drift and not 1 <= self.drift_month < self.months:
-            raise ValueError(f"drift_month must be between 1 and {self.months - 1}, got {self.drift_month}")
-        if self.plays and not 0 < self.call_share <= 1:
-            raise ValueError(f"call_share must be in (0, 1], got {self.call_share}")
-        if self.plays and not 0 < self.holdout_share < 1:
-            raise ValueError(f"holdout_share must be in (0, 1), got {self.holdout_share}")
-
-    def weights(self, month: int) -> np.ndarray:
-        """The drivers' weights on the monthly churn logit in ``month``."""
-        if self.drift == "concept" and month >= self.drift_month:
-            return np.array([CONCEPT_DRIFT_WEIGHTS[k] for k in DRIVERS])
-        return np.array([w for w, _ in DRIVERS.values()])
-
-
-@dataclass(frozen=True)
-class SimulationSummary:
-    out_dir: Path
-    customers: int
-    events: int
-    subscriptions: int
-    churners: int
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _month_starts(config: SimulationConfig) -> np.ndarray:
@@ -563,52 +449,6 @@ def _blocks(config: SimulationConfig, workers: int) -> Iterator[dict[str, pa.Tab
                 yield pending.pop(0).result()
         for fut in pending:
             yield fut.result()
-
-
-def simulation_spec(config: SimulationConfig, path: str = ".") -> dict:
-    """The dataset spec (as a dict) that reads this simulator's output."""
-    start = pd.Timestamp(config.start)
-    return {
-        "name": "simulated-saas",
-        "description": f"churnml simulator: {config.customers} accounts x {config.months} months, seed {config.seed}",
-        "source": {"kind": "files", "path": path},
-        "currency": "USD",
-        "customers": {
-            "file": "customers.parquet",
-            "columns": {
-                c: c for c in ["customer_id", "name", "signup_date", "plan", "segment", "mrr", "csm_owner"]
-            },
-            # seats, plan and mrr in customers are today's values: features take them as of each date
-            # from subscriptions instead, so only static attributes are listed here
-            "attributes": ["industry", "country"],
-        },
-        "events": [
-            {
-                "file": "events.parquet",
-                "columns": {c: c for c in ["customer_id", "timestamp", "event_type", "value", "user_id"]},
-            }
-        ],  # fmt: skip
-        "subscriptions": {
-            "file": "subscriptions.parquet",
-            "columns": {
-                "customer_id": "customer_id",
-                "start": "start_date",
-                "end": "end_date",
-                "mrr": "mrr",
-                "plan": "plan",
-                "seats": "seats",
-            },
-        },
-        "event_values": SIMULATED_EVENT_VALUES,
-        "churn": {"definition": "cancellation", "grace_days": 30},
-        "observation": {
-            "start": (start + pd.DateOffset(months=3)).date().isoformat(),
-            "every": "1 month",
-            "lead_days": 0,
-            "horizon_days": 60,
-        },
-        "validation": {"max_quarantine_fraction": 0.01},
-    }
 
 
 def simulate(
