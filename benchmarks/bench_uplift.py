@@ -1,19 +1,21 @@
 """Does ranking by uplift keep more customers than ranking by risk? Are the plays' effects measured right?
 
 `python benchmarks/bench_uplift.py [--customers 20000] [--months 18] [--seed 0] [--holdout-share 0.1]
-[--learner x|t] [--json FILE]`
+[--learner play|x|t] [--json FILE]`
 
 Simulates a business with CSM plays (`churnml.simulate.plays`: each month the riskiest quarter of the
 accounts is called, a share held out by the product's hash, and ``plays.parquet`` records each
 account's true effect). Features and labels are built as `churnml train --spec` builds them. On the
-call-list rows of the first two thirds of the months an X-learner (`churnml.impact.uplift`) learns
-how much a call lowers the month's churn probability; a risk model (LightGBM on the same months,
-trained the way the comparison below chooses: treated rows left out, held-out rows weighted by one over
+call-list rows of the first two thirds of the months the per-play T-learner (`churnml.impact.uplift`;
+or the X- or T-learner, which ignore the play) learns how much a call lowers the month's churn
+probability, knowing each account's play in both arms as the product's holdouts table records it; a
+risk model (LightGBM on the same months, trained the way the comparison below chooses: treated rows left out, held-out rows weighted by one over
 the share held out) ranks by churn probability, as the call list does today: the baseline, measured
 in the same run. On the call-list rows of the last third:
 
 - ``uplift_vs_risk_top20_ratio``: extra customers kept (the sum of the simulator's true effects) by
-  calling the top 20% by uplift, over the same for the top 20% by risk;
+  calling the top 20% by uplift, over the same for the top 20% by risk (with the same for the top 20%
+  by the true effect, the ceiling, and by the per-play learner's own churn without a call, alone);
 - ``effects_within_ci``: for every play, the simulator's true average effect lies inside the 95%
   interval the product reports (`churnml.impact.stats`, treated against held out, all months), and
   ``effects_within_ci_share``, the share of those intervals that hold it;
@@ -48,7 +50,7 @@ from churnml.engine import connect
 from churnml.features.batch import training_table
 from churnml.impact.qini import auuc, qini, qini_curve
 from churnml.impact.stats import compare_save_rates
-from churnml.impact.uplift import UPLIFT_PARAMS, fit_uplift
+from churnml.impact.uplift import KINDS, UPLIFT_PARAMS, fit_uplift
 from churnml.model import encode_features
 from churnml.simulate import SimulationConfig, simulate
 from churnml.spec import load_spec
@@ -172,7 +174,8 @@ def main() -> None:
     parser.add_argument("--months", type=int, default=18)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--holdout-share", type=float, default=0.1)
-    parser.add_argument("--learner", choices=("x", "t"), default="x", help="X-learner (default) or T-learner")
+    parser.add_argument("--learner", choices=KINDS, default="play",
+                        help="per-play T-learner (default), X-learner or T-learner")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -190,7 +193,7 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=1))
 
 
-def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "x") -> dict:
+def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "play") -> dict:
     dates = np.sort(facts["observation_date"].unique())
     cut = dates[int(len(dates) * 2 / 3)]
     train, test = (facts["observation_date"] < cut).to_numpy(), (facts["observation_date"] >= cut).to_numpy()
@@ -198,7 +201,8 @@ def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "x") -> dict:
     treated = (facts["arm"] == "treated").to_numpy()
     y_month = facts["churned_in_month"].to_numpy(bool)
     fit = train & listed
-    model = fit_uplift(x[fit], treated[fit], y_month[fit], kind=learner)
+    play = facts["play"].to_numpy(object)
+    model = fit_uplift(x[fit], treated[fit], y_month[fit], kind=learner, play=play[fit])
     keep = train & ~treated
     control = (facts["arm"] == "control").to_numpy()
     weight = np.where(
@@ -206,11 +210,13 @@ def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "x") -> dict:
     )  # a held-out row stands for the call list
     risk = risk_model(x[keep], facts["churned"].to_numpy(float)[keep], weight)
     ev = test & listed
-    uplift, risk_score = model.uplift(x[ev]), risk.predict(x[ev])
+    uplift, risk_score = model.uplift(x[ev], play[ev]), risk.predict(x[ev])
     truth = facts.loc[ev, "true_effect"].to_numpy()
     k = int(round(TOP * ev.sum()))
     kept_uplift = float(truth[np.argsort(-uplift, kind="stable")[:k]].sum())
     kept_risk = float(truth[np.argsort(-risk_score, kind="stable")[:k]].sum())
+    # how much of the gain is the learner's own estimate of risk: its churn without a call, alone
+    own_risk = model.churn_if_untreated(x[ev], play[ev]) if learner == "play" else None
     effects, within = play_effects(facts)
     smd, smd_feature = max_smd(x[listed], treated[listed])
     t_ev, y_ev = treated[ev], y_month[ev]
@@ -225,6 +231,9 @@ def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "x") -> dict:
         "extra_customers_kept_top20_uplift": kept_uplift,
         "extra_customers_kept_top20_risk": kept_risk,
         "extra_customers_kept_top20_random": float(truth.sum() * TOP),
+        "extra_customers_kept_top20_true_effect": float(np.sort(truth)[::-1][:k].sum()),  # the ceiling
+        "extra_customers_kept_top20_learner_risk": None if own_risk is None else float(
+            truth[np.argsort(-own_risk, kind="stable")[:k]].sum()),
         "learner": learner,
         "qini_uplift": qini(uplift, t_ev, y_ev), "qini_risk": qini(risk_score, t_ev, y_ev),
         "auuc_uplift": auuc(uplift, t_ev, y_ev), "auuc_risk": auuc(risk_score, t_ev, y_ev),
@@ -232,6 +241,8 @@ def evaluate(x: pd.DataFrame, facts: pd.DataFrame, learner: str = "x") -> dict:
         "qini_top20_risk": float(qini_curve(risk_score, t_ev, y_ev)[k - 1]),
         "uplift_rank_correlation_with_truth": float(pd.Series(uplift).corr(pd.Series(truth), method="spearman")),
         "plays": effects,
+        "learnt_relative_reductions": None if model.play_effects is None else {
+            name: e.relative_reduction for name, e in model.play_effects.plays.items()},
         "rows": {"train_listed": int(fit.sum()), "test_listed": int(ev.sum()), "control": int((listed & ~treated).sum())},
         "training_comparison": training_comparison(x, facts, train, test),
     }  # fmt: skip
@@ -241,6 +252,9 @@ def report(f: dict) -> None:
     log.info("top 20%% by uplift keeps %.1f extra customers, by risk (baseline) %.1f, random %.1f: ratio %.2fx",
              f["extra_customers_kept_top20_uplift"], f["extra_customers_kept_top20_risk"],
              f["extra_customers_kept_top20_random"], f["uplift_vs_risk_top20_ratio"])  # fmt: skip
+    log.info("rank correlation of uplift with the true effect %.3f; the ceiling (ranked by the true effect) %.1f; "
+             "the learner's own churn without a call, alone: %s", f["uplift_rank_correlation_with_truth"],
+             f["extra_customers_kept_top20_true_effect"], f["extra_customers_kept_top20_learner_risk"])  # fmt: skip
     log.info("Qini uplift %.4f vs risk %.4f; AUUC uplift %.4f vs risk %.4f", f["qini_uplift"], f["qini_risk"],
              f["auuc_uplift"], f["auuc_risk"])  # fmt: skip
     for p in f["plays"]:

@@ -42,6 +42,7 @@ __all__ = [
     "revenue_at_risk",
     "score_customers",
     "score_features",
+    "top_play",
     "usage_by_month",
     "with_expected_saving",
     "write_workspace",
@@ -76,6 +77,12 @@ def with_expected_saving(scored: pd.DataFrame, uplift: np.ndarray, horizon_days:
     return scored.assign(
         uplift=uplift, expected_revenue_saved=revenue_at_risk(uplift, scored["mrr"], horizon_days)
     )
+
+
+def top_play(account: AccountReasons) -> str | None:
+    """The play an account is assigned: its top problem's, if it needs action (the call list's, the
+    holdouts' and the uplift's play)."""
+    return account.problems[0].play if account.action_needed and account.problems else None
 
 
 def health_score(probability: np.ndarray) -> np.ndarray:
@@ -257,9 +264,13 @@ def score_customers(
     if rows.empty:
         raise ValueError(f"score: no active customers at {as_of.date()}")
     features, scored, explained = score_and_explain(tables, rows, model, policy, k, playbook, build).parts
-    if uplift is not None:
-        scored = with_expected_saving(scored, uplift.uplift(model.encode(features)), model.horizon_days)
     ids = features["customer_id"].to_numpy()
+    if uplift is not None:
+        # each account's uplift is that of the play it is assigned (the mean play's if it has none)
+        plays = np.array([top_play(a) for a in explained], dtype=object)
+        scored = with_expected_saving(
+            scored, uplift.uplift(model.encode(features), plays), model.horizon_days
+        )
     scores = _score_table(tables, features, scored, ids, as_of, explained)
     now = scores[["customer_id", "as_of", "probability", "risk_tier", "revenue_at_risk"]].rename(
         columns={"as_of": "observation_date"}
@@ -352,7 +363,7 @@ def _score_table(
         else pd.NaT
     )
     scores["top_reason"] = [a.headline for a in explained]
-    scores["top_play"] = [a.problems[0].play if a.action_needed and a.problems else None for a in explained]
+    scores["top_play"] = [top_play(a) for a in explained]
     scores = scores.sort_values(["revenue_at_risk", "customer_id"], ascending=[False, True], kind="stable")
     scores["rank"] = np.arange(1, len(scores) + 1)
     return scores.reset_index(drop=True)

@@ -108,7 +108,10 @@ def _uplift_model(settings: Settings, churn_model):  # noqa: ANN001, ANN202
 
     if not (settings.uplift_path / "uplift.json").is_file():
         return None
-    uplift = UpliftModel.load(settings.uplift_path)
+    try:
+        uplift = UpliftModel.load(settings.uplift_path)
+    except ValueError as err:
+        raise fail(f"{err}: run `churnml impact --spec FILE --fit-uplift` again") from None
     if uplift.columns != churn_model.feature_names:
         err_console.print(f"[yellow]uplift at {settings.uplift_path} was learnt on another model's features: "
                           "run `churnml impact --spec FILE --fit-uplift` again[/]", highlight=False)  # fmt: skip
@@ -189,7 +192,10 @@ def impact_command(
     ] = None,
     data: DataOpt = None,
     fit_uplift: Annotated[
-        bool, typer.Option(help="With --spec: learn how much a play lowers each account's churn (X-learner).")
+        bool,
+        typer.Option(
+            help="With --spec: learn how much each play lowers an account's churn (per-play T-learner)."
+        ),
     ] = False,
     model: Annotated[
         str | None, typer.Option(help="Model URI whose features uplift uses (default: champion).")
@@ -257,10 +263,18 @@ def _fit_uplift(store, loaded: DatasetSpec, settings: Settings, model_uri: str |
     churn_model, _ = champion_model(settings, model_uri)
     with validated_data(loaded, settings) as tables:
         features = build_features(tables, rows[["customer_id", "observation_date"]], churn_model.feature_set)
-    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(), rows["churned"].to_numpy())
+    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(), rows["churned"].to_numpy(),
+                        kind="play", play=rows["play"].to_numpy(object))  # fmt: skip
     path = fitted.save(settings.uplift_path)
-    console.print(f"uplift (X-learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} held-out "
-                  f"outcomes -> {path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
+    console.print(f"uplift (per-play T-learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} "
+                  f"held-out outcomes -> {path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
+    effects = fitted.play_effects
+    for play in effects.plays.values():
+        console.print(f"  {play.play}: removes {play.relative_reduction:.0%} of its accounts' churn ({play.treated:,} "
+                      f"treated, {play.control:,} held out)", highlight=False)  # fmt: skip
+    console.print(
+        f"  a play not seen yet: {effects.mean_relative_reduction:.0%} (the mean play)", highlight=False
+    )
 
 
 def _print_impact(report) -> None:  # noqa: ANN001

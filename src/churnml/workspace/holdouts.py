@@ -144,13 +144,15 @@ def impact_outcomes(store: Store) -> tuple[pd.DataFrame, int]:
 
 def learning_rows(store: Store) -> pd.DataFrame:
     """What uplift learns from: each assignment with an outcome (customer_id, observation_date = the
-    score date, treated, churned), the treated and held-out accounts of every campaign so far."""
+    score date, treated, churned, and play: the play suggested for the account, given to the treated
+    and not to the held out; None if none was), the treated and held-out accounts of every campaign."""
     query = sa.select(
-        HOLDOUTS.c.customer_id, HOLDOUTS.c.scored_on, HOLDOUTS.c.arm, OUTCOMES.c.churned
+        HOLDOUTS.c.customer_id, HOLDOUTS.c.scored_on, HOLDOUTS.c.arm, HOLDOUTS.c.play, OUTCOMES.c.churned
     ).join(OUTCOMES, (OUTCOMES.c.customer_id == HOLDOUTS.c.customer_id) & (OUTCOMES.c.period == HOLDOUTS.c.period))  # fmt: skip
     frame = _frame(store, query.order_by(HOLDOUTS.c.id))
     return pd.DataFrame({
         "customer_id": frame["customer_id"].astype(str),
         "observation_date": pd.to_datetime(frame["scored_on"]).astype("datetime64[us]"),
         "treated": (frame["arm"] == TREATED).to_numpy(bool), "churned": frame["churned"].astype(bool).to_numpy(),
+        "play": frame["play"].astype(object).where(frame["play"].notna(), None),
     })  # fmt: skip
