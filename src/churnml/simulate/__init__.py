@@ -1,4 +1,5 @@
-"""The business simulator: accounts whose churn follows planted drivers (:mod:`.business`, over the
+"""The business simulator: accounts whose churn follows planted drivers (:mod:`.business` writes the
+blocks that :mod:`.block` simulates month by month, over the
 catalogue of :mod:`.world`, configured by :mod:`.config`, read back through the spec of :mod:`.spec`)
 and, when switched on, the CSM plays that try to prevent it, with a holdout and their true effects
 (:mod:`.plays`)."""
