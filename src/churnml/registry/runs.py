@@ -64,9 +64,7 @@ def log_training(
     run = mlflow.start_run(experiment_id=experiment, run_name=f"train-{dataset_name}")
     try:
         with _terminate_as_exit():
-            run_id, version = _log_run(
-                run, result, table, test_features, config, settings, dataset_name, client
-            )
+            run_id, version = _log_run(run, result, table, test_features, config, dataset_name, client)
     except BaseException:
         _end_failed_run(client, run.info.run_id, settings)
         raise
@@ -141,83 +139,94 @@ def _training_rows(table: pd.DataFrame, model: ChurnModel, test_features: pd.Dat
 
 
 def _log_run(run, result: TrainResult, table: pd.DataFrame, test_features: pd.DataFrame, config: TrainConfig,  # noqa: ANN001
-             settings: Settings, dataset_name: str, client: MlflowClient) -> tuple[str, str]:  # fmt: skip
-    model = result.model
+             dataset_name: str, client: MlflowClient) -> tuple[str, str]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train", "churnml.evaluation": result.evaluation,
-                         "churnml.evaluation_description": result.evaluation_description})  # fmt: skip
-        mlflow.log_params({f"lgb.{k}": v for k, v in result.params.items()})
-        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
-        mlflow.log_params({
-            "calibration": model.calibrator.method, "horizon_days": model.metadata.get("horizon_days"),
-            "test_dates": ",".join(model.metadata.get("test_dates", [])), "n_features": len(model.feature_names),
-            "rows": len(table), "evaluation": result.evaluation,
-        })  # fmt: skip
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items() if np.isfinite(v)})
-        for k, (low, high) in result.test_intervals.items():
-            mlflow.log_metrics({f"test_{k}_ci95_low": low, f"test_{k}_ci95_high": high})
-        for name, metrics in result.baselines.items():
-            mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
-        for context, rows in (
-            ("training", _training_rows(table, model, test_features)),
-            ("test", test_features),
-        ):
-            mlflow.log_input(
-                mlflow.data.from_pandas(
-                    # float label: MLflow's schema inference warns about integer columns otherwise
-                    rows.drop(columns=["churn_date"], errors="ignore").astype({"churned": "float64"}),
-                    name=f"{dataset_name}-{context}",
-                    targets="churned",
-                ),
-                context=context,
-            )  # each with its own digest: two runs trained or tested on the same rows show the same one
-        catalogue_frame(model.catalogue).to_csv(folder / "feature_catalogue.csv", index=False)
-        mlflow.log_artifact(str(folder / "feature_catalogue.csv"))
-        for path in plots.training_plots(result, folder):
-            mlflow.log_artifact(str(path), artifact_path="plots")
-        shap_path, importance = plots.shap_summary(model, test_features, folder)
-        mlflow.log_artifact(str(shap_path), artifact_path="plots")
-        importance.to_csv(folder / "shap_importance.csv", index=False)
-        mlflow.log_artifact(str(folder / "shap_importance.csv"))
-        result.study.trials_dataframe().to_csv(folder / "optuna_trials.csv", index=False)
-        mlflow.log_artifact(str(folder / "optuna_trials.csv"), artifact_path="tuning")
-        test_features.to_parquet(folder / "test_features.parquet", index=False)
-        mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
-        _log_leaks(result, folder)
-        (folder / "metrics.json").write_text(
-            json.dumps(
-                {
-                    "test": result.test_metrics,
-                    "test_ci95": result.test_intervals,
-                    "cross_validation": result.cv_metrics,
-                    "baselines": result.baselines,
-                },
-                indent=1,
-            )  # fmt: skip
-        )
-        mlflow.log_artifact(str(folder / "metrics.json"), artifact_path="evaluation")
+        _log_figures(result, table, config, dataset_name)
+        _log_datasets(result.model, table, test_features, dataset_name)
+        _log_artifacts(result, test_features, folder)
+        version = _log_model(result.model, test_features, folder)
+        client.set_model_version_tag(MODEL_NAME, version, "run_id", run.info.run_id)
+        return run.info.run_id, version
 
-        model_dir = model.save(folder / "churn_model")
-        example = test_features[model.feature_names].head(5).copy()
-        for c in model.feature_names:  # floats (may be missing at serving time) and strings, never None
-            if c in model.feature_set.categorical_columns:
-                example[c] = example[c].fillna("").astype(str)
-            else:
-                example[c] = example[c].astype("float64")
-        signature = infer_signature(
-            example, pd.DataFrame({"churn_probability": model.predict_proba(example)})
+
+def _log_figures(result: TrainResult, table: pd.DataFrame, config: TrainConfig, dataset_name: str) -> None:
+    """Tags, parameters (LightGBM's, the config's, the model's) and metrics: test, CV, intervals, baselines."""
+    model = result.model
+    mlflow.set_tags({"dataset": dataset_name, "churnml.stage": "train", "churnml.evaluation": result.evaluation,
+                     "churnml.evaluation_description": result.evaluation_description})  # fmt: skip
+    mlflow.log_params({f"lgb.{k}": v for k, v in result.params.items()})
+    mlflow.log_params({f"config.{k}": v for k, v in config.model_dump().items()})
+    mlflow.log_params({
+        "calibration": model.calibrator.method, "horizon_days": model.metadata.get("horizon_days"),
+        "test_dates": ",".join(model.metadata.get("test_dates", [])), "n_features": len(model.feature_names),
+        "rows": len(table), "evaluation": result.evaluation,
+    })  # fmt: skip
+    mlflow.log_metrics({f"test_{k}": v for k, v in result.test_metrics.items() if np.isfinite(v)})
+    mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items() if np.isfinite(v)})
+    for k, (low, high) in result.test_intervals.items():
+        mlflow.log_metrics({f"test_{k}_ci95_low": low, f"test_{k}_ci95_high": high})
+    for name, metrics in result.baselines.items():
+        mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+
+
+def _log_datasets(
+    model: ChurnModel, table: pd.DataFrame, test_features: pd.DataFrame, dataset_name: str
+) -> None:
+    """The training and test rows as MLflow datasets, each with its own digest: two runs trained or
+    tested on the same rows show the same one."""
+    for context, rows in (("training", _training_rows(table, model, test_features)), ("test", test_features)):
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                # float label: MLflow's schema inference warns about integer columns otherwise
+                rows.drop(columns=["churn_date"], errors="ignore").astype({"churned": "float64"}),
+                name=f"{dataset_name}-{context}",
+                targets="churned",
+            ),
+            context=context,
         )
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(_PACKAGE / "mlflow_model.py"),
-            artifacts={"churn_model": str(model_dir)},
-            signature=signature, input_example=example, pip_requirements=_requirements(),
-            code_paths=[str(_PACKAGE)],  # the churnml package travels with the model
-        )  # fmt: skip
-        version = mlflow.register_model(info.model_uri, MODEL_NAME)
-        client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
-        return run.info.run_id, str(version.version)
+
+
+def _log_artifacts(result: TrainResult, test_features: pd.DataFrame, folder: Path) -> None:
+    """The catalogue, plots, SHAP importance, trial history, the test table (promotion compares models on
+    it), the leak findings and every metric as JSON."""
+    model = result.model
+    catalogue_frame(model.catalogue).to_csv(folder / "feature_catalogue.csv", index=False)
+    mlflow.log_artifact(str(folder / "feature_catalogue.csv"))
+    for path in plots.training_plots(result, folder):
+        mlflow.log_artifact(str(path), artifact_path="plots")
+    shap_path, importance = plots.shap_summary(model, test_features, folder)
+    mlflow.log_artifact(str(shap_path), artifact_path="plots")
+    importance.to_csv(folder / "shap_importance.csv", index=False)
+    mlflow.log_artifact(str(folder / "shap_importance.csv"))
+    result.study.trials_dataframe().to_csv(folder / "optuna_trials.csv", index=False)
+    mlflow.log_artifact(str(folder / "optuna_trials.csv"), artifact_path="tuning")
+    test_features.to_parquet(folder / "test_features.parquet", index=False)
+    mlflow.log_artifact(str(folder / "test_features.parquet"), artifact_path="evaluation")
+    _log_leaks(result, folder)
+    metrics = {"test": result.test_metrics, "test_ci95": result.test_intervals,
+               "cross_validation": result.cv_metrics, "baselines": result.baselines}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    mlflow.log_artifact(str(folder / "metrics.json"), artifact_path="evaluation")
+
+
+def _log_model(model: ChurnModel, test_features: pd.DataFrame, folder: Path) -> str:
+    """The model as an MLflow pyfunc with a signature and an input example, registered: its version."""
+    model_dir = model.save(folder / "churn_model")
+    example = test_features[model.feature_names].head(5).copy()
+    for c in model.feature_names:  # floats (may be missing at serving time) and strings, never None
+        if c in model.feature_set.categorical_columns:
+            example[c] = example[c].fillna("").astype(str)
+        else:
+            example[c] = example[c].astype("float64")
+    signature = infer_signature(example, pd.DataFrame({"churn_probability": model.predict_proba(example)}))
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(_PACKAGE / "mlflow_model.py"),
+        artifacts={"churn_model": str(model_dir)},
+        signature=signature, input_example=example, pip_requirements=_requirements(),
+        code_paths=[str(_PACKAGE)],  # the churnml package travels with the model
+    )  # fmt: skip
+    return str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
 
 
 def _log_leaks(result: TrainResult, folder: Path) -> None:

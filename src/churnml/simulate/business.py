@@ -82,7 +82,19 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: BlockState) -
         "industry": INDUSTRIES[s.industry],
         "country": COUNTRIES[s.country],
     })  # fmt: skip
+    tables = {
+        "customers": customers,
+        "events": _events_table(s, ids, start_us),
+        "subscriptions": _subscriptions_table(s, ids, start_us),
+        "ground_truth": _truth_table(s, ids, start_us),
+    }
+    if config.plays:
+        tables["plays"] = _plays_table(s.plays, ids, start_us)
+    return tables
 
+
+def _events_table(s: BlockState, ids: np.ndarray, start_us: int) -> pa.Table:
+    """The block's events in customer and time order, without those after a churn."""
     ev = s.events
     cust = np.concatenate(ev.cust)
     day = np.concatenate(ev.day)
@@ -100,7 +112,11 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: BlockState) -
         "value": pa.array(value.astype(np.float64), mask=np.isnan(value)),
         "user_id": pa.array(user, mask=user < 0),
     })  # fmt: skip
+    return events
 
+
+def _subscriptions_table(s: BlockState, ids: np.ndarray, start_us: int) -> pa.Table:
+    """One row per subscription span (zero-length spans, from two changes on one day, left out)."""
     rows = s.sub_rows
     who = np.concatenate([r[0] for r in rows]).astype(np.int64)
     start = np.concatenate([r[1] for r in rows])
@@ -115,7 +131,11 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: BlockState) -
         "plan": PLANS[np.concatenate([r[4] for r in rows])[real][order]],
         "seats": np.concatenate([r[5] for r in rows])[real][order].astype(np.int32),
     })  # fmt: skip
+    return subs
 
+
+def _truth_table(s: BlockState, ids: np.ndarray, start_us: int) -> pa.Table:
+    """Every churner's drivers at its churn: values, contributions, the primary one (typed when empty)."""
     columns = ["local", "churn_day", *(f"{k}_{p}" for p in ("value", "contribution") for k in DRIVERS)]
     empty = pd.DataFrame({c: pd.Series(dtype="int64" if c == "local" else "float64") for c in columns})
     empty["primary_driver"], empty["churn_logit"] = pd.Series(dtype="str"), pd.Series(dtype="float64")
@@ -124,15 +144,7 @@ def _block_tables(config: SimulationConfig, first: int, n: int, s: BlockState) -
     truth.insert(
         1, "churn_date", _to_ts(start_us, truth.pop("churn_day").to_numpy(dtype=np.float64)).to_pandas()
     )
-    tables = {
-        "customers": customers,
-        "events": events,
-        "subscriptions": subs,
-        "ground_truth": pa.Table.from_pandas(truth, preserve_index=False),
-    }
-    if config.plays:
-        tables["plays"] = _plays_table(s.plays, ids, start_us)
-    return tables
+    return pa.Table.from_pandas(truth, preserve_index=False)
 
 
 def _plays_table(months: list[pd.DataFrame], ids: np.ndarray, start_us: int) -> pa.Table:
