@@ -190,7 +190,7 @@ def _relational(
     return shape, frames
 
 
-def _long_stream(spark: SparkSession, parts: dict[str, DataFrame], partitions: int) -> DataFrame:
+def _long_stream(parts: dict[str, DataFrame], partitions: int) -> DataFrame:
     """The rows, keyed events, keyed values and account state as one frame, each row tagged with its
     kind and partitioned by its customer key."""
     from pyspark.sql import functions as F
@@ -347,7 +347,7 @@ def _on_spark(
         shape, (events, values, accounts) = _relational(spark, frame, fs)
         rows_view = spark.table("_rows")
         stream = _long_stream(
-            spark, {"rows": rows_view, "events": events, "values": values, "accounts": accounts}, partitions
+            {"rows": rows_view, "events": events, "values": values, "accounts": accounts}, partitions
         )
         account_columns = tuple(c for c in accounts.columns if c not in ("ck", _ROW_INDEX))
         plan = _Plan(fs, shape, account_columns, schema, step)
