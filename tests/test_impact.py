@@ -217,3 +217,19 @@ def test_training_leaves_treated_rows_out_and_counts_held_out_rows_for_the_call_
     assert "3 treated row(s) left out" in rows.describe()
     with pytest.raises(ValueError, match="holdouts.arm"):
         untreated_rows(table, assignments.assign(arm="maybe"), 60)
+
+
+def test_uplift_learns_beside_the_call_list_only_from_accounts_no_play_touched() -> None:
+    from churnml.impact.training import not_listed_rows
+
+    dates = pd.to_datetime(["2025-02-01", "2025-04-01", "2025-09-01"])
+    labels = pd.DataFrame({"customer_id": np.repeat(["a", "b", "c"], 3), "observation_date": np.tile(dates, 3),
+                           "churned": [0, 1, 0] * 3})  # fmt: skip
+    # a treated and b held out on April 1st: their rows within 60 days of it are on the list or carry it
+    assignments = pd.DataFrame({"customer_id": ["a", "b"], "scored_on": [dt.date(2025, 4, 1)] * 2,
+                                "arm": [TREATED, CONTROL], "probability": [0.1, 0.1]})  # fmt: skip
+    rows = not_listed_rows(labels, assignments, horizon_days=60)
+    kept = set(zip(rows["customer_id"], rows["observation_date"], strict=True))
+    assert kept == {("a", dates[2]), ("b", dates[2]), *(("c", d) for d in dates)}
+    assert list(rows.columns) == ["customer_id", "observation_date", "churned"]
+    assert len(not_listed_rows(labels, assignments.iloc[:0], 60)) == len(labels)

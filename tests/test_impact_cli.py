@@ -5,6 +5,7 @@ champion (conftest), with a SQLite store under a copy of the champion's home."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -58,9 +59,14 @@ def test_holdouts_outcomes_impact_and_uplift_end_to_end(home: Path, sim_dir: Pat
     assert (
         f"{len(held):,} outcome(s) recorded" in out
         and "all plays" in out
-        and "uplift (per-play T-learner) fitted" in out
+        and "uplift (per-play learner) fitted" in out
         and "a play not seen yet" in out
     )
+    # its churn model without a call also learnt from the accounts of those dates not on a call list
+    not_listed = int(
+        re.search(r"and ([\d,]+) account\(s\) of the same dates not on a call list", out)[1].replace(",", "")
+    )
+    assert not_listed > len(held)
     out = churnml(home, "score", "--spec", spec)
     scores = pd.read_parquet(home / "reports" / "scores.parquet")
     assert scores["expected_revenue_saved"].notna().all()

@@ -41,14 +41,20 @@ def row_hashes(path: Path) -> np.ndarray:
     return pd.util.hash_pandas_object(pd.read_parquet(path), index=False).to_numpy()
 
 
-def test_spark_engine_writes_the_duckdb_engines_table(tmp_path: Path) -> None:
+def _small_business(tmp_path: Path) -> Path:
+    """300 simulated accounts over 10 months (skips without Java)."""
     if shutil.which("java") is None:
         pytest.skip("PySpark needs a Java runtime and `java` is not on PATH (.ci/run installs one)")
-    cli = str(Path(sys.executable).parent / "churnml")
     sim = tmp_path / "sim"
-    done = subprocess.run([cli, "simulate", "--customers", "300", "--months", "10", "--out", str(sim)],
+    done = subprocess.run([str(Path(sys.executable).parent / "churnml"), "simulate", "--customers", "300",
+                           "--months", "10", "--out", str(sim)],
                           env=service_env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return sim
+
+
+def test_spark_engine_writes_the_duckdb_engines_table(tmp_path: Path) -> None:
+    sim = _small_business(tmp_path)
     _features(tmp_path, sim / "spec.yaml", tmp_path / "duckdb.parquet")
     _features(tmp_path, sim / "spec.yaml", tmp_path / "spark.parquet", "--engine", "spark")
     duck, spark = pd.read_parquet(tmp_path / "duckdb.parquet"), pd.read_parquet(tmp_path / "spark.parquet")
@@ -59,6 +65,27 @@ def test_spark_engine_writes_the_duckdb_engines_table(tmp_path: Path) -> None:
     )
     catalogue = [(tmp_path / f"{name}.catalogue.csv").read_text() for name in ("duckdb", "spark")]
     assert catalogue[0] == catalogue[1]
+
+
+def test_training_with_features_on_spark_gives_the_duckdb_engines_model(tmp_path: Path) -> None:
+    """`churnml train --engine spark`, end to end: the same features, so the same tuned and calibrated
+    model, measured the same (every metric of the MLflow run equal)."""
+    import mlflow
+
+    sim, cli = _small_business(tmp_path), str(Path(sys.executable).parent / "churnml")
+    metrics = {}
+    for engine in ("duckdb", "spark"):
+        home = tmp_path / engine
+        env = service_env(home, CHURNML_SPARK_MASTER="local[2]", CHURNML_SPARK_PARTITIONS="4")
+        argv = [cli, "train", "--spec", str(sim / "spec.yaml"), "--trials", "2", "--engine", engine]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(runs) == 1
+        metrics[engine] = runs[0].data.metrics
+    assert len(metrics["duckdb"]) > 10 and "test_roc_auc" in metrics["duckdb"], sorted(metrics["duckdb"])
+    assert metrics["spark"] == metrics["duckdb"]
 
 
 def test_unknown_engine_is_a_usage_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from churnml.impact.play_effects import estimate_play_effects
 from churnml.impact.qini import auuc, qini, qini_curve, uplift_curve
-from churnml.impact.uplift import UpliftModel, fit_uplift
+from churnml.impact.uplift import StaleUpliftModel, UpliftModel, fit_uplift
 
 
 def test_qini_curve_by_hand() -> None:
@@ -121,9 +121,76 @@ def test_per_play_learner_travels_whole_and_gives_an_unseen_play_the_mean_play(t
     assert min(model.play_effects.plays[p].relative_reduction for p in (WORKS, IDLE)) < mean
     for unseen in (np.full(len(x), "Brand new play", object), np.full(len(x), None, object), None):
         got = loaded.uplift(x, unseen)
-        assert np.allclose(got, mean * loaded.churn_if_untreated(x, unseen)), unseen
+        assert np.allclose(got, mean * loaded.churn_if_untreated(x)), unseen
     with pytest.raises(ValueError, match="3 plays"):
         model.uplift(x, play[:3])
+
+
+def test_per_play_learner_is_not_fooled_by_the_plays_success() -> None:
+    """Nine accounts in ten are called and the onboarding session removes 90% of their churn: their
+    churn without a call is what the held-out tenth shows, not what the treated ones did."""
+    x, treated, churned, play, _ = known_plays(20000, seed=3)
+    rng = np.random.default_rng(33)  # not known_plays' stream
+    play = np.full(len(x), WORKS, object)
+    untreated = 0.12 * (0.5 + x["risk_signal"].to_numpy())
+    churned = rng.random(len(x)) < untreated * np.where(treated, 0.1, 1.0)
+    model = fit_uplift(x, treated, churned, kind="play", play=play, rounds=100)
+    assert 0.8 < model.play_effects.plays[WORKS].relative_reduction < 0.95
+    p0 = model.churn_if_untreated(x)
+    assert abs(p0.mean() / untreated.mean() - 1) < 0.15, (p0.mean(), untreated.mean())
+    # churn that the treated accounts' success hides: what a churn model on every row would predict
+    assert churned.mean() < 0.4 * untreated.mean()
+    assert pd.Series(p0).corr(pd.Series(untreated), method="spearman") > 0.8
+
+
+def test_per_play_learner_learns_churn_below_the_call_list_from_accounts_not_on_it() -> None:
+    """Only the riskier half is called; the safer half, never listed, shows how churn falls with the
+    signal below the list's cut, which the call list alone cannot show."""
+    rng = np.random.default_rng(4)
+    n = 20000
+    x = pd.DataFrame({"risk_signal": rng.random(n), "noise": rng.random(n)})
+    untreated = 0.02 + 0.3 * x["risk_signal"].to_numpy()
+    listed = x["risk_signal"].to_numpy() > 0.5
+    treated = listed & (rng.random(n) >= 0.2)
+    play = np.where(listed, WORKS, None).astype(object)
+    churned = rng.random(n) < untreated * np.where(treated, 0.5, 1.0)
+    dates = np.repeat(pd.date_range("2024-01-01", periods=8, freq="MS").to_numpy(), n // 8)
+    both = fit_uplift(x, treated, churned, kind="play", play=play, listed=listed, dates=dates)
+    only = fit_uplift(x[listed], treated[listed], churned[listed], kind="play", play=play[listed])
+    safe = pd.DataFrame({"risk_signal": [0.05, 0.25, 0.45], "noise": 0.5})
+    learnt, extrapolated = both.churn_if_untreated(safe), only.churn_if_untreated(safe)
+    truth = 0.02 + 0.3 * safe["risk_signal"].to_numpy()
+    assert np.all(np.abs(learnt - truth) < 0.04) and learnt[0] < learnt[1] < learnt[2], learnt
+    assert np.ptp(extrapolated) < 0.02 and abs(extrapolated[0] - truth[0]) > 0.1, extrapolated
+    # the play's effect is measured on the call list alone; the learner travels whole
+    assert both.play_effects.plays[WORKS].treated == treated.sum()
+    assert both.play_effects.plays[WORKS].control == (listed & ~treated).sum()
+
+
+def test_rows_not_on_the_call_list_cannot_be_treated_and_sizes_are_named() -> None:
+    x, treated, churned, play, _ = known_plays(300)
+    with pytest.raises(ValueError, match="not on the call list"):
+        fit_uplift(x, treated, churned, kind="play", play=play, listed=np.zeros(len(x), bool))
+    with pytest.raises(ValueError, match="299 listed flags"):
+        fit_uplift(x, treated, churned, kind="play", play=play, listed=np.ones(len(x) - 1, bool))
+    with pytest.raises(ValueError, match="2 dates"):
+        fit_uplift(x, treated, churned, kind="play", play=play, dates=np.zeros(2))
+
+
+def test_a_per_play_learner_of_the_earlier_format_is_stale_and_scoring_goes_on_without_it(
+    tmp_path: Path,
+) -> None:
+    from churnml.cli.scoring import _uplift_model
+    from churnml.config import Settings
+
+    x, treated, churned, play, _ = known_plays(2000)
+    settings = Settings(home=tmp_path)
+    folder = fit_uplift(x, treated, churned, kind="play", play=play, rounds=5).save(settings.uplift_path)
+    meta = json.loads((folder / "uplift.json").read_text())
+    (folder / "uplift.json").write_text(json.dumps({**meta, "format": 2}))  # two boosters, one per arm
+    with pytest.raises(StaleUpliftModel, match="format 2"):
+        UpliftModel.load(folder)
+    assert _uplift_model(settings, churn_model=None) is None  # a warning; score ranks by revenue at risk
 
 
 def test_a_model_saved_before_plays_still_loads_and_a_broken_one_names_its_file(tmp_path: Path) -> None:

@@ -104,12 +104,16 @@ def score_and_write(
 
 def _uplift_model(settings: Settings, churn_model):  # noqa: ANN001, ANN202
     """The uplift model `churnml impact --fit-uplift` saved, if it was learnt on this model's features."""
-    from churnml.impact.uplift import UpliftModel
+    from churnml.impact.uplift import StaleUpliftModel, UpliftModel
 
     if not (settings.uplift_path / "uplift.json").is_file():
         return None
     try:
         uplift = UpliftModel.load(settings.uplift_path)
+    except StaleUpliftModel as err:
+        err_console.print(f"[yellow]{err}: ranked by revenue at risk; run `churnml impact --spec FILE "
+                          "--fit-uplift` again[/]", highlight=False)  # fmt: skip
+        return None
     except ValueError as err:
         raise fail(f"{err}: run `churnml impact --spec FILE --fit-uplift` again") from None
     if uplift.columns != churn_model.feature_names:
@@ -194,7 +198,7 @@ def impact_command(
     fit_uplift: Annotated[
         bool,
         typer.Option(
-            help="With --spec: learn how much each play lowers an account's churn (per-play T-learner)."
+            help="With --spec: learn how much each play lowers an account's churn (per-play learner)."
         ),
     ] = False,
     model: Annotated[
@@ -251,9 +255,11 @@ MIN_UPLIFT_ROWS = 30  # outcomes per arm before an uplift model is worth fitting
 
 
 def _fit_uplift(store, loaded: DatasetSpec, settings: Settings, model_uri: str | None) -> None:  # noqa: ANN001
-    """Learn uplift from every assignment with an outcome, on the champion's features at the score dates."""
+    """Learn uplift from every assignment with an outcome, and the accounts of the same score dates that
+    were not on a call list, on the champion's features at those dates."""
+    from churnml.impact.training import not_listed_rows
     from churnml.impact.uplift import fit_uplift
-    from churnml.workspace.holdouts import learning_rows
+    from churnml.workspace.holdouts import learning_rows, read_holdouts
 
     rows = learning_rows(store)
     arms = {"treated": int(rows["treated"].sum()), "held out": int((~rows["treated"]).sum())}
@@ -262,12 +268,21 @@ def _fit_uplift(store, loaded: DatasetSpec, settings: Settings, model_uri: str |
                     f"out; at least {MIN_UPLIFT_ROWS} each)", code=1)  # fmt: skip
     churn_model, _ = champion_model(settings, model_uri)
     with validated_data(loaded, settings) as tables:
+        dates = sorted(pd.Timestamp(d) for d in rows["observation_date"].unique())
+        labels = build_labels(tables, loaded, dates=dates)[["customer_id", "observation_date", "churned"]]
+        others = not_listed_rows(labels, read_holdouts(store), churn_model.horizon_days)
+        others = others.assign(customer_id=others["customer_id"].astype(str),
+                               observation_date=others["observation_date"].astype("datetime64[us]"))  # fmt: skip
+        rows = pd.concat([rows.assign(listed=True), others.assign(treated=False, play=None, listed=False)],
+                         ignore_index=True)  # fmt: skip
         features = build_features(tables, rows[["customer_id", "observation_date"]], churn_model.feature_set)
-    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(), rows["churned"].to_numpy(),
-                        kind="play", play=rows["play"].to_numpy(object))  # fmt: skip
+    fitted = fit_uplift(churn_model.encode(features), rows["treated"].to_numpy(bool), rows["churned"].to_numpy(bool),
+                        kind="play", play=rows["play"].to_numpy(object), listed=rows["listed"].to_numpy(bool),
+                        dates=rows["observation_date"].to_numpy())  # fmt: skip
     path = fitted.save(settings.uplift_path)
-    console.print(f"uplift (per-play T-learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} "
-                  f"held-out outcomes -> {path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
+    console.print(f"uplift (per-play learner) fitted on {arms['treated']:,} treated and {arms['held out']:,} "
+                  f"held-out outcomes, and {len(others):,} account(s) of the same dates not on a call list -> "
+                  f"{path}; `churnml score` now adds the expected revenue saved", highlight=False)  # fmt: skip
     effects = fitted.play_effects
     for play in effects.plays.values():
         console.print(f"  {play.play}: removes {play.relative_reduction:.0%} of its accounts' churn ({play.treated:,} "

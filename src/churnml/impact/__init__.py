@@ -5,7 +5,7 @@
 - :mod:`.outcomes`: what became of each treated and control account once its horizon has passed;
 - :mod:`.report`: impact overall and per play, revenue kept and ROI, as the CLI and the overview show it;
 - :mod:`.play_effects`: each play's relative reduction of churn, treated against held out, shrunk;
-- :mod:`.uplift`: T-, X- and per-play T-learners on LightGBM; :mod:`.qini`: Qini and AUUC of a ranking.
+- :mod:`.uplift`: T-, X- and per-play learners on LightGBM; :mod:`.qini`: Qini and AUUC of a ranking.
 
 Everything here is pure (frames in, frames or dataclasses out); the store and files are the CLI's.
 """

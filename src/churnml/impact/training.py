@@ -19,7 +19,7 @@ import pandas as pd
 
 from churnml.impact.holdout import CONTROL, TREATED
 
-__all__ = ["UntreatedRows", "untreated_rows"]
+__all__ = ["UntreatedRows", "not_listed_rows", "touching_assignments", "untreated_rows"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class UntreatedRows:
                 f"{self.held_out_weighted:,} held-out row(s) counted for the call list (+{self.copies:,} copies)")  # fmt: skip
 
 
-def untreated_rows(table: pd.DataFrame, assignments: pd.DataFrame, horizon_days: int) -> UntreatedRows:
-    """``table`` (customer_id, observation_date, ...) without the treated rows and with the held-out
-    rows repeated; a row is touched by an assignment of its account scored within ``horizon_days`` of
-    its date, either side (the play falls in its label window, or its window follows the play)."""
+def touching_assignments(table: pd.DataFrame, assignments: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """Each (row of ``table``, assignment) pair where the assignment of the row's account was scored
+    within ``horizon_days`` of the row's date, either side (the play falls in its label window, or its
+    window follows the play): ``row`` (position in ``table``) and the assignment's columns."""
     unknown = sorted(set(assignments["arm"]) - {TREATED, CONTROL})
     if unknown:
         raise ValueError(f"holdouts.arm: expected {TREATED} or {CONTROL}, got {unknown[0]!r}")
@@ -46,7 +46,24 @@ def untreated_rows(table: pd.DataFrame, assignments: pd.DataFrame, horizon_days:
                                customer_id=assignments["customer_id"].astype(str))  # fmt: skip
     joined = rows.assign(customer_id=rows["customer_id"].astype(str)).merge(plays, on="customer_id")
     gap = (joined["observation_date"].astype("datetime64[us]") - joined["scored_on"]).abs()
-    touched = joined[gap < pd.Timedelta(days=horizon_days)]
+    return joined[gap < pd.Timedelta(days=horizon_days)]
+
+
+def not_listed_rows(labels: pd.DataFrame, assignments: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """The labelled rows (customer_id, observation_date, churned) of accounts that were not on a call
+    list at that date and that no play touched within the horizon: what the per-play learner's churn
+    model learns from beside the call list's arms (untreated, never called)."""
+    touched = touching_assignments(labels, assignments, horizon_days)
+    keep = np.ones(len(labels), bool)
+    keep[touched["row"].to_numpy()] = False  # on the list that day, or called within the horizon
+    return labels.reset_index(drop=True)[keep].reset_index(drop=True)
+
+
+def untreated_rows(table: pd.DataFrame, assignments: pd.DataFrame, horizon_days: int) -> UntreatedRows:
+    """``table`` (customer_id, observation_date, ...) without the treated rows and with the held-out
+    rows repeated; a row is touched by an assignment as :func:`touching_assignments` says."""
+    rows = table[["customer_id", "observation_date"]]
+    touched = touching_assignments(table, assignments, horizon_days)
     treated = set(touched.loc[touched["arm"] == TREATED, "row"])
     held = touched[(touched["arm"] == CONTROL) & ~touched["row"].isin(treated)]
     weight = (1.0 / held.groupby("row")["probability"].min()).round().astype(int)
