@@ -1,9 +1,6 @@
-"""From a probability to what a CSM acts on: health score, risk tier, revenue at risk, reasons, play.
-
-``score_features`` and ``explain_scored`` are shared by the online endpoint and batch scoring, so the
-API and the account page say the same thing; ``score_customers`` is the batch path (every active
-customer at a date, plus their recent history and what changed since the previous score) and
-``write_workspace`` stores its result in the DuckDB file the CSM pages read.
+"""Batch scoring: every active customer at a date, with their recent history, what changed since the
+previous score and their usage by month; ``write_workspace`` stores it in the DuckDB file the CSM
+pages read.
 """
 
 from __future__ import annotations
@@ -11,197 +8,34 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from churnml.data.tables import ContractTables
 from churnml.engine import write_tables
-from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Explainer, Playbook
+from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Playbook
 from churnml.explain.changes import reason_changes
 from churnml.features.batch import FeatureBuilder, scoring_rows
 from churnml.features.engine import build_features
 from churnml.impact.uplift import UpliftModel
 from churnml.labels import build_labels, observation_dates
 from churnml.model import ChurnModel
+from churnml.score.partitions import score_and_explain
+from churnml.score.rows import DEFAULT_POLICY, RiskPolicy, top_play, with_expected_saving
 from churnml.spec import DatasetSpec
 
-if TYPE_CHECKING:
-    from churnml.features.spark import PartitionStep
-
 __all__ = [
-    "RiskPolicy",
+    "REASON_COLUMNS",
     "ScoreResult",
-    "ScoredRows",
-    "explain_scored",
-    "health_score",
-    "score_and_explain",
     "reason_records",
-    "revenue_at_risk",
     "score_customers",
-    "score_features",
-    "top_play",
     "usage_by_month",
-    "with_expected_saving",
     "write_workspace",
 ]
 
-DAYS_PER_MONTH = 365.25 / 12
 USAGE_MONTHS = 6  # the account page's usage trend: the last full months before the score
 USAGE_TYPES = 4  # ... of the event types with the most events in them (the account's main activity)
-
-
-@dataclass(frozen=True)
-class RiskPolicy:
-    """Probability cut-offs of the risk tiers (churn within the model's horizon)."""
-
-    high: float = 0.5
-    medium: float = 0.2
-
-    def __post_init__(self) -> None:
-        if not 0 < self.medium < self.high < 1:
-            raise ValueError(
-                f"risk tiers: need 0 < medium < high < 1, got medium={self.medium}, high={self.high}"
-            )
-
-    def tiers(self, probability: np.ndarray) -> np.ndarray:
-        p = np.asarray(probability, float)
-        return np.where(p >= self.high, "high", np.where(p >= self.medium, "medium", "low"))
-
-
-def with_expected_saving(scored: pd.DataFrame, uplift: np.ndarray, horizon_days: int) -> pd.DataFrame:
-    """``uplift`` (the fall in churn probability a play would bring) and ``expected_revenue_saved``
-    (uplift × MRR × months in the horizon): what calling the account is worth, not what is at risk."""
-    return scored.assign(
-        uplift=uplift, expected_revenue_saved=revenue_at_risk(uplift, scored["mrr"], horizon_days)
-    )
-
-
-def top_play(account: AccountReasons) -> str | None:
-    """The play an account is assigned: its top problem's, if it needs action (the call list's, the
-    holdouts' and the uplift's play)."""
-    return account.problems[0].play if account.action_needed and account.problems else None
-
-
-def health_score(probability: np.ndarray) -> np.ndarray:
-    """0-100, higher is healthier: the calibrated chance of staying, in percent."""
-    return np.rint(100 * (1 - np.asarray(probability, float))).astype(int)
-
-
-def revenue_at_risk(probability: np.ndarray, mrr: np.ndarray, horizon_days: int) -> np.ndarray:
-    """Expected revenue lost within the horizon: probability × MRR × months in the horizon."""
-    mrr = np.nan_to_num(np.asarray(mrr, float), nan=0.0)
-    return np.asarray(probability, float) * mrr * (horizon_days / DAYS_PER_MONTH)
-
-
-def score_features(
-    model: ChurnModel, features: pd.DataFrame, policy: RiskPolicy = RiskPolicy(), num_threads: int = 1
-) -> pd.DataFrame:
-    """probability, health_score, risk_tier, mrr, revenue_at_risk for each feature row (same index)."""
-    p = model.predict_proba(features, num_threads=num_threads)
-    mrr = (
-        pd.to_numeric(features["mrr"], errors="coerce").to_numpy(float)
-        if "mrr" in features
-        else np.zeros(len(p))
-    )
-    return pd.DataFrame(
-        {
-            "probability": p,
-            "health_score": health_score(p),
-            "risk_tier": policy.tiers(p),
-            "mrr": mrr,
-            "revenue_at_risk": revenue_at_risk(p, mrr, model.horizon_days),
-        },
-        index=features.index,
-    )
-
-
-def explain_scored(
-    model: ChurnModel, features: pd.DataFrame, scored: pd.DataFrame, k: int, playbook: Playbook = DEFAULT_PLAYBOOK,
-    num_threads: int = 1, contributions: np.ndarray | None = None,
-) -> list[AccountReasons]:  # fmt: skip
-    """Each scored row's reasons: problems with plays (accounts below the medium tier need no action),
-    protective factors and context (`churnml.explain`)."""
-    contrib = contributions if contributions is not None else model.contributions(features, num_threads)[0]
-    explainer = Explainer(model.catalogue, model.reference, playbook)
-    return explainer.explain(features, contrib, (scored["risk_tier"] != "low").to_numpy(), k)
-
-
-@dataclass
-class ScoredRows:
-    """Rows with their features, scores and reasons, and how many Spark partitions computed them (0: here)."""
-
-    features: pd.DataFrame
-    scored: pd.DataFrame  # score_features' columns, index 0..n-1
-    explained: list[AccountReasons]
-    partitions: int = 0
-
-    @property
-    def parts(self) -> tuple[pd.DataFrame, pd.DataFrame, list[AccountReasons]]:
-        return self.features, self.scored, self.explained
-
-
-_SCORED = {"probability": pa.float64(), "health_score": pa.int64(), "risk_tier": pa.string(),
-           "mrr": pa.float64(), "revenue_at_risk": pa.float64()}  # fmt: skip
-_EXPLAINED = "_reasons"
-_STEP = "_scored_"  # the step's columns beside the features (``mrr`` is both)
-
-
-def score_and_explain(
-    tables: ContractTables, rows: pd.DataFrame, model: ChurnModel, policy: RiskPolicy, k: int,
-    playbook: Playbook = DEFAULT_PLAYBOOK, build: FeatureBuilder = build_features,
-) -> ScoredRows:  # fmt: skip
-    """The features, scores and reasons of ``rows``: here, or with the Spark engine inside each customer
-    partition (the model travels to the executors in its own files and is checked there on load), so
-    batch scoring with SHAP reasons grows with the cluster, not with the driver."""
-    from churnml.features.spark import SparkFeatures  # pyspark itself is imported only when used
-
-    if not isinstance(build, SparkFeatures):
-        features = build(tables, rows, model.feature_set)
-        scored = score_features(model, features, policy, num_threads=0)
-        return ScoredRows(
-            features, scored, explain_scored(model, features, scored, k, playbook, num_threads=0)
-        )
-    done, partitions = build.with_step(
-        tables, rows, model.feature_set, _scoring_step(model, policy, k, playbook)
-    )
-    explained = [AccountReasons.from_json(text) for text in done[_EXPLAINED]]
-    step_columns = [f"{_STEP}{c}" for c in _SCORED]
-    scored = done[step_columns].set_axis(list(_SCORED), axis=1).astype({"health_score": int})
-    return ScoredRows(done.drop(columns=[*step_columns, _EXPLAINED]), scored, explained, partitions)
-
-
-def _scoring_step(model: ChurnModel, policy: RiskPolicy, k: int, playbook: Playbook) -> PartitionStep:
-    """`score_features` and `explain_scored` as each Spark partition runs them on its features."""
-    from churnml.features.spark import PartitionStep
-
-    files = model.to_files()
-
-    def run(features: pd.DataFrame) -> pd.DataFrame:
-        here = _executor_model(files)
-        scored = score_features(here, features, policy)
-        explained = explain_scored(here, features, scored, k, playbook)
-        out = scored.reset_index(drop=True).add_prefix(_STEP)
-        return out.assign(**{_EXPLAINED: [a.to_json() for a in explained]})
-
-    return PartitionStep(
-        run, pa.schema([*((f"{_STEP}{c}", t) for c, t in _SCORED.items()), (_EXPLAINED, pa.string())])
-    )
-
-
-_EXECUTOR_MODELS: dict[str, ChurnModel] = {}  # an executor's Python worker loads each model once
-
-
-def _executor_model(files: dict[str, bytes]) -> ChurnModel:
-    import hashlib
-
-    digest = hashlib.sha256(b"".join(files[name] for name in sorted(files))).hexdigest()
-    if digest not in _EXECUTOR_MODELS:
-        _EXECUTOR_MODELS.clear()
-        _EXECUTOR_MODELS[digest] = ChurnModel.from_files(files)
-    return _EXECUTOR_MODELS[digest]
 
 
 @dataclass
@@ -250,7 +84,7 @@ def score_customers(
     model_info: dict[str, str] | None = None,
     k: int = 5,
     history: int = 6,
-    policy: RiskPolicy = RiskPolicy(),
+    policy: RiskPolicy = DEFAULT_POLICY,
     playbook: Playbook = DEFAULT_PLAYBOOK,
     build: FeatureBuilder = build_features,
     uplift: UpliftModel | None = None,
