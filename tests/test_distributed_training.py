@@ -87,6 +87,25 @@ def test_a_fit_past_its_limit_is_stopped_and_the_cluster_recovers(client) -> Non
     assert booster.current_iteration() == 20
 
 
+def test_a_cluster_without_workers_is_named_not_a_numpy_error() -> None:
+    """A scheduler no worker joined: a clear error after the wait (it was "number sections must be
+    larger than 0" from NumPy)."""
+    from distributed import Client, LocalCluster
+
+    # the module's cluster holds the dashboard's default port: this one takes any free one
+    cluster = LocalCluster(n_workers=0, processes=True, host="127.0.0.1", scheduler_port=free_port(),
+                           dashboard_address="127.0.0.1:0")  # fmt: skip
+    x, y, fs = rows(200)
+    try:
+        with Client(cluster, timeout=60) as c:
+            began = time.monotonic()
+            with pytest.raises(TimeoutError, match="no Dask worker joined the scheduler at tcp://127.0.0.1"):
+                dask_booster(PARAMS, x, y, fs, 5, DaskFit(c, base_port=free_port(), timeout_seconds=1))
+            assert time.monotonic() - began < 30
+    finally:
+        cluster.close(timeout=30)
+
+
 def test_train_model_on_dask_matches_the_single_machine_model(client, trained, sim_dir) -> None:
     """The whole training stage with the final fit on the cluster: the same tuned parameters and the
     same calibrator method; the test ROC-AUC within 0.005 of the single-machine model's."""

@@ -87,13 +87,39 @@ def _machines(fit: DaskFit, workers: list[str]) -> str:
     return ",".join(out)
 
 
+WORKER_WAIT_SECONDS = 60.0  # the longest a fit waits for a worker (a restart, a cluster still starting)
+
+
+def _cluster_workers(fit: DaskFit) -> list[str]:
+    """The addresses of the cluster's workers, once at least one has joined. A restart (after a fit past
+    its limit) or a cluster still starting can leave none for a moment, and the scheduler's summary
+    has been seen to list none while both workers ran (distributed 2026.8, once in three full runs of
+    the tests): ask each worker then."""
+    wait = min(WORKER_WAIT_SECONDS, max(1.0, fit.timeout_seconds))
+    try:
+        fit.client.wait_for_workers(1, timeout=wait)
+    except TimeoutError:
+        raise TimeoutError(
+            f"distributed training: no Dask worker joined the scheduler at {fit.client.scheduler.address} "
+            f"within {wait:.0f} s"
+        ) from None
+    workers = sorted(fit.client.scheduler_info(n_workers=-1)["workers"]) or sorted(
+        fit.client.run(socket.gethostname)
+    )
+    if not workers:
+        raise TimeoutError(
+            f"distributed training: the scheduler at {fit.client.scheduler.address} has no worker"
+        )
+    return workers
+
+
 def _spread(fit: DaskFit, x: pd.DataFrame, y: np.ndarray):  # noqa: ANN202
     """The rows as Dask collections, a share placed on each worker (LightGBM trains one part per worker
     and must know which workers hold data). Rows read by Dask itself (``dd.read_parquet``) would stay
     on the workers; rows from here travel once, as scattered parts, never inside the task graph."""
     import dask.dataframe as dd
 
-    workers = sorted(fit.client.scheduler_info()["workers"])
+    workers = _cluster_workers(fit)
     frame = x.assign(_label=np.asarray(y, dtype=float)).reset_index(drop=True)
     chunks = [
         c for c in np.array_split(np.arange(len(frame)), len(workers) * fit.partitions_per_worker) if len(c)
