@@ -124,6 +124,9 @@ def test_per_play_learner_travels_whole_and_gives_an_unseen_play_the_mean_play(t
         assert np.allclose(got, mean * loaded.churn_if_untreated(x)), unseen
     with pytest.raises(ValueError, match="3 plays"):
         model.uplift(x, play[:3])
+    # it has no model per arm: asking for one is an error that says so, not a KeyError
+    with pytest.raises(ValueError, match="'play' learner has no 'control' model"):
+        model.churn_if_control(x)
 
 
 def test_per_play_learner_is_not_fooled_by_the_plays_success() -> None:

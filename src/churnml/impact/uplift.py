@@ -145,11 +145,20 @@ class UpliftModel:
             raise ValueError(f"uplift: missing feature column(s) {missing[:5]}")
         return x[self.columns]
 
+    def _booster(self, name: str) -> lgb.Booster:
+        """One of the learner's models, or an error naming the learner that has no such model (the
+        per-play learner has no per-arm churn models)."""
+        if name not in self.boosters:
+            raise ValueError(
+                f"uplift: the {self.kind!r} learner has no {name!r} model (it has {sorted(self.boosters)})"
+            )
+        return self.boosters[name]
+
     def churn_if_control(self, x: pd.DataFrame) -> np.ndarray:
-        return self.boosters["control"].predict(self._matrix(x))
+        return self._booster("control").predict(self._matrix(x))
 
     def churn_if_treated(self, x: pd.DataFrame) -> np.ndarray:
-        return self.boosters["treated"].predict(self._matrix(x))
+        return self._booster("treated").predict(self._matrix(x))
 
     def relative_reduction(self, play: np.ndarray | pd.Series | None, n: int) -> np.ndarray:
         """Each account's play's share of churn removed (the mean play's where unknown or missing)."""
