@@ -204,6 +204,24 @@ def test_playbook_matches_reasons_whose_facts_fit_and_loads_from_yaml(tmp_path: 
         load_playbook(path)
 
 
+def test_a_playbook_condition_on_a_column_the_model_lacks_is_named(trained) -> None:
+    """A misspelt column makes a team's play silently never shown: scoring and the service name it."""
+    from churnml.explain import Explainer, Play
+    from churnml.explain.playbook import Match, Playbook
+
+    model = trained[2].model
+    assert Explainer(model.catalogue).unread_conditions() == []  # the default playbook reads this model whole
+    typo = Playbook(plays=[
+        Play(name="Call them", action="Call.", when=Match(groups=["usage"]), require=["login_count_30 < 5"]),
+        Play(name="Drop", action="Call.", when=Match(groups=["usage"]), require_any=["{s}_count_30d == 0"]),
+        Play(name="Every type", action="Call.", when=Match(groups=["usage"]), require=["{s}_cuont_30d == 0"]),
+    ])  # fmt: skip
+    unread = Explainer(model.catalogue, playbook=typo).unread_conditions()
+    assert len(unread) == 2, unread  # {s}_count_30d exists for the model's event types
+    assert "'Call them'" in unread[0] and "login_count_30" in unread[0] and "never shown" in unread[0]
+    assert "'Every type'" in unread[1] and "_cuont_30d" in unread[1]
+
+
 def test_a_model_and_its_reasons_travel_as_files_and_json_and_arrive_equal(sim_dir: Path, trained) -> None:
     """How Spark executors get the model (its own files, checked on load) and give back the reasons."""
     from churnml.explain import AccountReasons

@@ -124,8 +124,8 @@ def test_explain_says_what_the_account_page_says(served, trained, champion_home:
         rows = pd.DataFrame({"customer_id": picked, "observation_date": as_of})
         features = build_features(tables, rows, model.feature_set)
     body = {"customers": [{"customer_id": c, "as_of": str(as_of.date()),
-                           "features": feature_record(features, i, model.feature_names)} for i, c in enumerate(picked)],
-            "top_k": 5}  # fmt: skip
+                           "features": feature_record(features, i, model.feature_names)} for i, c in enumerate(picked)]}  # fmt: skip
+    # no top_k: by default the API gives as many reasons as the page shows
     r = served.post("/explain", body)
     assert r.status_code == 200, r.text
     contrib, base = model.contributions(features)

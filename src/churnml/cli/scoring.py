@@ -27,6 +27,7 @@ from churnml.cli.common import (
 from churnml.cli.data import check_engine, feature_builder
 from churnml.config import Settings
 from churnml.data import ContractTables
+from churnml.explain import REASONS_SHOWN
 from churnml.features.batch import FeatureBuilder, latest_date
 from churnml.features.engine import build_features
 from churnml.labels import build_labels
@@ -43,7 +44,7 @@ def score_command(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Date YYYY-MM-DD (default: the latest).")
     ] = None,
-    top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = 5,
+    top_k: Annotated[int, typer.Option(min=1, max=20, help="Reasons per customer.")] = REASONS_SHOWN,
     history: Annotated[int, typer.Option(min=0, max=36, help="Past observation dates to score.")] = 6,
     data: DataOpt = None,
     engine: EngineOpt = None,
@@ -64,11 +65,11 @@ def score_command(
 
 def score_and_write(
     tables: ContractTables, loaded: DatasetSpec, settings: Settings, out: Path | None, model: str | None,
-    date: pd.Timestamp | None, top_k: int = 5, history: int = 6, build: FeatureBuilder = build_features,
+    date: pd.Timestamp | None, top_k: int = REASONS_SHOWN, history: int = 6, build: FeatureBuilder = build_features,
 ) -> None:  # fmt: skip
     """Score the active customers with the champion (or ``model``) and write the reports and workspace;
     ``build`` computes the features (here, or on Spark with ``--engine spark``)."""
-    from churnml.explain.playbook import load_playbook
+    from churnml.explain import Explainer, load_playbook
     from churnml.retention import retention_tables
     from churnml.score import RiskPolicy, score_customers, write_workspace
 
@@ -77,6 +78,9 @@ def score_and_write(
     except ValueError as err:
         raise fail(str(err)) from None
     churn_model, info = champion_model(settings, model)
+    if settings.playbook is not None:  # the default one names columns only some data sets have
+        for unread in Explainer(churn_model.catalogue, playbook=playbook).unread_conditions():
+            err_console.print(f"[yellow]{settings.playbook}: {unread}[/]", highlight=False)
     uplift = _uplift_model(settings, churn_model)
     info = info if uplift is None else {**info, "uplift_model": uplift.kind}
     out = out or settings.reports_dir

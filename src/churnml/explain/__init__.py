@@ -2,12 +2,20 @@
 (`compare`), with the play whose conditions fit (`playbook`), and the lint that checks them (`lint`)."""
 
 from churnml.explain.playbook import DEFAULT_PLAYBOOK, Play, Playbook, load_playbook
-from churnml.explain.reasons import NO_ACTION, AccountReasons, Explainer, Reason, describe_feature
+from churnml.explain.reasons import (
+    NO_ACTION,
+    REASONS_SHOWN,
+    AccountReasons,
+    Explainer,
+    Reason,
+    describe_feature,
+)
 from churnml.features.sentences import format_number
 
 __all__ = [
     "DEFAULT_PLAYBOOK",
     "NO_ACTION",
+    "REASONS_SHOWN",
     "AccountReasons",
     "Explainer",
     "Play",

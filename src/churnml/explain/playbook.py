@@ -15,7 +15,9 @@ does an account that needs no action. A team replaces the defaults with a YAML f
 
 A condition is ``<column> <op> <number | true | false | column>`` (op: < <= > >= == !=) or
 ``<column> is missing|present``; ``{s}`` stands for the reason's event type (``{s}_count_30d == 0``).
-A condition on a column the model does not have never holds.
+A condition on a column the model does not have never holds: the default playbook names columns
+that only some data sets have (NPS, tickets). For a team's own playbook that is most often a typo, so
+`churnml score` and the service name each such condition (`Playbook.unread_conditions`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
@@ -167,6 +169,24 @@ class Playbook(BaseModel):
             if play.when.matches(feature, group, event_type, signal) and play.conditions_hold(row, slug):
                 return play
         return None
+
+    def unread_conditions(self, columns: Iterable[str], event_slugs: Iterable[str]) -> list[str]:
+        """Each condition that reads a column the model does not have (for a ``{s}`` condition: for
+        every one of the model's event types), named with its play: such a play is never shown."""
+        known, slugs = set(columns), list(event_slugs)
+        found = []
+        for play in self.plays:
+            for text in (*play.require, *play.require_any):
+                parsed = condition(text)
+                if "{s}" in text:  # readable if some event type gives every column it names
+                    options = [set(parsed.columns(s)) - known for s in slugs] or [set(parsed.columns("{s}"))]
+                    missing = min(options, key=len)
+                else:
+                    missing = set(parsed.columns("")) - known
+                if missing:
+                    found.append(f"play {play.name!r}: condition {text!r} reads {', '.join(sorted(missing))}, "
+                                 "which the model does not have: the play is never shown")  # fmt: skip
+        return found
 
 
 DEFAULT_PLAYBOOK = Playbook(

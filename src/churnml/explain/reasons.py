@@ -34,6 +34,9 @@ from churnml.features.sentences import Fact, Reading
 __all__ = ["AccountReasons", "Explainer", "Reason", "describe_feature", "strength"]
 
 NO_ACTION = "No action needed"
+# Reasons shown per kind (problems, protective, context): the pages, batch scoring and the API's default,
+# so /explain says what the account page says.
+REASONS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,13 @@ class Explainer:
         for g, members in enumerate(self.members):
             self.membership[members, g] = 1.0
 
+    def unread_conditions(self) -> list[str]:
+        """The playbook's conditions on columns this model does not have (see `Playbook.unread_conditions`)."""
+        slugs = sorted({slug(i.event_type) for i in self.catalogue if i.event_type})
+        return self.playbook.unread_conditions(self.by_name, slugs)
+
     def explain(
-        self, features: pd.DataFrame, contributions: np.ndarray, action_needed: Sequence[bool], k: int = 5,
+        self, features: pd.DataFrame, contributions: np.ndarray, action_needed: Sequence[bool], k: int = REASONS_SHOWN,
         as_of: Sequence[pd.Timestamp | None] | None = None,
     ) -> list[AccountReasons]:  # fmt: skip
         """Every row's reasons (contributions in catalogue column order)."""

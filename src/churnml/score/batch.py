@@ -14,7 +14,7 @@ import pandas as pd
 
 from churnml.data.tables import ContractTables
 from churnml.engine import write_tables
-from churnml.explain import DEFAULT_PLAYBOOK, AccountReasons, Playbook
+from churnml.explain import DEFAULT_PLAYBOOK, REASONS_SHOWN, AccountReasons, Playbook
 from churnml.explain.changes import reason_changes
 from churnml.features.batch import FeatureBuilder, scoring_rows
 from churnml.features.engine import build_features
@@ -82,7 +82,7 @@ def score_customers(
     model: ChurnModel,
     as_of: pd.Timestamp,
     model_info: dict[str, str] | None = None,
-    k: int = 5,
+    k: int = REASONS_SHOWN,
     history: int = 6,
     policy: RiskPolicy = DEFAULT_POLICY,
     playbook: Playbook = DEFAULT_PLAYBOOK,

@@ -14,6 +14,7 @@ import logging
 import bentoml
 
 from churnml.config import Settings
+from churnml.explain.reasons import REASONS_SHOWN
 from churnml.service import protocol
 from churnml.service.middleware import OPEN_PATHS, ServiceMiddleware
 from churnml.service.model_store import packaged_model_ref
@@ -81,7 +82,9 @@ class ChurnService:
         return await answer(ctx.request.scope.get(COMPUTE_SCOPE_KEY), self._ready().predict, customers)
 
     @bentoml.api(route="/explain", input_spec=ExplainRequest)
-    async def explain(self, customers: Customers, ctx: bentoml.Context, top_k: TopK = 3) -> ExplainResponse:
+    async def explain(
+        self, customers: Customers, ctx: bentoml.Context, top_k: TopK = REASONS_SHOWN
+    ) -> ExplainResponse:
         """The prediction plus the top reasons in plain sentences, with their SHAP contributions."""
         return await answer(ctx.request.scope.get(COMPUTE_SCOPE_KEY), self._ready().explain, customers, top_k)
 

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 
+from churnml.explain.reasons import REASONS_SHOWN
 from churnml.service.compute import NEVER, Stop
 from churnml.service.schemas import (
     MAX_BATCH,
@@ -166,4 +167,4 @@ class PredictRequest(_JSONRequest):
 
 class ExplainRequest(_JSONRequest):
     customers: Customers
-    top_k: TopK = 3
+    top_k: TopK = REASONS_SHOWN

@@ -7,6 +7,7 @@ its customers, whatever their ``as_of`` dates (a pass per date cost ~60 ms each:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from starlette.responses import Response
 
 from churnml.config import Settings
 from churnml.engine import connect
-from churnml.explain import Explainer, Playbook, Reason, load_playbook
+from churnml.explain import DEFAULT_PLAYBOOK, REASONS_SHOWN, Explainer, Playbook, Reason, load_playbook
 from churnml.features.definitions import slug
 from churnml.features.engine import build_features
 from churnml.features.online import load_contract_frames
@@ -46,6 +47,8 @@ RECORD_BLOCK = 100  # customers explained between two checks of the stop flag
 RAW_BLOCK_EVENTS = 50_000  # raw-behaviour events turned into features between two checks
 RAW_BLOCK_CUSTOMERS = 250
 _ONLINE_DUCKDB = Settings(duckdb_memory_limit="512MB", duckdb_threads=1)  # one request's features
+
+log = logging.getLogger(__name__)
 
 
 def default_as_of() -> pd.Timestamp:
@@ -101,6 +104,9 @@ class Predictor:
         self._units = {i.name: i.unit for i in self.model.catalogue}
         self._signed = {i.name: i.signed for i in self.model.catalogue}
         self._explainer = Explainer(self.model.catalogue, self.model.reference, self.playbook)
+        if self.playbook is not DEFAULT_PLAYBOOK:  # the default one names columns only some data sets have
+            for unread in self._explainer.unread_conditions():
+                log.warning("playbook: %s", unread)
         fs = self.model.feature_set
         self._event_types = set(fs.event_types)
         self._attributes = set(fs.attributes)
@@ -301,7 +307,9 @@ class Predictor:
         preds = [self._prediction(c.customer_id, as_ofs[i], scored.iloc[i]) for i, c in enumerate(customers)]
         return PredictResponse(model=self.info, predictions=[Prediction(**p) for p in preds])
 
-    def explain(self, customers: list[CustomerIn], top_k: int = 3, stop: Stop = NEVER) -> ExplainResponse:
+    def explain(
+        self, customers: list[CustomerIn], top_k: int = REASONS_SHOWN, stop: Stop = NEVER
+    ) -> ExplainResponse:
         """Predictions with the reasons the account page shows (`churnml.explain`): the same sentences,
         groups, comparisons and plays."""
         features, as_ofs = self.features(customers, stop)
