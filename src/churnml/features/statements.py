@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from churnml.features.sentences import (
     Fact,
+    Quoted,
     Reading,
     ago,
     cap,
@@ -179,11 +180,23 @@ def amount_mean(i: FeatureInfo, r: Reading) -> Fact:
                 {"mean": x})  # fmt: skip
 
 
+def _when_last(i: FeatureInfo, r: Reading) -> tuple[str, Quoted]:
+    """', 13 months ago on 2024-05-18': when the latest event of the type came (its value may be old)."""
+    days = r.sibling(i, "days_since_last")
+    if days is None:
+        return "", {}
+    words, when = ago(days)
+    day, date = on_date(r, days)
+    return f", {words}" + (f" on {day}" if day else ""), when | date
+
+
 def amount_last(i: FeatureInfo, r: Reading) -> Fact:
     x = r.num(i.name)
     if x is None:
         return Fact(f"No {i.singular} yet", {})
-    return Fact(f"The latest {i.singular} was {format_number(x)}{_value_in(i)}", {"value": x})
+    when, dated = _when_last(i, r)
+    when = f"{when}," if when else ""
+    return Fact(f"The latest {i.singular}{when} was {format_number(x)}{_value_in(i)}", {"value": x} | dated)
 
 
 def amount_total(i: FeatureInfo, r: Reading) -> Fact:
@@ -259,7 +272,8 @@ def last_change(i: FeatureInfo, r: Reading) -> Fact:
         return Fact(f"No {i.singular} yet", {})
     if x == 0:
         return Fact(f"No change in {i.value_label} in the latest {i.singular}", {})
-    return Fact(f"{signed_change(i, x)} in the latest change", {"change": abs(x)})
+    when, dated = _when_last(i, r)
+    return Fact(f"{signed_change(i, x)} in the latest change{when}", {"change": abs(x)} | dated)
 
 
 def distinct(i: FeatureInfo, r: Reading) -> Fact:
@@ -270,6 +284,8 @@ def distinct(i: FeatureInfo, r: Reading) -> Fact:
             f"No {i.plural} {period}" if i.window else f"No {i.plural} yet",
             {"count": 0.0} if i.window else {},
         )
+    if n == 1:  # "1 different features" is not English, whatever the spec's plural phrase
+        return Fact(f"{cap(i.distinct)} {period}: 1", {"count": n})
     return Fact(f"{format_number(n)} {i.distinct} {period}", {"count": n})
 
 
