@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pandas as pd
 import pytest
 
 from churnml.config import Settings
@@ -356,6 +357,17 @@ def test_chart_labels_never_overlap(page: Page, site: PagesSite) -> None:
     page.locator("#risk-table tbody tr a").first.click()
     page.wait_for_selector("#history svg")
     assert page.locator("svg.chart").count() >= 3 and not _overlaps(page)
+    # a risk history of 7 scores (full dates) and a year of months: more labels than this site's scores have
+    from churnml.workspace.pages.charts import line_chart
+
+    dates = [str(d.date()) for d in pd.date_range("2025-01-01", periods=7, freq="MS")]
+    months = [d.strftime("%Y-%m") for d in pd.date_range("2024-01-01", periods=13, freq="MS")]
+    charts = [line_chart(x, [0.1 * (i % 5) for i in range(len(x))], "Risk", axis_label="Churn probability")
+              for x in (dates, months)]  # fmt: skip
+    for width in (1400, PHONE["width"]):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.set_content("<body>" + "".join(f"<div>{c}</div>" for c in charts) + "</body>")
+        assert page.locator("svg.chart").count() == 2 and not _overlaps(page), width
 
 
 def test_no_page_is_wider_than_a_phone(browser: Browser, site: PagesSite) -> None:

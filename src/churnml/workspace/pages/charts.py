@@ -38,6 +38,7 @@ RISK_COLOUR = "#c0392b"  # raises risk
 SAFE_COLOUR = "#2e7d32"  # lowers risk
 LINE_COLOUR = "#1f4e79"
 MAX_TICKS = 8  # category ticks on an x-axis before every n-th is shown (they would overlap)
+TICK_FONT_PT = 9
 MAX_COHORTS = 8  # curves on one chart stay distinguishable up to about this many
 
 # rcParams are process-global and read both when axes are made and when they are saved; drawing each
@@ -118,11 +119,20 @@ def _to_svg(fig: Figure, title: str, described_by: str | None = None) -> str:
 
 
 def _category_ticks(ax: Axes, labels: Sequence[str]) -> None:
-    """Category labels on the x-axis, every n-th beyond MAX_TICKS and always the last, never overlapping."""
+    """Category labels on the x-axis, never overlapping: every n-th, and always the last, when more
+    than fit side by side (at most MAX_TICKS; ten-character dates fit five to a 6-inch chart)."""
     n = len(labels)
-    every = max(1, math.ceil(n / MAX_TICKS))
+    every = max(1, math.ceil(n / tick_budget(ax.figure.get_figwidth(), labels)))
     shown = [i for i in range(n) if i % every == 0 and (n - 1 - i) >= every / 2 or i == n - 1]
-    ax.set_xticks(shown, [_plain(labels[i]) for i in shown], fontsize=9)
+    ax.set_xticks(shown, [_plain(labels[i]) for i in shown], fontsize=TICK_FONT_PT)
+
+
+def tick_budget(figure_inches: float, labels: Sequence[str]) -> int:
+    """How many of these labels fit side by side under a chart this wide: the axes take the figure
+    less about an inch (value axis and its label); a character is about 0.62 em, with 1 em between."""
+    longest = max((len(_plain(str(s))) for s in labels), default=1)
+    room = (figure_inches - 1.0) * 72.0  # points
+    return max(2, min(MAX_TICKS, int(room // (TICK_FONT_PT * (0.62 * longest + 1.0)))))
 
 
 def _value_axis(ax: Axes, label: str, value_format: Callable[[float], str]) -> None:
