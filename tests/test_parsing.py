@@ -38,6 +38,26 @@ def test_the_parse_stops_at_the_object_limit() -> None:
         parse_json(b'{"customers": [')
 
 
+def test_arrays_and_values_are_counted_before_the_parse() -> None:
+    """Arrays never reach the parser's object hook and cost it more than objects: a body of empty arrays
+    (or of numbers) is refused from its bytes, before the parser holds the interpreter lock for seconds."""
+    customer = b'{"customer_id": "a", "events": []}'
+    arrays = b'{"customers": [' + customer + b'], "junk": [' + b",".join([b"[]"] * 400_000) + b"]}"
+    with pytest.raises(ValidationError, match="400,00[0-9] JSON arrays and objects in one request") as err:
+        parse_json(arrays)
+    assert locs(err) == [("body",)]
+    numbers = b'{"customers": [' + customer + b'], "junk": [' + b",".join([b"1"] * 4_000_000) + b"]}"
+    with pytest.raises(ValidationError, match="JSON values in one request"):
+        parse_json(numbers)
+    # the largest requests the schema allows pass: 100 customers of 2,000 features, 200,000 events
+    features = {"customers": [{"customer_id": str(i), "features": {f"f{j}": j for j in range(2000)}}
+                              for i in range(100)]}  # fmt: skip
+    assert len(parse_json(json.dumps(features).encode())["customers"]) == 100
+    event = {"timestamp": "2025-01-01T00:00:00Z", "event_type": "login", "value": 1.5, "user_id": "u"}
+    events = {"customers": [{"customer_id": str(i), "events": [event] * 20_000} for i in range(10)]}
+    assert len(parse_json(json.dumps(events).encode())["customers"]) == 10
+
+
 def test_counts_are_checked_before_any_model_is_built() -> None:
     events = [{"timestamp": "2025-01-01T00:00:00Z", "event_type": "login"}] * 20_000
     body = json.dumps({"customers": [{"customer_id": str(i), "events": events} for i in range(11)]}).encode()

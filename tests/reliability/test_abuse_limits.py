@@ -118,6 +118,19 @@ def test_event_counts_stop_the_parse_without_holding_the_event_loop(served: Serv
     assert "Traceback" not in served.log()
 
 
+@pytest.mark.slow
+def test_a_body_of_arrays_is_refused_without_holding_the_event_loop(served: Server) -> None:
+    """Row 2 with arrays instead of objects: the parser's object hook never sees them, and 32 MiB of
+    empty arrays held the interpreter lock for 6 s (found after the fix above). Refused from its bytes."""
+    junk = b",".join([b"[]"] * 11_000_000)
+    body = b'{"customers": [{"customer_id": "a", "events": []}], "junk": [' + junk + b"]}"
+    probe = ReadyProbe(served.url)
+    r = probe.during(lambda: httpx.post(served.url + "/predict", content=body, timeout=120,
+                                        headers={**served.headers(), "content-type": "application/json"}))  # fmt: skip
+    assert probe.latencies and max(probe.latencies) < 1.0, max(probe.latencies)
+    assert r.status_code == 400 and "JSON arrays and objects" in r.json()["detail"][0]["msg"], r.text[:500]
+
+
 # ------------------------------------------------------------------------------------------ row 6
 
 

@@ -22,8 +22,10 @@ from churnml.explain.reasons import REASONS_SHOWN
 from churnml.service.compute import NEVER, Stop
 from churnml.service.schemas import (
     MAX_BATCH,
+    MAX_REQUEST_CONTAINERS,
     MAX_REQUEST_EVENTS,
     MAX_REQUEST_OBJECTS,
+    MAX_REQUEST_VALUES,
     CustomerIn,
     Customers,
     TopK,
@@ -76,8 +78,26 @@ def _find_duplicate(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str |
     return None
 
 
+def _precount(body: bytes, max_objects: int) -> None:
+    """Refuse, before parsing, a body with more arrays and objects or values than a full request has.
+
+    Counted in the raw bytes (about 1 ms per MB; brackets and commas inside strings count too, so it is
+    an upper bound): 64 MB of empty arrays would otherwise hold the interpreter lock for 12 seconds,
+    stalling the event loop even from a worker thread, and the object hook never sees an array.
+    """
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > max_objects + (MAX_REQUEST_CONTAINERS - MAX_REQUEST_OBJECTS):
+        raise refuse(("body",), f"{containers:,} JSON arrays and objects in one request; a full request has at "
+                                f"most {MAX_REQUEST_CONTAINERS:,}: split the batch")  # fmt: skip
+    values = body.count(b",")
+    if values > MAX_REQUEST_VALUES:
+        raise refuse(("body",), f"about {values:,} JSON values in one request; a full request has at most "
+                                f"{MAX_REQUEST_VALUES:,}: split the batch")  # fmt: skip
+
+
 def parse_json(body: bytes, max_objects: int = MAX_REQUEST_OBJECTS) -> Any:
     """The body as plain Python values; raises a ValidationError (a 400) naming what is wrong."""
+    _precount(body, max_objects)
     objects = _Objects(max_objects)
     try:
         value = json.loads(body, object_pairs_hook=objects)

@@ -25,8 +25,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 __all__ = [
     "MAX_BATCH",
     "MAX_EVENTS",
+    "MAX_REQUEST_CONTAINERS",
     "MAX_REQUEST_EVENTS",
     "MAX_REQUEST_OBJECTS",
+    "MAX_REQUEST_VALUES",
     "Customers",
     "CustomerIn",
     "EventIn",
@@ -48,6 +50,12 @@ MAX_REQUEST_EVENTS = 200_000  # events in one request, all customers together
 # JSON objects in one body: the events plus room for customers, profiles and subscriptions. The parser
 # stops as soon as a body holds more, before it has built them all.
 MAX_REQUEST_OBJECTS = MAX_REQUEST_EVENTS + 100_000
+# Arrays and values (an upper bound: commas) in one body, counted in the raw bytes before the parse:
+# arrays cost the parser more than objects and never reach its object hook, and it holds the
+# interpreter lock for the whole parse. A full request has an events list per customer, and at most
+# 2,000 features and 100 attributes per customer and about 8 fields per event.
+MAX_REQUEST_CONTAINERS = MAX_REQUEST_OBJECTS + 4 * MAX_BATCH
+MAX_REQUEST_VALUES = MAX_BATCH * 2_200 + MAX_REQUEST_EVENTS * 8
 LIMIT = 1e12  # no real count, amount or MRR is larger; bigger numbers overflow sums to infinity
 _EARLIEST, _LATEST = datetime(1970, 1, 1), datetime(2200, 1, 1)
 
