@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from typer.testing import CliRunner
@@ -98,6 +99,9 @@ def test_an_undelivered_webhook_records_nothing(workspace: Path, hook: str) -> N
 
 def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: Path, tables: Tables) -> None:
     runner = CliRunner()
+    # a CSV that cannot be written marks nothing as sent: the next run still has every alert
+    blocked = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(workspace.parent)])
+    assert blocked.exit_code == 2 and "nothing was marked as sent" in blocked.output, blocked.output
     first = runner.invoke(app, ["alerts", "--min-rise", "10", "--out", str(workspace.parent / "a.csv")])
     assert first.exit_code == 0, first.output
     content = (workspace.parent / "a.csv").read_bytes()
@@ -105,6 +109,9 @@ def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: P
     rows = list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
     assert {r["customer_id"] for r in rows} == expected(tables, 10.0)
     assert all(r["probability"].endswith("%") for r in rows) and f"{len(rows)} new alert(s)" in first.output
+    assert all(
+        r["link"] == f"/ui/accounts/{quote(r['customer_id'], safe='')}" for r in rows
+    )  # the account page on the service
     assert not any(r["owner"].startswith("=") for r in rows) and any(
         r["owner"].startswith("'=") for r in rows
     )
@@ -120,6 +127,21 @@ def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: P
     assert f"<h2>{owner} <span" in page.text  # per owner
     export = make_client(create_pages_app()).get("/ui/alerts.csv?rise=10")
     assert export.status_code == 200 and export.content.startswith(b"\xef\xbb\xbf")
+
+
+def test_the_csv_links_to_the_pages_where_csms_open_them(
+    workspace: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHURNML_PAGES_URL", "https://churn.example.com/ui/")
+    out = workspace.parent / "linked.csv"
+    assert CliRunner().invoke(app, ["alerts", "--min-rise", "10", "--out", str(out)]).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8-sig"))))
+    assert rows and all(
+        r["link"] == f"https://churn.example.com/ui/accounts/{quote(r['customer_id'], safe='')}" for r in rows
+    )
+    monkeypatch.setenv("CHURNML_PAGES_URL", "churn.example.com")
+    bad = CliRunner().invoke(app, ["alerts"])
+    assert bad.exit_code == 2 and "CHURNML_PAGES_URL" in bad.output
 
 
 def test_no_workspace_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,6 +65,9 @@ def test_a_logged_play_shows_in_the_timeline_and_as_last_touch_with_its_author(a
     assert f'class="num last-touch" data-value="{TODAY.isoformat()}"' in row
     by_touch = list_rows(ana.get("/ui/?tier=high&sort=last_touch&dir=desc").text)
     assert by_touch[0]["customer"] == customer  # sortable by last touch
+    # ascending, the accounts never contacted come first: they have waited longest
+    oldest = list_rows(ana.get("/ui/?tier=high&sort=last_touch").text)
+    assert customer not in [x["customer"] for x in oldest[:-1]]  # last if it is on this page at all
 
 
 def test_another_play_and_a_correction_are_new_entries(ana, tables: Tables) -> None:
@@ -104,6 +107,10 @@ def test_bad_fields_are_refused_naming_them_and_nothing_is_recorded(ana, tables:
         r = log_play(ana, customer, csrf, **fields)
         assert r.status_code == 400 and "Not recorded:" in r.text and name in r.text, fields
     assert open_store(Settings.from_env().store_url).activities(customer) == []
+    # the refused form's page keeps the risk list's filters (they travel in the form, not the URL)
+    r = log_play(ana, customer, csrf, outcome="won", **{"from": "tier=high&owner=Ana"})
+    assert r.status_code == 400 and 'href="/ui/?tier=high&amp;owner=Ana" id="back-link"' in r.text
+    assert r.text.count('name="from" value="tier=high&amp;owner=Ana"') >= 3
 
 
 def test_without_sign_in_entries_say_so_and_still_need_the_form_token(
@@ -131,6 +138,9 @@ def test_a_snoozed_account_leaves_the_call_list_until_woken(ana, tables: Tables)
     assert top not in called and len(called) == 5 and called[:4] == [x["customer"] for x in listed[1:5]]
     assert top in [x["customer"] for x in now]  # still listed, marked
     assert f"snoozed until {until}" in ana.get("/ui/?capacity=5").text
+    # the date picker offers only what the store accepts: from tomorrow
+    tomorrow = (TODAY + dt.timedelta(days=1)).isoformat()
+    assert f'name="until" min="{tomorrow}"' in ana.get(f"/ui/accounts/{top}").text
     assert (
         ana.post(f"/ui/accounts/{top}", data={"action": "snooze", "csrf": csrf, "wake": "1"}).status_code
         == 303

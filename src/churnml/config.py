@@ -66,6 +66,8 @@ class Settings:
     alert_min_rise: float = 10.0  # CHURNML_ALERT_MIN_RISE: probability points since the previous score
     alert_webhook_url: str | None = field(default=None, repr=False)  # CHURNML_ALERT_WEBHOOK_URL: JSON POST
     alert_webhook_retries: int = 3  # CHURNML_ALERT_WEBHOOK_RETRIES: attempts after the first
+    # where CSMs open the pages (e.g. https://churn.example.com/ui): the alerts CSV links each account there
+    pages_url: str | None = None  # CHURNML_PAGES_URL
     # tuning on many machines (`churnml tune-worker`, churnml.modeling.studies): the Optuna study's
     # database (default: $CHURNML_HOME/optuna.db, one machine's SQLite file)
     optuna_storage: str | None = field(
@@ -228,8 +230,12 @@ def _store_env() -> dict:
     webhook = env.get("CHURNML_ALERT_WEBHOOK_URL", "").strip() or None
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise ValueError(f"CHURNML_ALERT_WEBHOOK_URL: expected an http(s):// URL, got {webhook[:40]!r}")
+    pages = env.get("CHURNML_PAGES_URL", "").strip().rstrip("/") or None
+    if pages is not None and not pages.startswith(("http://", "https://")):
+        raise ValueError(f"CHURNML_PAGES_URL: expected an http(s):// URL, got {pages[:40]!r}")
     return dict(
         database_url=url,
+        pages_url=pages,
         alert_min_rise=_env_number("CHURNML_ALERT_MIN_RISE", 10.0, float, 0.0),
         alert_webhook_url=webhook,
         alert_webhook_retries=_env_number("CHURNML_ALERT_WEBHOOK_RETRIES", 3, int, 0),

@@ -169,22 +169,28 @@ def alerts_command(
     settings = load_settings()
     rise = settings.alert_min_rise if min_rise is None else min_rise
     store = open_store(settings.store_url)
+    link = f"{settings.pages_url or '/ui'}/accounts/"  # a path on the service without CHURNML_PAGES_URL
+    path = out
     try:
         with open_workspace(settings.workspace_path, settings) as con:
             as_of = con.execute("SELECT max(as_of) FROM scores").fetchone()[0]
             crossings = find_crossings(con, rise, store.states())
-        new = send_alerts(
-            store, crossings, webhook or settings.alert_webhook_url, settings.alert_webhook_retries
-        )
+        path = out or settings.reports_dir / f"alerts-{pd.Timestamp(as_of).date()}.csv"
+
+        def write(new: list) -> None:  # the CSV first: a crossing is recorded as sent only once written
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(alerts_csv(new, link), encoding="utf-8")
+
+        new = send_alerts(store, crossings, webhook or settings.alert_webhook_url, settings.alert_webhook_retries,
+                          write=write)  # fmt: skip
+    except OSError as err:
+        raise fail(f"alerts: cannot write {path} ({err.strerror}); nothing was marked as sent") from None
     except WorkspaceMissing:
         raise fail(f"no scores at {settings.workspace_path}: run `churnml score --spec FILE` first") from None
     except AlertDeliveryError as err:
         raise fail(f"{err}; nothing was marked as sent, run again to retry", code=1) from None
     finally:
         store.close()
-    path = out or settings.reports_dir / f"alerts-{pd.Timestamp(as_of).date()}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(alerts_csv(new), encoding="utf-8")
     owners: dict[str, int] = {}
     for c in new:
         owners[c.owner or "(no owner)"] = owners.get(c.owner or "(no owner)", 0) + 1

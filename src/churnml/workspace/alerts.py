@@ -142,12 +142,15 @@ def post_webhook(
 
 def send_alerts(
     store: Store, crossings: Sequence[Crossing], webhook_url: str | None = None, retries: int = 3,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, write: Callable[[list[Crossing]], None] | None = None,
 ) -> list[Crossing]:  # fmt: skip
-    """Deliver the crossings not sent before (to the webhook when given) and record them as sent; the
-    new ones are returned. Nothing is recorded when the webhook refuses them."""
+    """Deliver the crossings not sent before (``write`` them, e.g. to the CSV, then to the webhook when
+    given) and record them as sent; the new ones are returned. Nothing is recorded when writing fails or
+    the webhook refuses them, so the next run delivers them again."""
     done = store.alerts_already_sent((c.customer_id, pd.Timestamp(c.score_date).date()) for c in crossings)
     new = [c for c in crossings if (c.customer_id, pd.Timestamp(c.score_date).date()) not in done]
+    if write is not None:
+        write(new)
     if not new:
         return []
     if webhook_url:

@@ -13,6 +13,7 @@ checks credentials itself too, so it is never served unprotected wherever it is 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator
@@ -147,9 +148,13 @@ class _Pages:
 
     # ---------------------------------------------------------------------- account
 
-    def account_page(self, request: Request, status: int = 200, form_error: str | None = None) -> Response:
+    def account_page(
+        self, request: Request, status: int = 200, form_error: str | None = None, back: str | None = None
+    ) -> Response:
+        """The account page; ``back`` is the risk list's query (by default the page's ``from``; a refused
+        form hands on its own, so the list's filters survive the error)."""
         requested = request.path_params["customer_id"]
-        back = forms.back_query(request.query_params.get("from", ""))
+        back = forms.back_query(request.query_params.get("from", "") if back is None else back)
         with self.workspace() as con:
             customer_id, meta = queries.find_customer(con, requested), queries.meta(con)
             data = queries.account(con, customer_id) if customer_id else None
@@ -162,6 +167,7 @@ class _Pages:
         return self.render(request, "account.html", status, meta=meta, charts=views.account_charts(data, meta),
                            back=back, activities=store.activities(customer_id), state=state, form_error=form_error,
                            tenure=queries.tenure_text(data["score"].get("tenure_days")), today=queries.today(),
+                           tomorrow=queries.today() + dt.timedelta(days=1),
                            definition=views.revenue_definition(meta), other_play=forms.OTHER_PLAY, **data)  # fmt: skip
 
     async def account(self, request: Request) -> Response:
@@ -189,7 +195,7 @@ class _Pages:
             self._apply(action, customer_id, fields, data["suggested_plays"], _author(request))
         except (queries.BadRequest, StoreError) as err:
             request.scope["path_params"] = {"customer_id": customer_id}
-            return self.account_page(request, 400, form_error=str(err))
+            return self.account_page(request, 400, form_error=str(err), back=str(fields.get("from", "")))
         back = forms.back_query(str(fields.get("from", "")))
         target = f"{_base(request)}/accounts/{quote(customer_id, safe='')}" + (
             f"?{urlencode({'from': back})}" if back else ""

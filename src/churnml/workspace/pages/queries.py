@@ -45,6 +45,8 @@ SORTS = {
     "last_touch": ("last_touch", "asc"),
     "saved": ("expected_revenue_saved", "desc"),  # with an uplift model (`churnml impact --fit-uplift`)
 }
+# columns whose missing value means "longest ago" (never contacted): first when sorted ascending
+MISSING_IS_OLDEST = frozenset({"last_touch"})
 CALL_BY = {
     "risk": "revenue_at_risk",
     "saved": "expected_revenue_saved",
@@ -253,7 +255,6 @@ def risk_list(
     among the filtered ones that are not snoozed and are at or above the minimum tier.
     """
     ranked, params = _ranked_sql(con, p)
-    column, _ = SORTS[p.sort]
     with _with_state(con, states):
         count, total, covered, called = con.execute(
             ranked + "SELECT count(*), coalesce(sum(revenue_at_risk), 0), "
@@ -262,7 +263,7 @@ def risk_list(
         ).fetchone()  # fmt: skip
         pages = max(1, math.ceil(count / page_size))
         page = min(p.page, pages)
-        order = f"{column} {p.direction.upper()} NULLS LAST, position"
+        order = _order(p)
         rows = records(con, ranked + f"SELECT * FROM ranked ORDER BY {order} LIMIT ? OFFSET ?",
                        [*params, page_size, (page - 1) * page_size])  # fmt: skip
     return {
@@ -272,15 +273,21 @@ def risk_list(
     }  # fmt: skip
 
 
+def _order(p: ListParams) -> str:
+    """The list's ORDER BY: the chosen column and direction, missing values last (never contacted
+    counts as longest ago), then the list's own order."""
+    column, _ = SORTS[p.sort]
+    first = p.sort in MISSING_IS_OLDEST and p.direction == "asc"
+    return f"{column} {p.direction.upper()} NULLS {'FIRST' if first else 'LAST'}, position"
+
+
 def risk_rows(
     con: duckdb.DuckDBPyConnection, p: ListParams, states: Mapping[str, AccountState], batch: int = 5000
 ) -> Iterator[list[dict[str, Any]]]:
     """Every filtered row in the list's order, in batches (the CSV export)."""
     ranked, params = _ranked_sql(con, p)
-    column, _ = SORTS[p.sort]
     with _with_state(con, states):
-        cursor = con.execute(ranked + f"SELECT * FROM ranked ORDER BY {column} {p.direction.upper()} NULLS LAST, "
-                             "position", params)  # fmt: skip
+        cursor = con.execute(ranked + f"SELECT * FROM ranked ORDER BY {_order(p)}", params)
         names = [d[0] for d in cursor.description]
         while chunk := cursor.fetchmany(batch):
             yield [dict(zip(names, row, strict=True)) for row in chunk]
