@@ -126,6 +126,10 @@ def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: P
     owner = next(r["owner"] for r in rows if r["owner"].startswith("Ana"))
     assert f"<h2>{owner} <span" in page.text  # per owner
     export = make_client(create_pages_app()).get("/ui/alerts.csv?rise=10")
+    # the page takes what --min-rise takes: decimals too; a bad value is a 400 naming it
+    decimal = make_client(create_pages_app()).get("/ui/alerts?rise=7.5")
+    assert decimal.status_code == 200 and "at least 7.5 points" in decimal.text
+    assert make_client(create_pages_app()).get("/ui/alerts?rise=nan").status_code == 400
     assert export.status_code == 200 and export.content.startswith(b"\xef\xbb\xbf")
 
 

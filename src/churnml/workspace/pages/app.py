@@ -38,6 +38,7 @@ from churnml.workspace import alerts as alerting
 from churnml.workspace.holdouts import impact_outcomes
 from churnml.workspace.pages import forms, queries, views
 from churnml.workspace.pages.health import model_health
+from churnml.workspace.pages.params import number_param
 from churnml.workspace.store import OUTCOMES, Store, StoreError, open_store
 
 __all__ = ["PUBLIC_PATHS", "create_pages_app"]
@@ -252,9 +253,7 @@ class _Pages:
                 "min_effect": settings.impact_min_effect}  # fmt: skip
 
     def _crossings(self, request: Request) -> tuple[list[alerting.Crossing], float, dict[str, Any], set]:
-        rise = float(
-            queries._int_param(request.query_params, "rise", round(self.settings.alert_min_rise), 0, 100)
-        )
+        rise = number_param(request.query_params, "rise", self.settings.alert_min_rise, 0, 100, float)
         states = self.store().states(today=queries.today())
         with self.workspace() as con:
             crossings, meta = alerting.find_crossings(con, rise, states), queries.meta(con)
