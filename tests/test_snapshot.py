@@ -149,9 +149,15 @@ def test_any_two_valued_label_trains_once_its_churn_value_is_named(tmp_path: Pat
     frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "x": [1, 2, 3, 4],
                           "Attrition_Flag": ["Attrited Customer", "Existing Customer", " Existing Customer", "Attrited Customer"]})  # fmt: skip
     path = _write(tmp_path, frame)
-    with pytest.raises(ValueError, match=r"Attrition_Flag: values \['attrited customer', 'existing customer'\] are "
-                                         r"not a churn label.*--positive 'Attrited Customer'"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"Attrition_Flag: values \['Attrited Customer', 'Existing Customer'\] are "
+                                         r"not a churn label.*--positive VALUE \(one of \['Attrited Customer', "
+                                         r"'Existing Customer'\]\)"):  # fmt: skip
         load_snapshot_table(path, "Attrition_Flag", "id")
+    blanks = _write(
+        tmp_path, frame.assign(Attrition_Flag=["Attrited Customer", None, "Existing Customer", "x"]), "b.csv"
+    )
+    with pytest.raises(ValueError, match=r"Attrition_Flag: 1 row\(s\) without a label, e.g. row 2"):
+        load_snapshot_table(blanks, "Attrition_Flag", "id", positive="x")
     table, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="Attrited Customer")
     assert table["churned"].tolist() == [1, 0, 0, 1]
     flipped, _ = load_snapshot_table(path, "Attrition_Flag", "id", positive="existing customer")

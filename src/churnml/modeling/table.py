@@ -147,16 +147,17 @@ def _churn_label(values: pd.Series, where: str, positive: str | None) -> pd.Seri
     """1 for churners, 0 for the others: by the value ``positive`` names (any two-valued label), else by
     the usual words (yes/no, 1/0, true/false...); an error names the values found."""
     text = _id_text(values).where(values.notna(), "")  # 1.0 reads as 1, as --positive 1 does
+    blank = (text == "").to_numpy()
+    if blank.any():  # a customer whose outcome is unknown can be neither churner nor not
+        raise ValueError(f"{where}: {int(blank.sum())} row(s) without a label, e.g. row "
+                         f"{int(np.flatnonzero(blank)[0]) + 1}; fill them or leave those customers out")  # fmt: skip
     found = sorted(set(text))
     if positive is None:
         lowered = text.str.lower()
-        unknown = sorted(set(lowered) - _POSITIVE - _NEGATIVE)
+        unknown = sorted({v for v in found if v.lower() not in _POSITIVE | _NEGATIVE})
         if unknown:
-            hint = (
-                f"; name the churn value with --positive, e.g. --positive {found[0]!r}"
-                if len(found) == 2
-                else ""
-            )
+            # name both values, never suggest one: the first in some order may be the customers who stayed
+            hint = f"; name the churn value with --positive VALUE (one of {found})" if len(found) == 2 else ""
             raise ValueError(
                 f"{where}: values {unknown[:5]} are not a churn label; expected yes/no, 1/0 or true/false{hint}"
             )
