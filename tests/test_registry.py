@@ -204,6 +204,20 @@ def test_train_and_promote_against_a_real_mlflow_server(tmp_path: Path, trained)
         mlflow.set_tracking_uri(None)
 
 
+def test_held_out_models_of_a_spec_and_of_a_table_are_not_compared() -> None:
+    """Both test on held-out customers, but chosen apart (the table's by its id column and share): the
+    champion may have trained on the challenger's test customers."""
+    from churnml.registry.promotion import _held_out_mismatch
+
+    spec = {"mode": "spec", "evaluation": "customers", "table_holdout": 0.2}
+    table = {"mode": "table", "evaluation": "customers", "table_holdout": 0.2, "id_column": "id"}
+    assert "trained on a ready table (--table) and the champion on behaviour (--spec)" in _held_out_mismatch(
+        table, spec
+    )
+    assert "challenger was trained on behaviour" in _held_out_mismatch(spec, table)
+    assert _held_out_mismatch(table, dict(table)) is None and _held_out_mismatch(spec, dict(spec)) is None
+
+
 def test_promote_compares_only_models_evaluated_the_same_way(trained, store) -> None:
     """A model tested on held-out customers trained on every labelled date (the other's test date too);
     one tested out of time trained on every customer (the other's held-out ones too): neither can be

@@ -97,8 +97,14 @@ def _held_out_mismatch(challenger: dict, champion: dict) -> str | None:
             f"the challenger was evaluated {kinds.get(mine, mine)} and the champion {kinds.get(theirs, theirs)}: "
             "models evaluated differently are not compared (either may have trained on the other's test rows)"
         )
-    if mine != "customers" or (challenger.get("mode") == "table") != (champion.get("mode") == "table"):
+    if mine != "customers":
         return None
+    if (challenger.get("mode") == "table") != (champion.get("mode") == "table"):
+        source = {True: "a ready table (--table)", False: "behaviour (--spec)"}
+        return (
+            f"the challenger was trained on {source[challenger.get('mode') == 'table']} and the champion on "
+            f"{source[champion.get('mode') == 'table']}: their held-out customers were chosen apart"
+        )
     if "table_holdout" not in champion:
         return "the champion was trained on every row of its table (an older churnml): no held-out customers to compare on"
     for key in ("table_holdout", "id_column"):
