@@ -4,6 +4,7 @@ the retrain trigger, the history kept per date, and the simulator's drift scenar
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,25 @@ def test_a_moderate_shift_is_reported_and_only_a_major_one_raises_an_alarm() -> 
         "column"
     )
     assert major.loc["logins", "value"] > 0.25 and major.loc["logins", "alarm"]
+
+
+def test_event_volume_is_drift_beyond_the_reference_dates_spread_and_a_quarter() -> None:
+    """Per event type, the mean 30-day count per account now against the reference dates' means."""
+    from churnml.monitor.drift import volume_table
+
+    profile, _, _ = _profile(np.random.default_rng(0))
+    profile = replace(
+        profile, volume={"login": (10.0, 10.4, 9.8, 10.1, 9.9), "ticket": (2.0, 2.0, 2.1, 1.9, 2.0)}
+    )
+    settings = DriftSettings()
+    columns = {"login": "login_count_30d", "ticket": "ticket_count_30d"}
+    now = pd.DataFrame({"login_count_30d": [20.0, 21.0, 19.0], "ticket_count_30d": [2.0, 2.0, 2.1]})
+    table = volume_table(profile, now, columns, settings).set_index("event_type")
+    assert table.loc["login", "drifted"] and table.loc["login", "change"] == pytest.approx(0.996, abs=0.01)
+    assert not table.loc["ticket", "drifted"]
+    # within the reference's own spread, or below a quarter's change, is not drift
+    calm = pd.DataFrame({"login_count_30d": [10.3], "ticket_count_30d": [2.3]})
+    assert not volume_table(profile, calm, columns, settings)["drifted"].any()
 
 
 def test_realised_performance_contradicts_its_estimate_beyond_the_band_chance_allows() -> None:
@@ -191,9 +211,17 @@ def test_monitor_at_a_matured_date_sets_realised_beside_estimated(
     with connect(Settings(home=sim_dir, duckdb_memory_limit="1GB")) as con:
         spec = load_spec(sim_dir / "spec.yaml")
         tables = load_dataset(con, spec)
-        report = monitor_at(
-            tables, spec, model, test_date + pd.DateOffset(months=3), MonitorConfig(min_roc_auc=0.99)
-        )
+        as_of = test_date + pd.DateOffset(months=3)
+        # an event type the model never saw, a month before the date; another only after it
+        for kind, when in (
+            ("webinar", as_of - pd.Timedelta(days=30)),
+            ("hackathon", as_of + pd.Timedelta(days=5)),
+        ):
+            con.execute("INSERT INTO events BY NAME SELECT * REPLACE (? AS event_type, ? AS \"timestamp\") "
+                        "FROM events LIMIT 3", [kind, when.to_pydatetime()])  # fmt: skip
+        report = monitor_at(tables, spec, model, as_of, MonitorConfig(min_roc_auc=0.99))
+    assert report.new_event_types == ["webinar"]  # "hackathon" had not happened at the date
+    assert any("new event types the model has never seen: webinar" in r for r in report.reasons)
     assert report.rows > 500 and set(report.estimates) >= {
         "roc_auc",
         "pr_auc",

@@ -194,7 +194,10 @@ def _monitoring(path: Path, retrain: bool) -> None:
                                        "reasons": json.dumps(["ROC-AUC realised 0.61 below its floor 0.65"] if retrain else []),
                                        "mlflow_run_id": "abc123"}]),
         "estimates": pd.DataFrame([{**key, "metric": m, "value": v, "low": v - 0.03, "high": v + 0.03}
-                                   for m, v in (("roc_auc", 0.81), ("pr_auc", 0.42))]),
+                                   for m, v in (("roc_auc", 0.81), ("pr_auc", 0.42))]
+                                  # a run at 2025-04-01 estimated then, for the accounts it scored
+                                  + [{**key, "as_of": pd.Timestamp("2025-04-01"), "metric": "roc_auc", "value": 0.834,
+                                      "low": 0.8, "high": 0.86}]),
         "realised": pd.DataFrame([{"date": pd.Timestamp(d), "metric": m, "estimated": 0.8, "low": 0.77, "high": 0.83,
                                    "realised": r, "rows": 900, "churners": 60, "model_version": "3",
                                    "measured_at": pd.Timestamp("2025-07-02")}
@@ -218,6 +221,12 @@ def test_model_health_says_how_to_start_then_shows_the_latest_verdict(ana) -> No
     assert '<th scope="row">login_count_30d</th>' in html and "<strong>drift</strong>" in html
     table = html[html.index('id="roc_auc-table"') :]
     assert "2025-05-01" in table and "0.610" in table and "0.770–0.830" in table
+    april, may = (
+        table[table.index(f'<th scope="row">{d}</th>') :].split("</tr>")[0]
+        for d in ("2025-04-01", "2025-05-01")
+    )
+    # beside the realised figure: what was estimated then (stored by that date's run), and where none ran
+    assert "0.834" in april and "0.790" in april and "not monitored then" in may and "0.610" in may
     assert "2025-07-01" in table and "labels not in yet" in table  # the latest estimate, before its labels
     assert (
         'aria-label="ROC-AUC: estimated against realised"' in html

@@ -109,6 +109,14 @@ class ContractTables:
             until = pd.Timestamp(given) + pd.Timedelta(days=1)
         return DataWindow(start, end, until, bool(date_only))
 
+    def event_types_between(self, start: pd.Timestamp, end: pd.Timestamp) -> set[str]:
+        """The event types seen in ``[start, end)``: what the behaviour held at a date, not since."""
+        rows = self.con.execute(
+            'SELECT DISTINCT event_type FROM events WHERE "timestamp" >= ? AND "timestamp" < ?',
+            [pd.Timestamp(start).to_pydatetime(), pd.Timestamp(end).to_pydatetime()],
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def column_types(self, table: str) -> dict[str, str]:
         """Column -> DuckDB type of one contract table (attributes are kept in their source type)."""
         return dict(self.con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {table})").fetchall())

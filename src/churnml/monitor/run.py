@@ -23,8 +23,8 @@ from churnml.features.batch import scoring_rows
 from churnml.features.btyd import with_fitted_columns
 from churnml.features.definitions import family
 from churnml.features.engine import build_features
-from churnml.features.inference import resolve_event_values
 from churnml.features.profile import volume_columns
+from churnml.features.windows import LOOKBACK
 from churnml.labels import build_labels, label_margin, observation_dates
 from churnml.model import ChurnModel
 from churnml.monitor.drift import DriftSettings, drift_table, volume_table
@@ -195,6 +195,12 @@ def _reasons(report: MonitorReport, config: MonitorConfig) -> list[str]:
     return out
 
 
+def _recent_event_types(tables: ContractTables, as_of: pd.Timestamp) -> set[str]:
+    """The event types of the behaviour the features read at ``as_of`` (its last LOOKBACK days): a type
+    that first appears after the date is not new at it."""
+    return tables.event_types_between(as_of - pd.Timedelta(days=LOOKBACK), as_of)
+
+
 def monitor_at(
     tables: ContractTables, spec: DatasetSpec, model: ChurnModel, as_of: pd.Timestamp,
     config: MonitorConfig | None = None, capacity: int = 100, tiers: dict[str, float] | None = None,
@@ -217,7 +223,7 @@ def monitor_at(
     report = MonitorReport(
         as_of=as_of, rows=len(rows), drift=drift_table(model.profile, features, p, settings, calendar, as_of),
         volume=volume_table(model.profile, features, volume_columns(fs), settings),
-        new_event_types=sorted({m.event_type for m in resolve_event_values(tables, spec)} - set(fs.event_types)),
+        new_event_types=sorted(_recent_event_types(tables, as_of) - set(fs.event_types)),
         estimates=estimate_for(model, p, capacity, tiers),
         history=_history(tables, spec, model, as_of, config, capacity, tiers),
     )  # fmt: skip

@@ -27,7 +27,8 @@ def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
 
 
 def _performance(history: dict[str, pd.DataFrame], version: str) -> dict[str, list[dict[str, Any]]]:
-    """Per metric, one row per date: estimated (band) and realised; the latest run's estimate last."""
+    """Per metric, one row per date: estimated (band) on the rows whose labels matured, what a run at that
+    date estimated then for the accounts it scored (stored per date), and realised."""
     realised = history.get("realised")
     estimates = history.get("estimates")
     out: dict[str, list[dict[str, Any]]] = {}
@@ -39,14 +40,15 @@ def _performance(history: dict[str, pd.DataFrame], version: str) -> dict[str, li
             ]
             for r in mine.itertuples():
                 rows[day(r.date)] = {"date": day(r.date), "estimated": r.estimated, "low": r.low, "high": r.high,
-                                     "realised": r.realised}  # fmt: skip
+                                     "realised": r.realised, "estimated_then": None}  # fmt: skip
         if estimates is not None and len(estimates):
             mine = estimates[
                 (estimates["metric"] == metric) & (estimates["model_version"].astype(str) == version)
             ]
             for r in mine.itertuples():
-                rows.setdefault(day(r.as_of), {"date": day(r.as_of), "estimated": r.value, "low": r.low,
-                                               "high": r.high, "realised": None})  # fmt: skip
+                row = rows.setdefault(day(r.as_of), {"date": day(r.as_of), "estimated": r.value, "low": r.low,
+                                                     "high": r.high, "realised": None})  # fmt: skip
+                row["estimated_then"] = r.value
         out[metric] = sorted(rows.values(), key=lambda r: r["date"])
     return out
 
