@@ -13,7 +13,7 @@ import pytest
 from churnml.config import Settings
 from churnml.data import load_dataset
 from churnml.engine import connect
-from churnml.explain import DEFAULT_PLAYBOOK, load_playbook
+from churnml.explain import DEFAULT_PLAYBOOK, REASONS_SHOWN, load_playbook
 from churnml.explain.lint import lint_reasons
 from churnml.features.batch import latest_date
 from churnml.retention import cohort_retention, retention_tables
@@ -47,7 +47,7 @@ def batch(sim_dir: Path, trained):
         spec = load_spec(sim_dir / "spec.yaml")
         tables = load_dataset(con, spec)
         scored = score_customers(
-            tables, spec, result.model, latest_date(tables), {"model_version": "7"}, k=3, history=3
+            tables, spec, result.model, latest_date(tables), {"model_version": "7"}, history=3
         )
         extra = retention_tables(tables, spec, scored)
     return scored, extra
@@ -68,7 +68,7 @@ def test_batch_reasons_come_by_kind_with_plays_only_on_problems(batch) -> None:
     scored, _ = batch
     r = scored.reasons
     assert set(r["kind"]) == {"problem", "protective", "context"}
-    assert r.groupby(["customer_id", "kind"])["rank"].max().max() <= 3
+    assert r.groupby(["customer_id", "kind"])["rank"].max().max() <= REASONS_SHOWN
     problems, protective = r[r["kind"] == "problem"], r[r["kind"] == "protective"]
     assert (problems["contribution"] > 0).all() and (protective["contribution"] < 0).all()
     assert r[r["kind"] != "problem"]["play"].isna().all()
@@ -90,7 +90,8 @@ def test_batch_reasons_come_by_kind_with_plays_only_on_problems(batch) -> None:
 
 
 def test_the_batch_reasons_pass_the_lint(batch, trained) -> None:
-    """0 sentences that sum identifiers, double a label, print a missing value or contradict their play."""
+    """0 sentences that sum identifiers, double a label, print a missing value or contradict their play,
+    over the reasons the pages show (REASONS_SHOWN of each kind per account)."""
     scored, _ = batch
     model = trained[2].model
     action = scored.scores.set_index("customer_id")["risk_tier"] != "low"
