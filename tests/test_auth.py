@@ -113,6 +113,20 @@ def test_forms_from_other_sites_are_recognised() -> None:
     assert not same_origin(scope(host="svc:3000", referer="http://svc:3000.evil.example/"))
 
 
+def test_behind_a_trusted_proxy_the_origin_is_the_one_the_browser_used(tmp_path: Path) -> None:
+    """A proxy that ends TLS and rewrites Host (nginx's default) must neither refuse every sign-in
+    nor give the session cookie without its Secure flag; an untrusted client cannot claim either."""
+    proxied = make_auth(tmp_path, trusted_proxies=("10.0.0.0/8",))
+    behind = scope("10.1.2.3", host="churnml:3000", x_forwarded_proto="https", x_forwarded_host="churn.example.com",
+                   origin="https://churn.example.com")  # fmt: skip
+    assert proxied.public_origin(behind) == ("https", "churn.example.com")
+    assert same_origin(behind, proxied.public_origin(behind)[1]) and not same_origin(behind)
+    spoofed = scope("192.0.2.7", host="svc:3000", x_forwarded_proto="https", x_forwarded_host="evil.example",
+                    origin="https://evil.example")  # fmt: skip
+    assert proxied.public_origin(spoofed) == ("http", "svc:3000")
+    assert not same_origin(spoofed, proxied.public_origin(spoofed)[1])
+
+
 def test_user_tokens_are_stored_hashed_and_names_checked(tmp_path: Path) -> None:
     store = UserStore(tmp_path / "users.json")
     token = store.add("ana@example.com")

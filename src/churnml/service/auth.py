@@ -123,6 +123,21 @@ class Authenticator:
 
     # ---------------------------------------------------------------------- who is asking
 
+    def _from_trusted_proxy(self, scope: Any) -> bool:
+        peer = _ip((scope.get("client") or ("",))[0] or "")
+        return peer is not None and any(peer in net for net in self._trusted)
+
+    def public_origin(self, scope: Any) -> tuple[str, str]:
+        """The scheme and host the browser used: behind a trusted proxy (which ends TLS and may rewrite
+        ``Host``), the ones it forwarded in ``X-Forwarded-Proto`` and ``X-Forwarded-Host``."""
+        scheme, host = str(scope.get("scheme") or "http"), header(scope, b"host").strip().lower()
+        if self._from_trusted_proxy(scope):
+            proto = header(scope, b"x-forwarded-proto").split(",")[0].strip().lower()
+            forwarded = header(scope, b"x-forwarded-host").split(",")[0].strip().lower()
+            scheme = proto if proto in ("http", "https") else scheme
+            host = forwarded or host
+        return scheme, host
+
     def client(self, scope: Any) -> str:
         """The client's address: the peer, or behind a trusted proxy the address it forwarded for."""
         peer = _ip((scope.get("client") or ("",))[0] or "")

@@ -151,8 +151,9 @@ class SessionSigner:
         return secrets.token_urlsafe(24)
 
 
-def same_origin(scope: Any) -> bool:
-    """False when the browser says the form came from another site (``Origin``, else ``Referer``).
+def same_origin(scope: Any, host: str | None = None) -> bool:
+    """False when the browser says the form came from another site (``Origin``, else ``Referer``) than
+    ``host`` (by default the ``Host`` header; behind a proxy, the host the browser used).
 
     Without either header the CSRF token decides alone; ``Origin: null`` (sandboxed frames, some
     redirects) is refused.
@@ -161,6 +162,7 @@ def same_origin(scope: Any) -> bool:
     source = (headers.get(b"origin") or headers.get(b"referer") or b"").decode("latin-1").strip()
     if not source:
         return True
-    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    if host is None:
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
     netloc = urlsplit(source).netloc.lower() if source != "null" else ""
     return bool(netloc) and netloc == host

@@ -60,10 +60,22 @@ def form_csrf(request: Request) -> str | None:
     return auth.signer.csrf_unsigned_in() if identity is None else None
 
 
+def _public(request: Request) -> tuple[str, str]:
+    """The scheme and host the browser used (behind a trusted proxy, what it forwarded)."""
+    auth: Authenticator | None = request.scope.get(AUTH_SCOPE_KEY)
+    if auth is None:
+        return request.url.scheme, request.headers.get("host", "").strip().lower()
+    return auth.public_origin(request.scope)
+
+
+def _same_site(request: Request) -> bool:
+    return same_origin(request.scope, _public(request)[1])
+
+
 def form_allowed(request: Request, sent: str) -> bool:
     """Whether a form that records something may be taken: from these pages (Origin) with their CSRF
     token. A request with a bearer token carries no ambient credential, so it needs no CSRF token."""
-    if not same_origin(request.scope):
+    if not _same_site(request):
         return False
     identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)
     if identity is not None and identity.session is None:
@@ -83,7 +95,7 @@ class SignIn:
         response = self.render(request, "login.html", status, next=target, error=error, csrf=csrf,
                                user=None, logout_csrf=None, form_csrf=None)  # fmt: skip
         response.set_cookie(CSRF_COOKIE, csrf, max_age=CSRF_MAX_AGE, path=_cookie_path(request), httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+                            samesite="strict", secure=_public(request)[0] == "https")  # fmt: skip
         return response
 
     async def login(self, request: Request) -> Response:
@@ -97,7 +109,7 @@ class SignIn:
             return self._form(request, 200, target, csrf, None)
         sent = str(fields.get("csrf", ""))
         if (
-            not same_origin(request.scope)
+            not _same_site(request)
             or not sent
             or not hmac.compare_digest(sent, request.cookies.get(CSRF_COOKIE, ""))
         ):
@@ -118,7 +130,7 @@ class SignIn:
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(SESSION_COOKIE, auth.session_cookie(identity), max_age=auth.signer.max_age,
                             path=_cookie_path(request), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")  # fmt: skip
+                            secure=_public(request)[0] == "https")  # fmt: skip
         response.delete_cookie(CSRF_COOKIE, path=_cookie_path(request), httponly=True, samesite="strict")
         return response
 
@@ -128,7 +140,7 @@ class SignIn:
         if identity is not None and identity.session is not None:
             sent = str((await request.form(**FORM_LIMITS)).get("csrf", ""))
             expected = auth.signer.csrf_for(identity.session)
-            if not same_origin(request.scope) or not hmac.compare_digest(sent, expected):
+            if not _same_site(request) or not hmac.compare_digest(sent, expected):
                 log.warning("pages: sign-out refused: from another site or without the form's CSRF token")
                 return self.render(request, "message.html", 403, title="Sign-out refused", command=None,
                                    text="This sign-out came from another site or an old page. Sign out "
