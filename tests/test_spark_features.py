@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 
-def _features(home: Path, spec: Path, out: Path, *extra: str) -> None:
+def _features(home: Path, spec: Path, out: Path, *extra: str, **env: str) -> None:
     argv = [
         str(Path(sys.executable).parent / "churnml"),
         "features",
@@ -32,7 +32,7 @@ def _features(home: Path, spec: Path, out: Path, *extra: str) -> None:
         str(out),
         *extra,
     ]
-    env = service_env(home, CHURNML_SPARK_MASTER="local[2]", CHURNML_SPARK_PARTITIONS="4")
+    env = service_env(home, CHURNML_SPARK_MASTER="local[2]", CHURNML_SPARK_PARTITIONS="4", **env)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -56,7 +56,10 @@ def _small_business(tmp_path: Path) -> Path:
 def test_spark_engine_writes_the_duckdb_engines_table(tmp_path: Path) -> None:
     sim = _small_business(tmp_path)
     _features(tmp_path, sim / "spec.yaml", tmp_path / "duckdb.parquet")
-    _features(tmp_path, sim / "spec.yaml", tmp_path / "spark.parquet", "--engine", "spark")
+    shared = tmp_path / "shared"  # a folder every executor mounts: the contract tables are staged there
+    _features(tmp_path, sim / "spec.yaml", tmp_path / "spark.parquet", "--engine", "spark",
+              CHURNML_SPARK_STAGING=str(shared))  # fmt: skip
+    assert shared.is_dir() and not any(shared.iterdir())  # used, and cleaned up after the run
     duck, spark = pd.read_parquet(tmp_path / "duckdb.parquet"), pd.read_parquet(tmp_path / "spark.parquet")
     assert list(spark.columns) == list(duck.columns) and list(spark.dtypes) == list(duck.dtypes)
     assert len(duck) > 500 and duck["customer_id"].nunique() > 100

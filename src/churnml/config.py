@@ -79,6 +79,9 @@ class Settings:
     engine: str = "duckdb"  # CHURNML_ENGINE: duckdb | spark
     spark_master: str = "local[2]"  # CHURNML_SPARK_MASTER: spark://host:7077, yarn, local[N]...
     spark_partitions: int = 8  # CHURNML_SPARK_PARTITIONS: customer partitions the features are cut into
+    # where the driver writes the contract tables for the executors to read: a folder every machine of the
+    # cluster mounts (default: a temporary folder here, which only local[N] executors can read)
+    spark_staging: Path | None = None  # CHURNML_SPARK_STAGING
     # training beyond one machine (churnml.modeling.distributed): the final fit on a Dask cluster
     dask_scheduler: str | None = None  # CHURNML_DASK_SCHEDULER: tcp://host:8786 (default: fit here)
     dask_lightgbm_port: int = 12400  # CHURNML_DASK_LIGHTGBM_PORT: first of the ports LightGBM uses on workers
@@ -193,6 +196,7 @@ def _tuning_env() -> dict:
         optuna_storage=url, optuna_heartbeat=heartbeat, optuna_grace=grace, dask_scheduler=scheduler,
         engine=engine, spark_master=os.environ.get("CHURNML_SPARK_MASTER", "").strip() or "local[2]",
         spark_partitions=_env_number("CHURNML_SPARK_PARTITIONS", 8, int, 1),
+        spark_staging=Path(staging) if (staging := os.environ.get("CHURNML_SPARK_STAGING", "").strip()) else None,
         dask_lightgbm_port=_env_number("CHURNML_DASK_LIGHTGBM_PORT", 12400, int, 1024),
         dask_timeout=_env_number("CHURNML_DASK_TIMEOUT", 1800.0, float, 1.0),
     )  # fmt: skip

@@ -19,6 +19,7 @@ from churnml.cli.common import (
     SpecOpt,
     app,
     console,
+    err_console,
     fail,
     load_settings,
     progress_bar,
@@ -197,8 +198,12 @@ def feature_builder(engine: str | None, settings: Settings) -> Iterator[FeatureB
         spark = spark_session(settings.spark_master, settings.temp_dir)
     except ImportError as err:
         raise fail(f"--engine spark needs pyspark: {err}") from None
+    if settings.spark_staging is None and not settings.spark_master.startswith("local"):
+        err_console.print(f"[yellow]CHURNML_SPARK_MASTER is {settings.spark_master}: executors on other machines "
+                          "cannot read the contract tables from this machine's temporary folder; set "
+                          "CHURNML_SPARK_STAGING to a folder every machine mounts[/]", highlight=False)  # fmt: skip
     try:  # scoring with it runs the model and its reasons in the partitions too (churnml.score)
-        yield SparkFeatures(spark, settings.spark_partitions)
+        yield SparkFeatures(spark, settings.spark_partitions, settings.spark_staging)
     finally:
         spark.stop()
 

@@ -306,29 +306,31 @@ class SparkFeatures:
 
     spark: SparkSession
     partitions: int = 8
+    staging: Path | None = None  # a folder every executor can read (see `Settings.spark_staging`)
 
     def __call__(self, tables: ContractTables, rows: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
-        return build_features_spark(self.spark, tables, rows, fs, self.partitions)
+        return build_features_spark(self.spark, tables, rows, fs, self.partitions, self.staging)
 
     def with_step(
         self, tables: ContractTables, rows: pd.DataFrame, fs: FeatureSet, step: PartitionStep
     ) -> tuple[pd.DataFrame, int]:
         """The features with ``step``'s columns computed in each partition, and how many partitions ran."""
-        result = _on_spark(self.spark, tables, rows, fs, self.partitions, step)
+        result = _on_spark(self.spark, tables, rows, fs, self.partitions, step, self.staging)
         return result.drop(columns=_PARTITION), int(result[_PARTITION].nunique())
 
 
 def build_features_spark(
-    spark: SparkSession, tables: ContractTables, rows: pd.DataFrame, fs: FeatureSet, partitions: int = 8
-) -> pd.DataFrame:
+    spark: SparkSession, tables: ContractTables, rows: pd.DataFrame, fs: FeatureSet, partitions: int = 8,
+    staging: Path | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """`build_features` of ``rows`` computed on Spark: the same table, in the rows' order, as the DuckDB
-    engine gives."""
-    return _on_spark(spark, tables, rows, fs, partitions, None).drop(columns=_PARTITION)
+    engine gives. The contract tables go to a temporary folder under ``staging`` for the executors."""
+    return _on_spark(spark, tables, rows, fs, partitions, None, staging).drop(columns=_PARTITION)
 
 
 def _on_spark(
     spark: SparkSession, tables: ContractTables, rows: pd.DataFrame, fs: FeatureSet, partitions: int,
-    step: PartitionStep | None,
+    step: PartitionStep | None, staging: Path | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -341,7 +343,9 @@ def _on_spark(
 
         empty = pa.schema([*(step.schema if step else []), (_PARTITION, pa.int32())]).empty_table()
         return pd.concat([build_features(tables, rows, fs), empty.to_pandas()], axis=1)
-    with tempfile.TemporaryDirectory(prefix="churnml-spark-") as folder:
+    if staging is not None:
+        Path(staging).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="churnml-spark-", dir=staging) as folder:
         _export(tables, spark, Path(folder))
         _key_views(spark, frame, np.asarray(ids), fs)
         shape, (events, values, accounts) = _relational(spark, frame, fs)
