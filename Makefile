@@ -43,7 +43,10 @@ bench: setup  ## Run the benchmarks (on demand; prints ratios against an in-run 
 	$(BIN)/python benchmarks/bench_features.py --engines 2000 --months 12
 	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_completejourney.py
+	$(BIN)/python benchmarks/bench_reasons.py
+	$(BIN)/python benchmarks/bench_monitor.py
 	$(BIN)/python benchmarks/bench_uplift.py
 
 audit: setup  ## Audit the pinned dependencies for known vulnerabilities (pip-audit; needs PyPI's JSON API)
