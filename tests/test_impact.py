@@ -23,7 +23,7 @@ from churnml.impact.outcomes import matured_outcomes
 from churnml.impact.report import impact_report, report_rows
 from churnml.impact.stats import TOO_EARLY, compare_save_rates, minimum_detectable_effect
 from churnml.workspace.holdouts import impact_outcomes, read_holdouts, record_holdouts, record_outcomes
-from churnml.workspace.store import Store, StoreError
+from churnml.workspace.store import NewActivity, Store, StoreError
 from tests.test_store import store, store_url  # noqa: F401 - the store fixtures, on both databases
 
 AS_OF = pd.Timestamp("2025-07-01")
@@ -186,6 +186,38 @@ def test_assignments_are_recorded_once_per_period_and_outcomes_join_them(store: 
     assert outcomes["churned"].sum() == sum(i % 3 == 0 for i in range(50))
     with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.engine.begin() as con:
         con.execute(sa.text("DELETE FROM holdouts"))
+
+
+def test_the_activity_log_says_how_many_calls_were_made_and_who_was_contacted_though_held_out(
+    store: Store,  # noqa: F811
+) -> None:
+    """The comparison is by assignment (intent to treat); the log counts the plays done within each
+    assignment's horizon: a correction replaces its entry, "not needed" is not a play."""
+    record_holdouts(store, mark_holdouts(scored(300), "2025-07", HoldoutPolicy(0.2)), 60)
+    held = read_holdouts(store)
+    record_outcomes(store, held.assign(churned=False, revenue_kept=1.0), dt.date(2025, 9, 1))
+    treated, control = held[held["arm"] == TREATED], held[held["arm"] == CONTROL]
+    a, b, c, e = treated["customer_id"].iloc[:4]
+    start = pd.Timestamp(treated["scored_on"].iloc[0]).date()
+    today = dt.date(2026, 1, 1)
+
+    def log(customer: str, days: int, outcome: str = "reached", replaces: int | None = None) -> int:
+        entry = NewActivity(
+            customer, "Billing fix", start + dt.timedelta(days=days), outcome, replaces=replaces
+        )
+        return store.record_activity(entry, "ana", today).id
+
+    log(a, 3)  # a call within the horizon
+    log(b, 5, "not_needed")  # looked at, nothing to do: not a play
+    log(c, 90)  # after the 60-day horizon
+    log(control["customer_id"].iloc[0], 10)  # held out, and called anyway
+    log(e, 2, "not_needed", replaces=log(e, 1))  # a call, corrected to "not needed"
+    outcomes, _ = impact_outcomes(store)
+    logged = set(outcomes.loc[outcomes["logged"], "customer_id"])
+    assert logged == {a, control["customer_id"].iloc[0]}
+    report = impact_report(outcomes)
+    assert (report.overall.treated_logged, report.overall.control_logged) == (1, 1)
+    assert report_rows(report)[0]["logged"] == f"1 of {len(treated):,}"
 
 
 def test_a_bad_arm_is_refused_naming_the_field(store: Store) -> None:  # noqa: F811

@@ -310,11 +310,16 @@ def _print_impact(report) -> None:  # noqa: ANN001
     table = Table(title="Impact of the plays: save rate treated against held out (95% interval)")
     columns = {"play": "play", "treated": "treated", "control": "held out", "treated_rate": "saved (treated)",
                "control_rate": "saved (held out)", "effect": "difference", "interval": "95% interval",
-               "mde": "detectable", "revenue_kept": "revenue kept", "roi": "ROI", "verdict": "verdict"}  # fmt: skip
+               "mde": "detectable", "revenue_kept": "revenue kept", "roi": "ROI", "verdict": "verdict",
+               "logged": "plays logged"}  # fmt: skip
     for label in columns.values():
         table.add_column(label, justify="left" if label in ("play", "verdict", "95% interval") else "right")
     for row in report_rows(report):
         table.add_row(*(row[k] for k in columns))
     console.print(table)
+    if report.overall.control_logged:
+        console.print(f"[yellow]{report.overall.control_logged:,} held-out account(s) have a play logged within "
+                      "their horizon: contacted although held out, they make the difference look smaller[/]",
+                      highlight=False)  # fmt: skip
     console.print(f"{report.pending:,} assignment(s) wait for their horizon to pass" +
                   ("" if report.overall.cost is not None else "; set CHURNML_PLAY_COST for ROI"), highlight=False)  # fmt: skip

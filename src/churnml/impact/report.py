@@ -4,6 +4,11 @@ Revenue kept by the plays is the difference of save rates (treated minus control
 the treated accounts stood to lose over the horizon (MRR × months): what calling them kept beyond what
 they would have kept anyway. It carries the same 95% interval, scaled. ROI divides what was kept,
 less the plays' cost, by that cost.
+
+The comparison is by assignment (intent to treat): an account on the call list counts as called
+whether or not a CSM reached it, so the difference is what putting accounts on the list achieved. The
+activity log says how many calls were made: the treated accounts with a play logged done within the
+horizon, and the held-out ones logged too (contacted although held out, which dilutes the difference).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class PlayImpact:
     revenue_kept_high: float
     cost: float | None  # None: no cost per play configured
     roi: float | None
+    # accounts with a play logged done in the activity log within the horizon: of the treated (how many
+    # calls were made), and of the held out (contacted although held out: they dilute the difference)
+    treated_logged: int = 0
+    control_logged: int = 0
 
     @property
     def verdict(self) -> str:
@@ -64,7 +73,8 @@ def _play_impact(name: str, rows: pd.DataFrame, play_cost: float | None, min_eff
     kept, low, high = (v * stake for v in (comparison.effect, comparison.low, comparison.high))
     cost = None if play_cost is None else play_cost * len(treated)
     roi = (kept - cost) / cost if cost and math.isfinite(kept) else None
-    return PlayImpact(name, comparison, stake, kept, low, high, cost, roi)
+    return PlayImpact(name, comparison, stake, kept, low, high, cost, roi,
+                      int(treated["logged"].sum()), int(control["logged"].sum()))  # fmt: skip
 
 
 def impact_report(
@@ -80,7 +90,8 @@ def impact_report(
         raise ValueError(f"outcomes.arm: expected {TREATED} or {CONTROL}, got {unknown[0]!r}")
     if play_cost is not None and play_cost <= 0:
         play_cost = None
-    rows = outcomes.assign(play=outcomes["play"].fillna(NO_PLAY))
+    logged = outcomes["logged"].astype(bool) if "logged" in outcomes else False  # without the activity log
+    rows = outcomes.assign(play=outcomes["play"].fillna(NO_PLAY), logged=logged)
     plays = [_play_impact(str(p), g, play_cost, min_effect) for p, g in rows.groupby("play", sort=True)]
     overall = _play_impact("all plays", rows, play_cost, min_effect)
     return ImpactReport(overall, plays, pending, holdout_share)
@@ -113,5 +124,6 @@ def report_rows(report: ImpactReport) -> list[dict[str, str]]:
             "revenue_interval": "–" if not math.isfinite(p.revenue_kept_low)
             else f"{_money(p.revenue_kept_low)} to {_money(p.revenue_kept_high)}",
             "cost": _money(p.cost), "roi": "–" if p.roi is None else f"{p.roi * 100:,.0f}%", "verdict": c.verdict,
+            "logged": f"{p.treated_logged:,} of {c.treated:,}", "control_logged": f"{p.control_logged:,}",
         })  # fmt: skip
     return rows

@@ -127,19 +127,32 @@ def record_outcomes(
     return len(rows)
 
 
+def _logged(store: Store, frame: pd.DataFrame) -> pd.Series:
+    """Whether a CSM logged a play done for each assignment within its horizon (from its score date)."""
+    plays = pd.DataFrame(store.plays_done(), columns=["customer_id", "done_on"])
+    if frame.empty or plays.empty:
+        return pd.Series(False, index=frame.index)
+    both = frame[["customer_id", "scored_on", "horizon_days"]].reset_index().merge(plays, on="customer_id")
+    start, done = pd.to_datetime(both["scored_on"]), pd.to_datetime(both["done_on"])
+    inside = (done >= start) & (done < start + pd.to_timedelta(both["horizon_days"].astype(float), unit="D"))
+    return pd.Series(frame.index.isin(both.loc[inside, "index"]), index=frame.index)
+
+
 def impact_outcomes(store: Store) -> tuple[pd.DataFrame, int]:
-    """The assignments with a recorded outcome (``OUTCOME_COLUMNS``), and how many still wait for one."""
+    """The assignments with a recorded outcome (``OUTCOME_COLUMNS``, and ``logged``: whether a CSM logged
+    a play done within the horizon), and how many still wait for an outcome."""
     query = sa.select(
         HOLDOUTS.c.customer_id, HOLDOUTS.c.period, HOLDOUTS.c.arm, HOLDOUTS.c.play, HOLDOUTS.c.mrr,
-        OUTCOMES.c.churned, HOLDOUTS.c.horizon_days,
+        OUTCOMES.c.churned, HOLDOUTS.c.horizon_days, HOLDOUTS.c.scored_on,
     ).join(OUTCOMES, (OUTCOMES.c.customer_id == HOLDOUTS.c.customer_id) & (OUTCOMES.c.period == HOLDOUTS.c.period))  # fmt: skip
     frame = _frame(store, query)
+    frame["logged"] = _logged(store, frame)
     frame["horizon_months"] = frame.pop("horizon_days").astype(float) / (365.25 / 12)
     frame["churned"] = frame["churned"].astype(bool)
     frame["mrr"] = pd.to_numeric(frame["mrr"], errors="coerce").astype(float)
     with store.engine.connect() as con:
         total = con.execute(sa.select(sa.func.count()).select_from(HOLDOUTS)).scalar_one()
-    return frame[OUTCOME_COLUMNS].reset_index(drop=True), int(total) - len(frame)
+    return frame[[*OUTCOME_COLUMNS, "logged"]].reset_index(drop=True), int(total) - len(frame)
 
 
 def learning_rows(store: Store) -> pd.DataFrame:

@@ -262,6 +262,16 @@ class Store:
             row = con.execute(sa.select(ACTIVITIES).where(ACTIVITIES.c.id == row_id)).one()
         return _activity(row)
 
+    def plays_done(self) -> list[tuple[str, dt.date]]:
+        """Every play a CSM logged as done, as (customer_id, done_on): live entries only (a correction
+        counts, the entry it replaced does not), and not those whose outcome was "not needed"."""
+        replaced = sa.select(ACTIVITIES.c.replaces).where(ACTIVITIES.c.replaces.is_not(None))
+        query = sa.select(ACTIVITIES.c.customer_id, ACTIVITIES.c.done_on).where(
+            ACTIVITIES.c.outcome != "not_needed", ACTIVITIES.c.id.not_in(replaced)
+        )
+        with self.engine.connect() as con:
+            return [(str(c), d) for c, d in con.execute(query).all()]
+
     def activities(self, customer_id: str) -> list[Activity]:
         """The account's log, newest play first; a corrected entry says which entry replaced it."""
         query = sa.select(ACTIVITIES).where(ACTIVITIES.c.customer_id == customer_id)
