@@ -19,32 +19,36 @@ from churnml.impact.report import OUTCOME_COLUMNS
 from churnml.workspace.store import Store, StoreError
 
 __all__ = [
-    "HOLDOUT_COLUMNS", "impact_outcomes", "learning_rows", "read_holdouts", "record_holdouts", "record_outcomes",
+    "HOLDOUT_COLUMNS", "HOLDOUT_METADATA", "impact_outcomes", "learning_rows", "read_holdouts", "record_holdouts", "record_outcomes",
 ]  # fmt: skip
 
-_META = sa.MetaData()
+# the holdouts and outcomes tables (revision 0002); Alembic compares the database with it and the store's
+HOLDOUT_METADATA = sa.MetaData()
 
 
 def _table(name: str, *columns: sa.Column) -> sa.Table:
     return sa.Table(
-        name, _META,
+        name, HOLDOUT_METADATA,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("customer_id", sa.String(200), nullable=False),
         sa.Column("recorded_at", sa.DateTime, nullable=False),
         sa.Column("author", sa.String(200), nullable=False),
         sa.Column("period", sa.String(20), nullable=False),
         *columns,
+        sa.UniqueConstraint("customer_id", "period", name=f"uq_{name}_account_period"),
     )  # fmt: skip
 
 
 HOLDOUTS = _table(
     "holdouts",
-    sa.Column("scored_on", sa.Date), sa.Column("arm", sa.String(10)), sa.Column("probability", sa.Float),
-    sa.Column("play", sa.String(200)), sa.Column("mrr", sa.Float), sa.Column("churn_probability", sa.Float),
-    sa.Column("horizon_days", sa.Integer),
+    sa.Column("scored_on", sa.Date, nullable=False), sa.Column("arm", sa.String(10), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False), sa.Column("play", sa.String(200), nullable=True),
+    sa.Column("mrr", sa.Float, nullable=True), sa.Column("churn_probability", sa.Float, nullable=False),
+    sa.Column("horizon_days", sa.Integer, nullable=False),
 )  # fmt: skip
 OUTCOMES = _table(
-    "outcomes", sa.Column("churned", sa.Boolean), sa.Column("revenue_kept", sa.Float), sa.Column("matured_on", sa.Date)
+    "outcomes", sa.Column("churned", sa.Boolean, nullable=False), sa.Column("revenue_kept", sa.Float, nullable=False),
+    sa.Column("matured_on", sa.Date, nullable=False),
 )  # fmt: skip
 HOLDOUT_COLUMNS = ["customer_id", "period", "scored_on", "arm", "probability", "play", "mrr", "churn_probability",
                    "horizon_days"]  # fmt: skip
