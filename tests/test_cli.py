@@ -321,7 +321,10 @@ def test_train_on_a_table_names_its_leaks_and_records_them(
     args = ["train", "--table", str(home / "bank.csv"), "--target", "Attrition_Flag", "--id", "CLIENTNUM",
             "--trials", "2"]  # fmt: skip
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "--positive 'Attrited Customer'" in result.output
+    assert (
+        result.exit_code == 2
+        and "--positive VALUE (one of ['Attrited Customer', 'Existing Customer'])" in result.output
+    )
     result = runner.invoke(app, [*args, "--positive", "Attrited Customer"], terminal_width=200)
     assert result.exit_code == 0, result.output
     for column in ("Naive_Bayes_1", "Naive_Bayes_2"):

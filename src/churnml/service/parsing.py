@@ -88,7 +88,8 @@ def _precount(body: bytes, max_objects: int) -> None:
     containers = body.count(b"[") + body.count(b"{")
     if containers > max_objects + (MAX_REQUEST_CONTAINERS - MAX_REQUEST_OBJECTS):
         raise refuse(("body",), f"{containers:,} JSON arrays and objects in one request; a full request has at "
-                                f"most {MAX_REQUEST_CONTAINERS:,}: split the batch")  # fmt: skip
+                                f"most {MAX_REQUEST_CONTAINERS:,} (at most {MAX_REQUEST_EVENTS:,} events and "
+                                f"{MAX_BATCH:,} customers): split the batch")  # fmt: skip
     values = body.count(b",")
     if values > MAX_REQUEST_VALUES:
         raise refuse(("body",), f"about {values:,} JSON values in one request; a full request has at most "
