@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import pytest
 from churnml.config import Settings, shared_data_dir
 from churnml.engine import connect
 from churnml.spec import DatasetSpec, parse_spec
+from churnml.workspace.store import Store, open_store
 from tests.pg import PostgresServer
 
 
@@ -166,6 +168,30 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+_csm_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def csm_database(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The CSM store the pages, alerts and CLI write to: the default SQLite file under ``home``, or a new
+    database on the run's PostgreSQL server (``CHURNML_DATABASE_URL``). Use it for a whole module with
+    ``pytestmark = pytest.mark.usefixtures("csm_database")``."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")
+        monkeypatch.setenv("CHURNML_DATABASE_URL", server.create_database(f"csm_{next(_csm_databases)}"))
+    return request.param
+
+
+@contextlib.contextmanager
+def csm_store() -> Iterator[Store]:
+    """The CSM store of the current settings, opened and closed (a PostgreSQL connection left open warns)."""
+    store = open_store(Settings.from_env().store_url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")

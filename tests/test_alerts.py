@@ -20,8 +20,10 @@ from churnml.config import Settings
 from churnml.workspace.alerts import AlertDeliveryError, find_crossings, send_alerts
 from churnml.workspace.pages import create_pages_app
 from churnml.workspace.pages.queries import open_workspace
-from churnml.workspace.store import open_store
+from tests.conftest import csm_store
 from tests.test_pages import Tables, make_client
+
+pytestmark = pytest.mark.usefixtures("csm_database")  # every test on SQLite and on PostgreSQL
 
 
 def expected(tables: Tables, rise: float) -> set[str]:
@@ -75,26 +77,30 @@ def hook() -> Iterator[str]:
 
 
 def test_the_webhook_is_retried_and_a_crossing_is_sent_once(workspace: Path, hook: str) -> None:
-    store = open_store(Settings.from_env().store_url)
-    found = crossings()
-    _Hook.answers = [503, 503, 200]  # down twice, then up
-    sent = send_alerts(store, found, hook, retries=3, sleep=lambda s: None)
-    assert len(sent) == len(found) and len(_Hook.bodies) == 3
-    payload = _Hook.bodies[-1]
-    assert payload["alerts"] == len(found) and sum(len(v) for v in payload["by_owner"].values()) == len(found)
-    assert send_alerts(store, found, hook, retries=3, sleep=lambda s: None) == [] and len(_Hook.bodies) == 3
+    with csm_store() as store:
+        found = crossings()
+        _Hook.answers = [503, 503, 200]  # down twice, then up
+        sent = send_alerts(store, found, hook, retries=3, sleep=lambda s: None)
+        assert len(sent) == len(found) and len(_Hook.bodies) == 3
+        payload = _Hook.bodies[-1]
+        assert payload["alerts"] == len(found) and sum(len(v) for v in payload["by_owner"].values()) == len(
+            found
+        )
+        assert (
+            send_alerts(store, found, hook, retries=3, sleep=lambda s: None) == [] and len(_Hook.bodies) == 3
+        )
 
 
 def test_an_undelivered_webhook_records_nothing(workspace: Path, hook: str) -> None:
-    store = open_store(Settings.from_env().store_url)
-    found = crossings()
-    _Hook.answers = [500, 500, 500]
-    with pytest.raises(AlertDeliveryError, match="after 3 attempt"):
-        send_alerts(store, found, hook, retries=2, sleep=lambda s: None)
-    _Hook.answers = [400]  # refused: not retried
-    with pytest.raises(AlertDeliveryError, match="after 1 attempt"):
-        send_alerts(store, found, hook, retries=2, sleep=lambda s: None)
-    assert len(send_alerts(store, found, hook, retries=0, sleep=lambda s: None)) == len(found)  # sent now
+    with csm_store() as store:
+        found = crossings()
+        _Hook.answers = [500, 500, 500]
+        with pytest.raises(AlertDeliveryError, match="after 3 attempt"):
+            send_alerts(store, found, hook, retries=2, sleep=lambda s: None)
+        _Hook.answers = [400]  # refused: not retried
+        with pytest.raises(AlertDeliveryError, match="after 1 attempt"):
+            send_alerts(store, found, hook, retries=2, sleep=lambda s: None)
+        assert len(send_alerts(store, found, hook, retries=0, sleep=lambda s: None)) == len(found)  # sent now
 
 
 def test_the_command_writes_new_alerts_once_and_the_page_marks_them(workspace: Path, tables: Tables) -> None:

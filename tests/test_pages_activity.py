@@ -1,5 +1,6 @@
 """What CSMs record on the pages (activity log, assign, snooze) and the model health page, through
-Starlette's TestClient on a workspace built here (tests/test_pages.py's tables)."""
+Starlette's TestClient on a workspace built here (tests/test_pages.py's tables); every test on the
+default SQLite store and on a real PostgreSQL server (``CHURNML_DATABASE_URL``, tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ from churnml.config import Settings
 from churnml.engine import write_tables
 from churnml.service.users import UserStore
 from churnml.workspace.pages import create_pages_app
-from churnml.workspace.store import open_store
+from churnml.workspace.store import Activity
+from tests.conftest import csm_store
 from tests.test_pages import Tables, list_rows, make_client, sign_in
 
 TODAY = dt.date.today()
+pytestmark = pytest.mark.usefixtures("csm_database")  # every test on SQLite and on PostgreSQL
+
+
+def logged(customer: str) -> list[Activity]:
+    with csm_store() as store:
+        return store.activities(customer)
 
 
 def csrf_of(html: str) -> str:
@@ -75,14 +83,14 @@ def test_another_play_and_a_correction_are_new_entries(ana, tables: Tables) -> N
     csrf = csrf_of(ana.get(f"/ui/accounts/{customer}").text)
     assert log_play(ana, customer, csrf, play="__other__", play_other="Executive sponsor call",
                     outcome="no_answer").status_code == 303  # fmt: skip
-    [first] = open_store(Settings.from_env().store_url).activities(customer)
+    [first] = logged(customer)
     assert (first.play, first.play_suggested, first.outcome) == ("Executive sponsor call", False, "no_answer")
     fixed = log_play(ana, customer, csrf, play="__other__", play_other="Executive sponsor call", outcome="saved",
                      replaces=str(first.id))  # fmt: skip
     assert fixed.status_code == 303
     html = ana.get(f"/ui/accounts/{customer}").text
     assert f"corrected by #{first.id + 1}" in html and f"corrects #{first.id}" in html
-    assert len(open_store(Settings.from_env().store_url).activities(customer)) == 2  # the first one stays
+    assert len(logged(customer)) == 2  # the first one stays
 
 
 def test_forms_without_the_csrf_token_or_from_another_site_record_nothing(ana, tables: Tables) -> None:
@@ -93,8 +101,8 @@ def test_forms_without_the_csrf_token_or_from_another_site_record_nothing(ana, t
     cross = ana.post(f"/ui/accounts/{customer}", headers={"origin": "https://evil.example"},
                      data={"action": "snooze", "csrf": csrf, "until": "2099-01-01", "reason": "x"})  # fmt: skip
     assert cross.status_code == 403
-    store = open_store(Settings.from_env().store_url)
-    assert store.activities(customer) == [] and store.states() == {}
+    with csm_store() as store:
+        assert store.activities(customer) == [] and store.states() == {}
 
 
 def test_bad_fields_are_refused_naming_them_and_nothing_is_recorded(ana, tables: Tables) -> None:
@@ -106,7 +114,7 @@ def test_bad_fields_are_refused_naming_them_and_nothing_is_recorded(ana, tables:
                          ({"next_step_on": "2000-01-01"}, "next_step_on")):  # fmt: skip
         r = log_play(ana, customer, csrf, **fields)
         assert r.status_code == 400 and "Not recorded:" in r.text and name in r.text, fields
-    assert open_store(Settings.from_env().store_url).activities(customer) == []
+    assert logged(customer) == []
     # the refused form's page keeps the risk list's filters (they travel in the form, not the URL)
     r = log_play(ana, customer, csrf, outcome="won", **{"from": "tier=high&owner=Ana"})
     assert r.status_code == 400 and 'href="/ui/?tier=high&amp;owner=Ana" id="back-link"' in r.text
@@ -120,7 +128,7 @@ def test_without_sign_in_entries_say_so_and_still_need_the_form_token(
     customer = first_high(tables)
     assert log_play(c, customer, "").status_code == 403
     assert log_play(c, customer, csrf_of(c.get(f"/ui/accounts/{customer}").text)).status_code == 303
-    assert open_store(Settings.from_env().store_url).activities(customer)[0].author == "(no sign-in)"
+    assert logged(customer)[0].author == "(no sign-in)"
 
 
 def test_a_snoozed_account_leaves_the_call_list_until_woken(ana, tables: Tables) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -74,6 +75,11 @@ def _author(request: Request) -> str:
     return identity.name if identity is not None else NO_SIGN_IN
 
 
+def _close_stores(stores: dict[str, Store]) -> None:
+    for store in stores.values():
+        store.close()
+
+
 class _Pages:
     """The route handlers; holds the templates, the open stores and, if given, fixed settings."""
 
@@ -85,6 +91,8 @@ class _Pages:
         )
         self._stores: dict[str, Store] = {}
         self._lock = threading.Lock()
+        # pages dropped by their owner (an embedding app, a test) close their stores' pooled connections
+        weakref.finalize(self, _close_stores, self._stores)
 
     @property
     def settings(self) -> Settings:
