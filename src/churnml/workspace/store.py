@@ -320,18 +320,26 @@ class Store:
         found: dict[str, dict[str, Any]] = {}
         live = ACTIVITIES.alias("live")
         later = ACTIVITIES.alias("later")
-        touched = sa.select(live.c.customer_id, live.c.done_on, live.c.next_step_on, live.c.id).where(
-            ~sa.exists().where(later.c.replaces == live.c.id)
+        # each account's latest live play (the database ranks them: one row per account comes back)
+        newest = sa.func.row_number().over(
+            partition_by=live.c.customer_id, order_by=(live.c.done_on.desc(), live.c.id.desc())
         )
+        ranked = sa.select(
+            live.c.customer_id, live.c.done_on, live.c.next_step_on, newest.label("newest")
+        ).where(~sa.exists().where(later.c.replaces == live.c.id))
         if customer_ids is not None:
-            touched = touched.where(live.c.customer_id.in_(customer_ids))
+            ranked = ranked.where(live.c.customer_id.in_(customer_ids))
+        latest_play = ranked.subquery()
+        touched = sa.select(
+            latest_play.c.customer_id, latest_play.c.done_on, latest_play.c.next_step_on
+        ).where(latest_play.c.newest == 1)
         with self.engine.connect() as con:
             for r in con.execute(self._latest(ASSIGNMENTS, ["owner"], customer_ids)):
                 found.setdefault(r.customer_id, {})["owner"] = r.owner
             for r in con.execute(self._latest(SNOOZES, ["until", "reason"], customer_ids)):
                 if r.until is not None and r.until > today:
                     found.setdefault(r.customer_id, {}).update(snoozed_until=r.until, snooze_reason=r.reason)
-            for r in sorted(con.execute(touched), key=lambda r: (r.done_on, r.id)):  # the latest play wins
+            for r in con.execute(touched):
                 found.setdefault(r.customer_id, {}).update(last_touch=r.done_on, next_step_on=r.next_step_on)
         return {cid: AccountState(cid, **values) for cid, values in found.items()}
 
