@@ -96,6 +96,23 @@ def test_a_moderate_shift_is_reported_and_only_a_major_one_raises_an_alarm() -> 
     assert major.loc["logins", "value"] > 0.25 and major.loc["logins", "alarm"]
 
 
+def test_a_rare_level_the_model_saw_is_not_new_when_it_turns_up_more_often() -> None:
+    """The reference bins a category's 50 most common levels; the rarer ones it saw are remembered too,
+    so only levels it never saw are reported as new (and the memory survives the model's files)."""
+    from churnml.features.profile import ColumnProfile
+
+    common = [f"L{i:02d}" for i in range(50) for _ in range(40)]  # 50 levels, 40 rows each
+    rare = [f"R{i}" for i in range(10)]  # seen once each
+    values = pd.Series(common + rare)
+    column = ColumnProfile.fit(values, np.zeros(len(values)), categorical=True)
+    assert len(column.levels) == 50 and set(column.known) == set(rare)
+    later = pd.Series(["L00"] * 80 + ["R3"] * 10 + ["BRAND_NEW"] * 10)
+    assert column.new_levels(later) == {"BRAND_NEW": pytest.approx(0.1)}
+    profile, _, _ = _profile(np.random.default_rng(0))
+    travelled = PopulationProfile.from_dict(replace(profile, columns={"c": column}).to_dict())
+    assert travelled.columns["c"].known == column.known
+
+
 def test_event_volume_is_drift_beyond_the_reference_dates_spread_and_a_quarter() -> None:
     """Per event type, the mean 30-day count per account now against the reference dates' means."""
     from churnml.monitor.drift import volume_table

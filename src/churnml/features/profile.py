@@ -32,6 +32,8 @@ __all__ = [
 ]  # fmt: skip
 
 BINS = 10
+MAX_LEVELS = 50  # a category's most common levels get their own share; the rest pool as "other"
+MAX_KNOWN_LEVELS = 5_000  # levels remembered as seen (an id-like column would hold one per account)
 PREDICTION = "__prediction__"
 REFERENCE_DATES = 6  # latest labelled dates pooled as the reference (two quarters of monthly dates)
 EPS = 1e-4  # smoothing of empty bins (PSI and JS take logs)
@@ -67,6 +69,9 @@ class ColumnProfile:
     between: tuple[float, ...] = ()  # the statistic (PSI or JS) of each reference date against the pool
     missing_between: tuple[float, ...] = ()  # each reference date's missing rate
     by_date: tuple[tuple[float, ...], ...] = ()  # each reference date's shares: where the column was heading
+    # every level the reference saw (up to MAX_KNOWN_LEVELS), beyond the binned most common ones: a rare
+    # level the model trained on is not "new" when it turns up more often later
+    known: tuple[str, ...] = ()
 
     def heading(self, months: np.ndarray, now: float) -> np.ndarray | None:
         """The shares the reference's own steady trend (per bin, a straight line in the log of its share over the dates ``months``) puts at
@@ -114,14 +119,16 @@ class ColumnProfile:
         if not self.categorical or values.empty:
             return {}
         shares = values.dropna().astype(str).value_counts() / len(values)
-        return {str(k): float(v) for k, v in shares.items() if k not in self.levels and v >= min_share}
+        seen = set(self.levels) | set(self.known)
+        return {str(k): float(v) for k, v in shares.items() if k not in seen and v >= min_share}
 
     @classmethod
     def fit(cls, values: pd.Series, dates: np.ndarray, categorical: bool) -> ColumnProfile:
         """Bins (or levels) and shares of the pooled values, and how each date stood against them."""
         if categorical:
-            levels = tuple(str(v) for v in values.dropna().astype(str).value_counts().index[:50])
-            shape = cls(levels=levels or ("",))
+            ordered = [str(v) for v in values.dropna().astype(str).value_counts().index]
+            levels = tuple(ordered[:MAX_LEVELS])
+            shape = cls(levels=levels or ("",), known=tuple(ordered[MAX_LEVELS:MAX_KNOWN_LEVELS]))
         else:
             x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             present = x[~np.isnan(x)]
@@ -139,7 +146,7 @@ class ColumnProfile:
                 missing.append(float(own[-1] / max(own.sum(), 1.0)))
                 by_date.append(tuple(float(c) for c in own / max(own.sum(), 1.0)))
         return cls(shape.edges, shape.levels, tuple(float(c / total) for c in counts), float(counts[-1] / total),
-                   tuple(between), tuple(missing), tuple(by_date))  # fmt: skip
+                   tuple(between), tuple(missing), tuple(by_date), shape.known)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,8 @@ class PopulationProfile:
                 "reference_dates": list(self.reference_dates), "calibration_dates": self.calibration_dates,
                 "columns": {c: {"edges": list(p.edges), "levels": list(p.levels), "shares": list(p.shares),
                                 "missing": p.missing, "between": list(p.between),
-                                "missing_between": list(p.missing_between), "by_date": [list(s) for s in p.by_date]}
+                                "missing_between": list(p.missing_between), "by_date": [list(s) for s in p.by_date],
+                                "known": list(p.known)}
                             for c, p in self.columns.items()}}  # fmt: skip
 
     @classmethod
@@ -198,7 +206,7 @@ class PopulationProfile:
         columns = {
             c: ColumnProfile(floats(p.get("edges")), tuple(str(v) for v in p.get("levels", ())), floats(p.get("shares")),
                              float(p.get("missing", 0.0)), floats(p.get("between")), floats(p.get("missing_between")),
-                             tuple(floats(s) for s in p.get("by_date") or ()))
+                             tuple(floats(s) for s in p.get("by_date") or ()), tuple(str(v) for v in p.get("known") or ()))
             for c, p in data.get("columns", {}).items()
         }  # fmt: skip
         volume = {str(t): floats(v) for t, v in (data.get("volume") or {}).items()}
