@@ -107,7 +107,7 @@ class Authenticator:
     def __init__(self, api_token: str | None, users: UserStore, signer: SessionSigner, lockout: Lockout,
                  trusted_proxies: Iterable[str] = ()) -> None:  # fmt: skip
         self.api_token, self.users, self.signer, self.lockout = api_token, users, signer, lockout
-        self._trusted = _networks(trusted_proxies)
+        self._proxies = _networks(trusted_proxies)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -123,9 +123,12 @@ class Authenticator:
 
     # ---------------------------------------------------------------------- who is asking
 
+    def _trusted(self, address: Any) -> bool:
+        return any(address in net for net in self._proxies)
+
     def _from_trusted_proxy(self, scope: Any) -> bool:
         peer = _ip((scope.get("client") or ("",))[0] or "")
-        return peer is not None and any(peer in net for net in self._trusted)
+        return peer is not None and self._trusted(peer)
 
     def public_origin(self, scope: Any) -> tuple[str, str]:
         """The scheme and host the browser used: behind a trusted proxy (which ends TLS and may rewrite
@@ -143,14 +146,14 @@ class Authenticator:
         peer = _ip((scope.get("client") or ("",))[0] or "")
         if peer is None:
             return "unknown"
-        if not any(peer in net for net in self._trusted):
+        if not self._trusted(peer):
             return str(peer)
         hops = [h for h in header(scope, b"x-forwarded-for").split(",") if h.strip()]
         for hop in reversed(hops):  # the right-most entries were added by our own proxies
             address = _ip(hop)
             if address is None:
                 break  # a garbled header: trust nothing beyond the proxy we know
-            if not any(address in net for net in self._trusted):
+            if not self._trusted(address):
                 return str(address)
         return str(peer)
 
